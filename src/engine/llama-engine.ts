@@ -1,0 +1,177 @@
+/**
+ * The model and its context, on node-llama-cpp. Runs inside the engine
+ * process: one context with N sequences, one sequence per running request.
+ */
+import os from "node:os";
+import {
+  getLlama,
+  type Llama,
+  type LlamaContext,
+  type LlamaContextSequence,
+  type LlamaModel,
+  LlamaLogLevel,
+  type Token,
+} from "node-llama-cpp";
+import { ServiceError } from "../errors.js";
+import { formatAiravataChat } from "./chat-format.js";
+import type { EngineInfo, EngineOptions, FinishReason, GenerationInput, SamplingSettings } from "./protocol.js";
+import { type Emission, TextStream } from "./text-stream.js";
+
+/** Tokens of the prompt and generation considered by the repeat penalty. */
+const REPEAT_WINDOW = 64;
+
+export interface GenerationEvents {
+  started(promptTokens: number): void;
+  chunk(emission: Emission): void;
+}
+
+export interface GenerationResult extends Emission {
+  finishReason: FinishReason;
+  generatedTokens: number;
+  prefillMs: number;
+}
+
+export class LlamaEngine {
+  private disposed = false;
+
+  private constructor(
+    private readonly llama: Llama,
+    private readonly model: LlamaModel,
+    private readonly context: LlamaContext,
+    private readonly sequences: LlamaContextSequence[],
+    readonly info: EngineInfo,
+  ) {}
+
+  static async load(options: EngineOptions): Promise<LlamaEngine> {
+    const started = performance.now();
+    const llama = await getLlama({
+      gpu: options.gpu === "cpu" ? false : options.gpu,
+      logLevel: LlamaLogLevel.error,
+      maxThreads: options.threads,
+    });
+    let model: LlamaModel | undefined;
+    try {
+      const backend = llama.gpu === false ? "cpu" : llama.gpu;
+      const sequenceCount = options.sequences === "auto" ? (backend === "cpu" ? 4 : 8) : options.sequences;
+      model = await llama.loadModel({ modelPath: options.modelPath, gpuLayers: "auto" });
+      const context = await model.createContext({
+        contextSize: options.contextSize * sequenceCount,
+        sequences: sequenceCount,
+        batchSize: options.batchSize,
+        threads: options.threads,
+      });
+      const sequences = Array.from({ length: sequenceCount }, () => context.getSequence());
+      const devices = backend === "cpu" ? [os.cpus()[0]?.model ?? "cpu"] : await llama.getGpuDeviceNames();
+      const info: EngineInfo = {
+        backend,
+        devices,
+        modelPath: options.modelPath,
+        contextSize: Math.floor(context.contextSize / sequenceCount),
+        sequences: sequenceCount,
+        threads: context.currentThreads,
+        gpuLayers: model.gpuLayers,
+        loadMs: performance.now() - started,
+      };
+      return new LlamaEngine(llama, model, context, sequences, info);
+    } catch (error) {
+      await model?.dispose();
+      await llama.dispose();
+      throw error;
+    }
+  }
+
+  tokenize(text: string, special: boolean): Token[] {
+    return this.model.tokenize(text, special);
+  }
+
+  /**
+   * Generates on sequence `slot`. The signal stops generation after the token
+   * being decoded when it fires, and the sequence is free again on return.
+   */
+  async generate(
+    slot: number,
+    input: GenerationInput,
+    sampling: SamplingSettings,
+    signal: AbortSignal,
+    events: GenerationEvents,
+  ): Promise<GenerationResult> {
+    const sequence = this.sequences[slot];
+    if (!sequence) throw new ServiceError("internal", `no sequence ${slot}`);
+    const prompt = this.promptTokens(input);
+    const limit = this.info.contextSize;
+    if (prompt.length + sampling.maxNewTokens > limit) {
+      throw new ServiceError(
+        "out_of_range",
+        `prompt (${prompt.length} tokens) + max_new_tokens (${sampling.maxNewTokens}) = ` +
+          `${prompt.length + sampling.maxNewTokens} exceeds the context of ${limit} tokens per request; ` +
+          `shorten the prompt or lower max_new_tokens`,
+      );
+    }
+    events.started(prompt.length);
+    const model = this.model;
+    const stream = new TextStream(
+      (tokens, last) => model.detokenize(tokens as Token[], false, last as Token[]),
+      sampling.stop,
+    );
+    const history: Token[] = [...prompt];
+    const started = performance.now();
+    let prefillMs = 0;
+    let generated = 0;
+    let finishReason: FinishReason = "stop";
+    await sequence.clearHistory();
+    try {
+      if (signal.aborted) {
+        finishReason = "cancelled";
+      } else {
+        const tokens = sequence.evaluate(prompt, {
+          temperature: sampling.temperature,
+          topK: sampling.topK,
+          topP: sampling.topP,
+          minP: sampling.minP,
+          seed: sampling.seed,
+          repeatPenalty:
+            sampling.repeatPenalty === 1
+              ? undefined
+              : { penalty: sampling.repeatPenalty, punishTokens: () => history.slice(-REPEAT_WINDOW) },
+        });
+        for await (const token of tokens) {
+          if (generated === 0) prefillMs = performance.now() - started;
+          generated++;
+          history.push(token);
+          const emission = stream.push(token);
+          if (emission.text !== "" || emission.tokens.length > 0) events.chunk(emission);
+          if (stream.stopSequence !== undefined) {
+            finishReason = "stop_sequence";
+            break;
+          }
+          if (generated >= sampling.maxNewTokens) {
+            finishReason = "length";
+            break;
+          }
+          if (signal.aborted) {
+            finishReason = "cancelled";
+            break;
+          }
+        }
+      }
+    } finally {
+      await sequence.clearHistory();
+    }
+    return { ...stream.end(), finishReason, generatedTokens: generated, prefillMs };
+  }
+
+  private promptTokens(input: GenerationInput): Token[] {
+    const text = input.kind === "raw" ? input.text : formatAiravataChat(input.messages);
+    const tokens = this.model.tokenize(text, false);
+    const bos = this.model.tokens.bos;
+    return bos === null ? tokens : [bos, ...tokens];
+  }
+
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    await this.context.dispose();
+    await this.model.dispose();
+    await this.llama.dispose();
+  }
+}

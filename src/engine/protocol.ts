@@ -1,0 +1,76 @@
+/**
+ * The messages between the server process and an engine process. The server
+ * keeps the protocol, queue and metrics; the engine keeps the model, the
+ * context and its sequences. Messages go over Node's IPC channel as JSON.
+ */
+import type { ErrorKind } from "../errors.js";
+
+export type FinishReason = "stop" | "length" | "stop_sequence" | "cancelled" | "deadline" | "error";
+
+export interface ChatTurn {
+  role: "system" | "user" | "assistant";
+  content: string;
+}
+
+/** What to generate from: a chat (templated) or raw text. */
+export type GenerationInput = { kind: "chat"; messages: ChatTurn[] } | { kind: "raw"; text: string };
+
+/** Sampling settings after defaults and validation. */
+export interface SamplingSettings {
+  maxNewTokens: number;
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  repeatPenalty: number;
+  seed: number;
+  stop: string[];
+}
+
+export interface EngineInfo {
+  backend: "cuda" | "vulkan" | "metal" | "cpu";
+  /** GPU names, or the CPU's description. */
+  devices: string[];
+  modelPath: string;
+  /** Tokens one sequence can hold. */
+  contextSize: number;
+  sequences: number;
+  threads: number;
+  gpuLayers: number;
+  loadMs: number;
+}
+
+export type ToEngine =
+  | { type: "generate"; id: number; slot: number; input: GenerationInput; sampling: SamplingSettings }
+  | { type: "cancel"; id: number }
+  | { type: "tokenize"; id: number; text: string; special: boolean }
+  | { type: "shutdown" };
+
+export type FromEngine =
+  | { type: "ready"; info: EngineInfo }
+  | { type: "load-failed"; message: string }
+  | { type: "started"; id: number; promptTokens: number }
+  | { type: "chunk"; id: number; text: string; tokens: number[] }
+  | {
+      type: "done";
+      id: number;
+      finishReason: FinishReason;
+      text: string;
+      tokens: number[];
+      generatedTokens: number;
+      prefillMs: number;
+    }
+  | { type: "failed"; id: number; kind: ErrorKind; message: string }
+  | { type: "tokenized"; id: number; tokens: number[] };
+
+/** Settings the server passes to an engine process at start (as JSON in argv). */
+export interface EngineOptions {
+  modelPath: string;
+  gpu: "auto" | "cuda" | "vulkan" | "cpu";
+  threads: number;
+  /** Tokens per sequence. */
+  contextSize: number;
+  /** Parallel sequences; "auto" is 4 on CPU and 8 on a GPU. */
+  sequences: number | "auto";
+  batchSize: number;
+}

@@ -1,0 +1,96 @@
+/**
+ * Prometheus metrics, with the names serving dashboards already know
+ * (time to first token, inter-token latency, queue time, end-to-end latency,
+ * running and waiting requests, token counters), labelled by variant.
+ */
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import type { MetricsSnapshot } from "./request-metrics.js";
+
+const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+const TOKEN_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1];
+
+export class ServiceMetrics {
+  readonly registry = new Registry();
+  private readonly ttft = new Histogram({
+    name: "airavata_time_to_first_token_seconds",
+    help: "Time from receipt to the first streamed text.",
+    labelNames: ["variant"],
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  private readonly interToken = new Histogram({
+    name: "airavata_inter_token_latency_seconds",
+    help: "Mean time between generated tokens of a request, after the first.",
+    labelNames: ["variant"],
+    buckets: TOKEN_BUCKETS,
+    registers: [this.registry],
+  });
+  private readonly queue = new Histogram({
+    name: "airavata_request_queue_time_seconds",
+    help: "Time from receipt to a free slot.",
+    labelNames: ["variant"],
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  private readonly e2e = new Histogram({
+    name: "airavata_e2e_request_latency_seconds",
+    help: "Time from receipt to the end of a Generate call.",
+    labelNames: ["variant"],
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  private readonly promptTokens = new Counter({
+    name: "airavata_prompt_tokens_total",
+    help: "Prompt tokens processed.",
+    labelNames: ["variant"],
+    registers: [this.registry],
+  });
+  private readonly generationTokens = new Counter({
+    name: "airavata_generation_tokens_total",
+    help: "Tokens generated.",
+    labelNames: ["variant"],
+    registers: [this.registry],
+  });
+  private readonly requests = new Counter({
+    name: "airavata_requests_total",
+    help: "Generate calls by final gRPC code and finish reason.",
+    labelNames: ["variant", "code", "finish_reason"],
+    registers: [this.registry],
+  });
+
+  constructor(gauges: { running(): number; waiting(): number; variant(): string }) {
+    new Gauge({
+      name: "airavata_num_requests_running",
+      help: "Generate calls holding a slot.",
+      labelNames: ["variant"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.set({ variant: gauges.variant() }, gauges.running());
+      },
+    });
+    new Gauge({
+      name: "airavata_num_requests_waiting",
+      help: "Generate calls queued for a slot.",
+      labelNames: ["variant"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.set({ variant: gauges.variant() }, gauges.waiting());
+      },
+    });
+    collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Records one finished Generate call. */
+  observe(m: MetricsSnapshot, code: string): void {
+    const variant = { variant: m.variant };
+    this.requests.inc({ ...variant, code, finish_reason: m.finishReason });
+    this.e2e.observe(variant, m.totalMs / 1000);
+    this.queue.observe(variant, m.queueMs / 1000);
+    this.promptTokens.inc(variant, m.promptTokens);
+    this.generationTokens.inc(variant, m.generatedTokens);
+    if (m.generatedTokens > 0) this.ttft.observe(variant, m.ttftMs / 1000);
+    if (m.decodeTokensPerSecond > 0) this.interToken.observe(variant, 1 / m.decodeTokensPerSecond);
+  }
+}

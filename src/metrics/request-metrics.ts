@@ -1,0 +1,74 @@
+/**
+ * One call's timings and counts, from receipt to end. The service turns a
+ * snapshot into trailers (plain and `-bin`) and the Prometheus observations.
+ */
+import type { FinishReason } from "../engine/protocol.js";
+
+export interface MetricsSnapshot {
+  variant: string;
+  promptTokens: number;
+  generatedTokens: number;
+  queueMs: number;
+  ttftMs: number;
+  prefillMs: number;
+  decodeTokensPerSecond: number;
+  totalMs: number;
+  finishReason: FinishReason;
+}
+
+export class RequestMetrics {
+  variant = "";
+  promptTokens = 0;
+  generatedTokens = 0;
+  prefillMs = 0;
+  finishReason: FinishReason = "error";
+  private readonly receivedAt = performance.now();
+  private slotAt: number | undefined;
+  private firstTextAt: number | undefined;
+  private firstTokenAt: number | undefined;
+  private lastTokenAt: number | undefined;
+  private tokensSeen = 0;
+  private endAt: number | undefined;
+
+  /** The call got a slot. */
+  admitted(): void {
+    this.slotAt ??= performance.now();
+  }
+
+  /** A chunk reached the server: `tokens` new tokens, with or without text. */
+  chunk(tokens: number, hasText: boolean): number {
+    const now = performance.now();
+    if (hasText) this.firstTextAt ??= now;
+    if (tokens > 0) {
+      this.firstTokenAt ??= now;
+      this.lastTokenAt = now;
+      this.tokensSeen += tokens;
+    }
+    return now;
+  }
+
+  /** Tokens seen in chunks so far (the count when the engine could not report its own). */
+  get streamedTokens(): number {
+    return this.tokensSeen;
+  }
+
+  end(): void {
+    this.endAt ??= performance.now();
+  }
+
+  snapshot(): MetricsSnapshot {
+    const end = this.endAt ?? performance.now();
+    const decodeSeconds = this.firstTokenAt !== undefined && this.lastTokenAt !== undefined ? (this.lastTokenAt - this.firstTokenAt) / 1000 : 0;
+    return {
+      variant: this.variant,
+      promptTokens: this.promptTokens,
+      generatedTokens: this.generatedTokens,
+      queueMs: (this.slotAt ?? end) - this.receivedAt,
+      ttftMs: (this.firstTextAt ?? end) - this.receivedAt,
+      prefillMs: this.prefillMs,
+      decodeTokensPerSecond: decodeSeconds > 0 ? (this.generatedTokens - 1) / decodeSeconds : 0,
+      totalMs: end - this.receivedAt,
+      finishReason: this.finishReason,
+    };
+  }
+}

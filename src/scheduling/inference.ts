@@ -1,0 +1,89 @@
+/**
+ * Runs one generation: waits for a slot, drives the engine and records the
+ * call's timings. The slot is given back only once the engine has finished
+ * with its sequence, even when the caller stops listening early.
+ */
+import type { EngineProcess } from "../engine/engine-client.js";
+import type { FinishReason, GenerationInput, SamplingSettings } from "../engine/protocol.js";
+import type { RequestMetrics } from "../metrics/request-metrics.js";
+import type { SlotScheduler } from "./slot-scheduler.js";
+
+export type InferenceEvent =
+  | { type: "text"; text: string; tokens: number[] }
+  | { type: "done"; text: string; tokens: number[]; finishReason: FinishReason };
+
+export class Inference {
+  constructor(
+    private readonly engine: EngineProcess,
+    private readonly scheduler: SlotScheduler,
+    readonly variant: string,
+  ) {}
+
+  get running(): number {
+    return this.scheduler.running;
+  }
+
+  get waiting(): number {
+    return this.scheduler.waiting;
+  }
+
+  tokenize(text: string, special: boolean): Promise<number[]> {
+    return this.engine.tokenize(text, special);
+  }
+
+  async *generate(
+    input: GenerationInput,
+    sampling: SamplingSettings,
+    signal: AbortSignal,
+    metrics: RequestMetrics,
+  ): AsyncGenerator<InferenceEvent> {
+    metrics.variant = this.variant;
+    const lease = await this.scheduler.acquire(signal);
+    metrics.admitted();
+    const controller = new AbortController();
+    const onAbort = () => controller.abort(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    if (signal.aborted) onAbort();
+    const events = this.engine.generate(lease.slot, input, sampling, controller.signal)[Symbol.asyncIterator]();
+    let finished = false;
+    try {
+      for (;;) {
+        const next = await events.next();
+        if (next.done) {
+          finished = true;
+          break;
+        }
+        const event = next.value;
+        if (event.type === "started") {
+          metrics.promptTokens = event.promptTokens;
+        } else if (event.type === "chunk") {
+          metrics.chunk(event.tokens.length, event.text !== "");
+          yield { type: "text", text: event.text, tokens: event.tokens };
+        } else {
+          metrics.chunk(event.tokens.length, event.text !== "");
+          metrics.generatedTokens = event.generatedTokens;
+          metrics.prefillMs = event.prefillMs;
+          metrics.finishReason = event.finishReason;
+          finished = true;
+          yield { type: "done", text: event.text, tokens: event.tokens, finishReason: event.finishReason };
+        }
+      }
+    } finally {
+      if (!finished) {
+        // The caller left early (cancel, error): stop the engine and wait until
+        // the sequence is free before the slot can be given to anyone else.
+        controller.abort();
+        try {
+          for (let next = await events.next(); !next.done; next = await events.next()) {
+            if (next.value.type === "done") metrics.generatedTokens = next.value.generatedTokens;
+          }
+        } catch {
+          // the engine already reported its failure to the caller
+        }
+      }
+      if (metrics.generatedTokens === 0) metrics.generatedTokens = metrics.streamedTokens;
+      signal.removeEventListener("abort", onAbort);
+      lease.release();
+    }
+  }
+}

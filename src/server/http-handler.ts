@@ -1,0 +1,94 @@
+/**
+ * The one request handler behind every protocol: CORS for configured
+ * origins, `GET /metrics` for Prometheus, a landing page at `/`, and every
+ * RPC through connect-node's adapter.
+ */
+import type http from "node:http";
+import type http2 from "node:http2";
+import { cors as connectCors, type ConnectRouter } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import cors from "cors";
+import type { Registry } from "prom-client";
+import { requestContextValues } from "../services/request-id.js";
+import type { RequestHandler } from "./one-port.js";
+
+/** Response headers and trailers a browser client may read. */
+export const EXPOSED_HEADERS = [
+  ...connectCors.exposedHeaders,
+  "x-request-id",
+  "grpc-retry-pushback-ms",
+  ...[
+    "variant",
+    "prompt-tokens",
+    "generated-tokens",
+    "queue-ms",
+    "ttft-ms",
+    "prefill-ms",
+    "decode-tokens-per-second",
+    "total-ms",
+    "finish-reason",
+    "metrics-bin",
+  ].flatMap((name) => [`airavata-${name}`, `trailer-airavata-${name}`]),
+];
+
+export interface HttpHandlerOptions {
+  routes: (router: ConnectRouter) => void;
+  corsOrigins: readonly string[];
+  maxMessageBytes: number;
+  shutdownSignal: AbortSignal;
+  registry: Registry;
+}
+
+type Req = http.IncomingMessage | http2.Http2ServerRequest;
+type Res = http.ServerResponse | http2.Http2ServerResponse;
+
+const LANDING = `<!doctype html><meta charset="utf-8"><title>airavata-serve</title>
+<h1>airavata-serve</h1><p>gRPC, gRPC-Web and Connect on this address: see <code>airavata.v1.GenerationService</code>
+(server reflection is on). Prometheus metrics at <a href="/metrics">/metrics</a>.</p>`;
+
+export function createHttpHandler(options: HttpHandlerOptions): RequestHandler {
+  const rpc = connectNodeAdapter({
+    routes: options.routes,
+    readMaxBytes: options.maxMessageBytes,
+    shutdownSignal: options.shutdownSignal,
+    contextValues: (req) => requestContextValues(req.headers),
+  });
+  const corsMiddleware =
+    options.corsOrigins.length > 0
+      ? cors({
+          origin: options.corsOrigins.includes("*") ? "*" : [...options.corsOrigins],
+          methods: [...connectCors.allowedMethods],
+          allowedHeaders: [...connectCors.allowedHeaders, "authorization", "x-request-id"],
+          exposedHeaders: EXPOSED_HEADERS,
+          maxAge: 7200,
+        })
+      : undefined;
+
+  const serve = (req: Req, res: Res) => {
+    const path = (req.url ?? "/").split("?")[0];
+    if (req.method === "GET" && path === "/metrics") {
+      options.registry.metrics().then(
+        (text) => {
+          res.writeHead(200, { "content-type": options.registry.contentType });
+          res.end(text);
+        },
+        () => {
+          res.writeHead(500);
+          res.end();
+        },
+      );
+      return;
+    }
+    if (req.method === "GET" && path === "/") {
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.end(LANDING);
+      return;
+    }
+    rpc(req, res);
+  };
+
+  return (req, res) => {
+    if (!corsMiddleware) return serve(req, res);
+    corsMiddleware(req as http.IncomingMessage, res as http.ServerResponse, () => serve(req, res));
+  };
+}

@@ -1,0 +1,122 @@
+/**
+ * One address for every protocol. Plaintext: each connection's first bytes
+ * tell HTTP/2 with prior knowledge (the connection preface) from HTTP/1.1, and
+ * the connection goes to the matching server; both share one request handler.
+ * TLS: a secure HTTP/2 server that also speaks HTTP/1.1, chosen by ALPN.
+ */
+import http from "node:http";
+import http2 from "node:http2";
+import net from "node:net";
+import type { Duplex } from "node:stream";
+
+const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+export type RequestHandler = (
+  req: http.IncomingMessage | http2.Http2ServerRequest,
+  res: http.ServerResponse | http2.Http2ServerResponse,
+) => void;
+
+export interface OnePortOptions {
+  tls?: { cert: Buffer; key: Buffer };
+  /** A connection that sends nothing for this long is closed. */
+  firstBytesTimeoutMs?: number;
+  /** HTTP/1.1 limits: whole request headers, and idle keep-alive connections. */
+  headersTimeoutMs?: number;
+  keepAliveTimeoutMs?: number;
+}
+
+export interface OnePortServer {
+  readonly server: net.Server;
+  listen(port: number, host: string): Promise<net.AddressInfo>;
+  /** Stops accepting, and closes idle connections; streams still open keep going. */
+  stopAccepting(): void;
+  /** Closes every connection now. */
+  destroyAll(): void;
+}
+
+export function createOnePortServer(handler: RequestHandler, options: OnePortOptions = {}): OnePortServer {
+  const sessions = new Set<http2.Http2Session>();
+  const sockets = new Set<Duplex>();
+  const trackSession = (session: http2.Http2Session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+  };
+
+  let server: net.Server;
+  let h1: http.Server | undefined;
+  if (options.tls) {
+    const secure = http2.createSecureServer({ ...options.tls, allowHTTP1: true }, handler as never);
+    secure.on("session", trackSession);
+    secure.on("secureConnection", (socket) => {
+      sockets.add(socket);
+      socket.once("close", () => sockets.delete(socket));
+    });
+    server = secure;
+  } else {
+    const h2 = http2.createServer({}, handler as never);
+    h2.on("session", trackSession);
+    h1 = http.createServer(
+      {
+        headersTimeout: options.headersTimeoutMs ?? 30_000,
+        keepAliveTimeout: options.keepAliveTimeoutMs ?? 5_000,
+        requestTimeout: 0,
+      },
+      handler as never,
+    );
+    // h1 never listens itself: without this its timers never start.
+    h1.emit("listening");
+    const route = (socket: net.Socket) => {
+      sockets.add(socket);
+      socket.once("close", () => sockets.delete(socket));
+      let seen = Buffer.alloc(0);
+      const timer = setTimeout(() => socket.destroy(), options.firstBytesTimeoutMs ?? 10_000);
+      const onData = (chunk: Buffer) => {
+        seen = Buffer.concat([seen, chunk]);
+        const n = Math.min(seen.length, PREFACE.length);
+        const isH2 = seen.subarray(0, n).equals(PREFACE.subarray(0, n));
+        if (isH2 && seen.length < PREFACE.length) return;
+        clearTimeout(timer);
+        socket.off("data", onData);
+        socket.off("error", onError);
+        socket.pause();
+        socket.unshift(seen);
+        if (isH2) {
+          h2.emit("connection", socket);
+        } else {
+          h1!.emit("connection", socket);
+          socket.resume();
+        }
+      };
+      const onError = () => {
+        clearTimeout(timer);
+        socket.destroy();
+      };
+      socket.on("data", onData);
+      socket.on("error", onError);
+      socket.once("close", () => clearTimeout(timer));
+    };
+    server = net.createServer({ noDelay: true, allowHalfOpen: false }, route);
+  }
+
+  return {
+    server,
+    listen(port, host) {
+      return new Promise((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(port, host, () => {
+          server.off("error", reject);
+          resolve(server.address() as net.AddressInfo);
+        });
+      });
+    },
+    stopAccepting() {
+      server.close();
+      for (const session of sessions) session.close();
+      h1?.closeIdleConnections();
+    },
+    destroyAll() {
+      for (const session of sessions) session.destroy();
+      for (const socket of sockets) socket.destroy();
+    },
+  };
+}

@@ -1,0 +1,133 @@
+/**
+ * GenerationService: validation, streaming and trailers. No engine detail
+ * lives here; every Generate call ends with the metric trailers, on success,
+ * error, cancellation and deadline alike.
+ */
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, encodeBinaryHeader, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { Logger } from "pino";
+import type { FinishReason as EngineFinishReason } from "../engine/protocol.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import {
+  FinishReason,
+  type GenerateRequest,
+  type GenerateResponse,
+  type GenerateResponseSchema,
+  GenerationMetricsSchema,
+  type GenerationService,
+} from "../gen/airavata/v1/generation_pb.js";
+import { type MetricsSnapshot, RequestMetrics } from "../metrics/request-metrics.js";
+import type { ServiceMetrics } from "../metrics/prometheus.js";
+import type { Inference } from "../scheduling/inference.js";
+import { toConnectError } from "./connect-errors.js";
+import { requestIdKey } from "./request-id.js";
+import { validateGenerateRequest } from "./validate.js";
+
+const FINISH: Record<EngineFinishReason, FinishReason> = {
+  stop: FinishReason.STOP,
+  length: FinishReason.LENGTH,
+  stop_sequence: FinishReason.STOP_SEQUENCE,
+  cancelled: FinishReason.CANCELLED,
+  deadline: FinishReason.DEADLINE,
+  error: FinishReason.ERROR,
+};
+
+export interface GenerationServiceDeps {
+  /** The inference in service; throws `unavailable` while there is none or the server is shutting down. */
+  inference(): Inference;
+  metrics: ServiceMetrics;
+  log: Logger;
+}
+
+function metricsMessage(m: MetricsSnapshot) {
+  return create(GenerationMetricsSchema, {
+    variant: m.variant,
+    promptTokens: m.promptTokens,
+    generatedTokens: m.generatedTokens,
+    queueMs: m.queueMs,
+    timeToFirstTokenMs: m.ttftMs,
+    prefillMs: m.prefillMs,
+    decodeTokensPerSecond: m.decodeTokensPerSecond,
+    totalMs: m.totalMs,
+    finishReason: FINISH[m.finishReason],
+  });
+}
+
+function writeTrailers(trailer: Headers, m: MetricsSnapshot): void {
+  trailer.set("airavata-variant", m.variant);
+  trailer.set("airavata-prompt-tokens", String(m.promptTokens));
+  trailer.set("airavata-generated-tokens", String(m.generatedTokens));
+  trailer.set("airavata-queue-ms", m.queueMs.toFixed(2));
+  trailer.set("airavata-ttft-ms", m.ttftMs.toFixed(2));
+  trailer.set("airavata-prefill-ms", m.prefillMs.toFixed(2));
+  trailer.set("airavata-decode-tokens-per-second", m.decodeTokensPerSecond.toFixed(2));
+  trailer.set("airavata-total-ms", m.totalMs.toFixed(2));
+  trailer.set("airavata-finish-reason", m.finishReason);
+  trailer.set("airavata-metrics-bin", encodeBinaryHeader(metricsMessage(m), GenerationMetricsSchema));
+}
+
+/** Why the call's signal fired: the client's deadline, or a cancel/shutdown. */
+function abortReason(signal: AbortSignal): EngineFinishReason {
+  const reason = signal.reason;
+  return reason instanceof ConnectError && reason.code === Code.DeadlineExceeded ? "deadline" : "cancelled";
+}
+
+export function createGenerationService(deps: GenerationServiceDeps): ServiceImpl<typeof GenerationService> {
+  const { log } = deps;
+  return {
+    async *generate(req: GenerateRequest, ctx: HandlerContext): AsyncGenerator<MessageInitShape<typeof GenerateResponseSchema>> {
+      const metrics = new RequestMetrics();
+      const requestId = ctx.values.get(requestIdKey);
+      ctx.responseHeader.set("x-request-id", requestId);
+      const requestLog = log.child({ requestId, method: "Generate", protocol: ctx.protocolName });
+      let code = "ok";
+      try {
+        const inference = deps.inference();
+        metrics.variant = inference.variant;
+        const { input, sampling } = validateGenerateRequest(req);
+        for await (const event of inference.generate(input, sampling, ctx.signal, metrics)) {
+          if (event.type === "text") {
+            yield { text: event.text, tokenIds: event.tokens } satisfies Partial<GenerateResponse>;
+            continue;
+          }
+          if (event.finishReason === "cancelled") {
+            metrics.finishReason = abortReason(ctx.signal);
+            throw ctx.signal.reason ?? new ConnectError("cancelled", Code.Canceled);
+          }
+          metrics.end();
+          yield {
+            text: event.text,
+            tokenIds: event.tokens,
+            finishReason: FINISH[event.finishReason],
+            metrics: metricsMessage(metrics.snapshot()),
+          };
+        }
+      } catch (error) {
+        if (ctx.signal.aborted) {
+          metrics.finishReason = abortReason(ctx.signal);
+        } else {
+          metrics.finishReason = "error";
+        }
+        const connectError = toConnectError(ctx.signal.aborted && !(error instanceof ConnectError) ? ctx.signal.reason : error, requestLog);
+        code = Code[connectError.code] ?? "Unknown";
+        throw connectError;
+      } finally {
+        metrics.end();
+        const snapshot = metrics.snapshot();
+        writeTrailers(ctx.responseTrailer, snapshot);
+        deps.metrics.observe(snapshot, code);
+        requestLog.info({ code, ...snapshot }, "generate finished");
+      }
+    },
+
+    async tokenize(req, ctx) {
+      try {
+        const inference = deps.inference();
+        const tokens = await inference.tokenize(req.text, req.special);
+        return { tokenIds: tokens, count: tokens.length, variant: inference.variant };
+      } catch (error) {
+        throw toConnectError(error, log.child({ requestId: ctx.values.get(requestIdKey), method: "Tokenize" }));
+      }
+    },
+  };
+}
