@@ -23,6 +23,9 @@ import { toConnectError } from "./connect-errors.js";
 import { requestIdKey } from "./request-id.js";
 import { validateGenerateRequest } from "./validate.js";
 
+/** How far ahead of the client's deadline a call is ended (at most 10% of its time). */
+const DEADLINE_MARGIN_MS = 100;
+
 const FINISH: Record<EngineFinishReason, FinishReason> = {
   stop: FinishReason.STOP,
   length: FinishReason.LENGTH,
@@ -72,6 +75,34 @@ function abortReason(signal: AbortSignal): EngineFinishReason {
   return reason instanceof ConnectError && reason.code === Code.DeadlineExceeded ? "deadline" : "cancelled";
 }
 
+/**
+ * The call's signal, firing on client cancel, server shutdown, and a little
+ * before the client's deadline: ending the call ourselves just ahead of it is
+ * what lets DEADLINE_EXCEEDED reach the client with the metric trailers,
+ * rather than the client's own timer ending the call without them.
+ */
+function callSignal(ctx: HandlerContext): { signal: AbortSignal; dispose(): void } {
+  const controller = new AbortController();
+  const onAbort = () => controller.abort(ctx.signal.reason);
+  ctx.signal.addEventListener("abort", onAbort, { once: true });
+  if (ctx.signal.aborted) onAbort();
+  const timeoutMs = ctx.timeoutMs();
+  const timer =
+    timeoutMs === undefined
+      ? undefined
+      : setTimeout(
+          () => controller.abort(new ConnectError("the deadline passed before the generation finished", Code.DeadlineExceeded)),
+          Math.max(0, timeoutMs - Math.min(DEADLINE_MARGIN_MS, timeoutMs * 0.1)),
+        );
+  return {
+    signal: controller.signal,
+    dispose() {
+      clearTimeout(timer);
+      ctx.signal.removeEventListener("abort", onAbort);
+    },
+  };
+}
+
 export function createGenerationService(deps: GenerationServiceDeps): ServiceImpl<typeof GenerationService> {
   const { log } = deps;
   return {
@@ -81,18 +112,19 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
       ctx.responseHeader.set("x-request-id", requestId);
       const requestLog = log.child({ requestId, method: "Generate", protocol: ctx.protocolName });
       let code = "ok";
+      const call = callSignal(ctx);
       try {
         const inference = deps.inference();
         metrics.variant = inference.variant;
         const { input, sampling } = validateGenerateRequest(req);
-        for await (const event of inference.generate(input, sampling, ctx.signal, metrics)) {
+        for await (const event of inference.generate(input, sampling, call.signal, metrics)) {
           if (event.type === "text") {
             yield { text: event.text, tokenIds: event.tokens } satisfies Partial<GenerateResponse>;
             continue;
           }
           if (event.finishReason === "cancelled") {
-            metrics.finishReason = abortReason(ctx.signal);
-            throw ctx.signal.reason ?? new ConnectError("cancelled", Code.Canceled);
+            metrics.finishReason = abortReason(call.signal);
+            throw call.signal.reason ?? new ConnectError("cancelled", Code.Canceled);
           }
           metrics.end();
           yield {
@@ -103,15 +135,12 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
           };
         }
       } catch (error) {
-        if (ctx.signal.aborted) {
-          metrics.finishReason = abortReason(ctx.signal);
-        } else {
-          metrics.finishReason = "error";
-        }
-        const connectError = toConnectError(ctx.signal.aborted && !(error instanceof ConnectError) ? ctx.signal.reason : error, requestLog);
+        metrics.finishReason = call.signal.aborted ? abortReason(call.signal) : "error";
+        const connectError = toConnectError(call.signal.aborted ? call.signal.reason : error, requestLog);
         code = Code[connectError.code] ?? "Unknown";
         throw connectError;
       } finally {
+        call.dispose();
         metrics.end();
         const snapshot = metrics.snapshot();
         writeTrailers(ctx.responseTrailer, snapshot);
