@@ -69,6 +69,12 @@ function writeTrailers(trailer: Headers, m: MetricsSnapshot): void {
   trailer.set("airavata-metrics-bin", encodeBinaryHeader(metricsMessage(m), GenerationMetricsSchema));
 }
 
+/** The gRPC name of a code (CANCELLED, INVALID_ARGUMENT…), for logs and metric labels. */
+export function grpcCodeName(code: Code): string {
+  if (code === Code.Canceled) return "CANCELLED";
+  return (Code[code] ?? "UNKNOWN").replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
+}
+
 /** Why the call's signal fired: the client's deadline, or a cancel/shutdown. */
 function abortReason(signal: AbortSignal): EngineFinishReason {
   const reason = signal.reason;
@@ -111,7 +117,7 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
       const requestId = ctx.values.get(requestIdKey);
       ctx.responseHeader.set("x-request-id", requestId);
       const requestLog = log.child({ requestId, method: "Generate", protocol: ctx.protocolName });
-      let code = "ok";
+      let code = "OK";
       const call = callSignal(ctx);
       try {
         const inference = deps.inference();
@@ -137,7 +143,7 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
       } catch (error) {
         metrics.finishReason = call.signal.aborted ? abortReason(call.signal) : "error";
         const connectError = toConnectError(call.signal.aborted ? call.signal.reason : error, requestLog);
-        code = Code[connectError.code] ?? "Unknown";
+        code = grpcCodeName(connectError.code);
         throw connectError;
       } finally {
         call.dispose();
