@@ -10,6 +10,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import cors from "cors";
 import type { Registry } from "prom-client";
 import { requestContextValues } from "../services/request-id.js";
+import { useSpecGrpcMessage } from "./grpc-message.js";
 import type { RequestHandler } from "./one-port.js";
 
 /** Response headers and trailers a browser client may read. */
@@ -83,6 +84,10 @@ export function createHttpHandler(options: HttpHandlerOptions): RequestHandler {
       res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
       res.end(LANDING);
       return;
+    }
+    const contentType = req.headers["content-type"] ?? "";
+    if (contentType.startsWith("application/grpc") && !contentType.startsWith("application/grpc-web")) {
+      useSpecGrpcMessage(res);
     }
     rpc(req, res);
   };

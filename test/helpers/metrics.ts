@@ -23,3 +23,15 @@ export async function eventually(read: () => Promise<number>, min: number, ms = 
   }
   return value;
 }
+
+/** Polls until the service reports no running and no queued calls (a cancel reaches it a moment after the client). */
+export async function idle(baseUrl: string, ms = 5000): Promise<void> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const busy =
+      (await sample(baseUrl, "airavata_num_requests_running", {})) + (await sample(baseUrl, "airavata_num_requests_waiting", {}));
+    if (busy === 0) return;
+    if (Date.now() > until) throw new Error(`the service still has ${busy} calls after ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
