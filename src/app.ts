@@ -118,7 +118,7 @@ export async function startApp(config: Readonly<Config>, log: Logger): Promise<A
         if (scheduler!.running > 0 || scheduler!.waiting > 0) {
           log.warn({ running: scheduler!.running, waiting: scheduler!.waiting }, "grace period over: ending the remaining calls");
         }
-        shutdownController.abort();
+        shutdownController.abort(new ServiceError("unavailable", "the server is shutting down; retry on another instance"));
         // Let the aborted streams write their status and trailers.
         await new Promise((r) => setTimeout(r, 100));
         server.stopAccepting();

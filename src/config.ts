@@ -39,6 +39,7 @@ function integer(min: number, max: number) {
 }
 
 function readable(value: string): string {
+  if (value === "") return value;
   if (!existsSync(value)) throw new InvalidArgumentError(`no file at ${value}.`);
   return value;
 }

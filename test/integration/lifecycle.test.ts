@@ -1,0 +1,102 @@
+import { spawn } from "node:child_process";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { describe, expect, it } from "vitest";
+import { AiravataClient } from "../../clients/grpc-client.js";
+import { Health, HealthCheckResponse_ServingStatus as Status } from "../../src/gen/grpc/health/v1/health_pb.js";
+import { modelPath } from "../helpers/models.js";
+import { ROOT, startServerProcess } from "../helpers/server.js";
+
+const SERVER_ARGS = ["--model", modelPath("q4_0"), "--threads", "1", "--parallel", "2", "--context-size", "1024", "--log-level", "info"];
+
+describe("the server process", () => {
+  it("health goes NOT_SERVING → SERVING around the model load, and logs the backend", async () => {
+    const server = await startServerProcess(SERVER_ARGS);
+    try {
+      const health = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${server.port}` }));
+      const seen: Status[] = [];
+      for await (const { status } of health.watch({ service: "airavata.v1.GenerationService" })) {
+        seen.push(status);
+        if (status === Status.SERVING) break;
+      }
+      expect(seen).toEqual([Status.NOT_SERVING, Status.SERVING]);
+      while (!server.logs.some((l) => l.msg === "model loaded on CPU")) await new Promise((r) => setTimeout(r, 20));
+      const loaded = server.logs.find((l) => l.msg === "model loaded on CPU");
+      expect(loaded).toMatchObject({ backend: "cpu", threads: 1, sequences: 2, contextSize: 1024 });
+    } finally {
+      server.child.kill("SIGTERM");
+      expect(await server.exited).toBe(0);
+    }
+  });
+
+  it("SIGTERM during a stream: the stream completes, new calls get UNAVAILABLE, exit code 0", async () => {
+    const server = await startServerProcess([...SERVER_ARGS, "--context-size", "2048", "--grace-period", "60"]);
+    const address = `127.0.0.1:${server.port}`;
+    const health = createClient(Health, createGrpcTransport({ baseUrl: `http://${address}` }));
+    for await (const { status } of health.watch({ service: "" })) if (status === Status.SERVING) break;
+    const client = new AiravataClient(address);
+    let streamDone = false;
+    const stream = client
+      .generate({ prompt: "नमस्ते", temperature: 0, maxNewTokens: 1800 }, () => {
+        if (server.child.signalCode === null && !server.child.killed) server.child.kill("SIGTERM");
+      })
+      .finally(() => (streamDone = true));
+    // The server shows it is draining through health, while the stream goes on.
+    let status = Status.SERVING;
+    while (status === Status.SERVING) {
+      status = (await health.check({ service: "" })).status;
+    }
+    expect(status).toBe(Status.NOT_SERVING);
+    const refused = await client.generate({ prompt: "The", raw: true });
+    expect(streamDone).toBe(false);
+    expect(refused.codeName).toBe("UNAVAILABLE");
+    expect(refused.message).toMatch(/shutting down/);
+    const finished = await stream;
+    expect(finished.codeName).toBe("OK");
+    expect(finished.trailers["airavata-generated-tokens"]).toBe("1800");
+    expect(finished.trailers["airavata-finish-reason"]).toBe("length");
+    client.close();
+    expect(await server.exited).toBe(0);
+    expect(server.logs.some((l) => l.msg === "stopped")).toBe(true);
+  });
+});
+
+describe("configuration", () => {
+  async function run(args: string[], env: Record<string, string> = {}) {
+    const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts", ...args], {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+    });
+    let stderr = "";
+    child.stderr.on("data", (d) => (stderr += String(d)));
+    const code = await new Promise<number | null>((r) => child.once("exit", r));
+    return { code, stderr: stderr.trim() };
+  }
+
+  it.each([
+    [["--port", "http"], {}, /--port.*'http' is invalid.*integer from 0 to 65535/],
+    [["--threads", "0"], {}, /--threads.*integer from 1 to 1024/],
+    [["--gpu", "tpu"], {}, /--gpu.*Allowed choices are auto, cuda, vulkan, cpu/],
+    [[], { AIRAVATA_CONTEXT_SIZE: "lots" }, /--context-size.*'lots' from env 'AIRAVATA_CONTEXT_SIZE' is invalid/],
+    [["--model", "/nope/airavata.gguf"], {}, /no file at \/nope\/airavata.gguf/],
+    [["--tls-cert", "package.json"], {}, /--tls-cert and --tls-key go together/],
+  ] as const)("a bad setting (%j %j) is one clear line and exit code 2", async (args, env, message) => {
+    const withModel = (args as readonly string[]).includes("--model") ? [...args] : ["--model", modelPath("q4_0"), ...args];
+    const { code, stderr } = await run(withModel, env);
+    expect(code).toBe(2);
+    expect(stderr.split("\n")).toHaveLength(1);
+    expect(stderr).toMatch(message);
+  });
+
+  it("flags win over environment variables", async () => {
+    const { code, stderr } = await run(["--model", modelPath("q4_0"), "--port", "bad"], { AIRAVATA_PORT: "1234" });
+    expect(code).toBe(2);
+    expect(stderr).toMatch(/'bad' is invalid/);
+  });
+
+  it("without a model it says how to get one", async () => {
+    const { code, stderr } = await run([], { AIRAVATA_MODEL: "" });
+    expect(code).toBe(2);
+    expect(stderr).toMatch(/no model: pass --model .*npm run demo/);
+  });
+});
