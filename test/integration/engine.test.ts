@@ -1,0 +1,58 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { LlamaEngine } from "../../src/engine/llama-engine.js";
+import type { SamplingSettings } from "../../src/engine/protocol.js";
+import { modelPath } from "../helpers/models.js";
+
+// The engine in this process (no IPC), to watch exactly how many tokens a
+// cancel lets through.
+let engine: LlamaEngine;
+beforeAll(async () => {
+  engine = await LlamaEngine.load({ modelPath: modelPath("q8_0"), gpu: "cpu", threads: 1, contextSize: 1024, sequences: 2, batchSize: 512 });
+});
+afterAll(async () => {
+  await engine.dispose();
+});
+
+const greedy: SamplingSettings = { maxNewTokens: 500, temperature: 0, topK: 40, topP: 1, minP: 0, repeatPenalty: 1, seed: 1, stop: [] };
+const chat = { kind: "chat", messages: [{ role: "user", content: "नमस्ते" }] } as const;
+
+describe("LlamaEngine", () => {
+  it("reports the backend, threads, slots and context it was given", () => {
+    expect(engine.info).toMatchObject({ backend: "cpu", threads: 1, sequences: 2, contextSize: 1024, gpuLayers: 0 });
+  });
+
+  it("stops within one token of the signal, and the sequence is reusable", async () => {
+    const controller = new AbortController();
+    let seen = 0;
+    let tokensAtAbort = 0;
+    const result = await engine.generate(0, chat, greedy, controller.signal, {
+      started: () => {},
+      chunk: (e) => {
+        seen += e.tokens.length;
+        if (seen >= 10 && !controller.signal.aborted) {
+          tokensAtAbort = seen;
+          controller.abort();
+        }
+      },
+    });
+    expect(result.finishReason).toBe("cancelled");
+    expect(result.generatedTokens - tokensAtAbort).toBeLessThanOrEqual(1);
+    const again = await engine.generate(0, { kind: "raw", text: "The" }, greedy, new AbortController().signal, { started: () => {}, chunk: () => {} });
+    expect(again.finishReason).toBe("stop");
+  });
+
+  it("two sequences generate side by side with the same text as alone", async () => {
+    const collect = async (slot: number) => {
+      let text = "";
+      await engine.generate(slot, chat, { ...greedy, maxNewTokens: 60 }, new AbortController().signal, {
+        started: () => {},
+        chunk: (e) => (text += e.text),
+      });
+      return text;
+    };
+    const alone = await collect(0);
+    const [a, b] = await Promise.all([collect(0), collect(1)]);
+    expect(a).toBe(alone);
+    expect(b).toBe(alone);
+  });
+});
