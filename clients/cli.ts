@@ -31,7 +31,11 @@ function fail(outcome: CallOutcome, address: string): never {
 
 const program = new Command("airavata")
   .description("client for airavata-serve (gRPC)")
-  .option("-a, --address <host:port>", "server address (env AIRAVATA_ADDRESS)", process.env.AIRAVATA_ADDRESS ?? "localhost:50051");
+  .option(
+    "-a, --address <host:port>",
+    "server address (env AIRAVATA_ADDRESS)",
+    process.env.AIRAVATA_ADDRESS ?? "localhost:50051",
+  );
 
 program
   .command("generate")
@@ -52,7 +56,12 @@ program
     const address = program.opts().address as string;
     const client = new AiravataClient(address);
     const request: GenerateInit = o.system
-      ? { messages: [{ role: "system", content: o.system as string }, { role: "user", content: prompt }] }
+      ? {
+          messages: [
+            { role: "system", content: o.system as string },
+            { role: "user", content: prompt },
+          ],
+        }
       : { prompt, raw: Boolean(o.raw) };
     Object.assign(request, {
       maxNewTokens: o.maxNewTokens,
@@ -85,7 +94,9 @@ program
     const outcome = await client.tokenize(text);
     client.close();
     if (outcome.codeName !== "OK" || !outcome.response) fail(outcome, address);
-    process.stdout.write(`${outcome.response.count} tokens (${outcome.response.variant}): ${outcome.response.tokenIds.join(" ")}\n`);
+    process.stdout.write(
+      `${outcome.response.count} tokens (${outcome.response.variant}): ${outcome.response.tokenIds.join(" ")}\n`,
+    );
   });
 
 await program.parseAsync();

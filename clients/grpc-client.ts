@@ -61,7 +61,13 @@ function outcomeOf(status: { code: grpc.status; details: string; metadata?: grpc
       trailers[key] = String(values);
     }
   }
-  return { code: status.code, codeName: grpc.status[status.code] ?? String(status.code), message: status.details, trailers, metrics };
+  return {
+    code: status.code,
+    codeName: grpc.status[status.code] ?? String(status.code),
+    message: status.details,
+    trailers,
+    metrics,
+  };
 }
 
 function metadataOf(options: CallOptions): grpc.Metadata {
@@ -88,7 +94,11 @@ export class AiravataClient {
    * Streams a generation. `onResponse` sees each message as it arrives; the
    * promise resolves (never rejects for a gRPC status) with how the call ended.
    */
-  generate(request: GenerateInit, onResponse?: (response: GenerateResponse) => void, options: CallOptions = {}): Promise<GenerateOutcome> {
+  generate(
+    request: GenerateInit,
+    onResponse?: (response: GenerateResponse) => void,
+    options: CallOptions = {},
+  ): Promise<GenerateOutcome> {
     const call = this.client.makeServerStreamRequest(
       path("Generate"),
       serializer(GenerateRequestDesc),
@@ -115,7 +125,10 @@ export class AiravataClient {
     });
   }
 
-  tokenize(text: string, options: CallOptions & { special?: boolean } = {}): Promise<{ response?: TokenizeResponse } & CallOutcome> {
+  tokenize(
+    text: string,
+    options: CallOptions & { special?: boolean } = {},
+  ): Promise<{ response?: TokenizeResponse } & CallOutcome> {
     return new Promise((resolve) => {
       let response: TokenizeResponse | undefined;
       const call = this.client.makeUnaryRequest(

@@ -34,11 +34,11 @@ export async function startApp(config: Readonly<Config>, log: Logger): Promise<A
   let accepting = true;
   const shutdownController = new AbortController();
 
-  let inference: Inference | undefined;
-  let scheduler: SlotScheduler | undefined;
+  // Set once the model is loaded; until then generation answers UNAVAILABLE.
+  const loaded: { inference?: Inference; scheduler?: SlotScheduler } = {};
   const metrics = new ServiceMetrics({
-    running: () => scheduler?.running ?? 0,
-    waiting: () => scheduler?.waiting ?? 0,
+    running: () => loaded.scheduler?.running ?? 0,
+    waiting: () => loaded.scheduler?.waiting ?? 0,
     variant: () => config.modelId,
   });
   const reflection = createReflectionServices([GenerationService, Health]);
@@ -47,8 +47,8 @@ export async function startApp(config: Readonly<Config>, log: Logger): Promise<A
     log,
     inference() {
       if (!accepting) throw new ServiceError("unavailable", "the server is shutting down; retry on another instance");
-      if (!inference) throw new ServiceError("unavailable", "the model is still loading; retry shortly");
-      return inference;
+      if (!loaded.inference) throw new ServiceError("unavailable", "the model is still loading; retry shortly");
+      return loaded.inference;
     },
   });
   const handler = createHttpHandler({
@@ -92,8 +92,9 @@ export async function startApp(config: Readonly<Config>, log: Logger): Promise<A
     { model: config.modelPath, variant: config.modelId, ...info },
     info.backend === "cpu" ? "model loaded on CPU" : `model loaded on ${info.backend.toUpperCase()}`,
   );
-  scheduler = new SlotScheduler(info.sequences, config.maxQueue);
-  inference = new Inference(engine, scheduler, config.modelId);
+  const scheduler = new SlotScheduler(info.sequences, config.maxQueue);
+  loaded.scheduler = scheduler;
+  loaded.inference = new Inference(engine, scheduler, config.modelId);
   engine.onExit((code, signal) => {
     if (accepting) {
       log.error({ code, signal }, "engine process exited; generation is unavailable");
@@ -112,11 +113,11 @@ export async function startApp(config: Readonly<Config>, log: Logger): Promise<A
         accepting = false;
         health.setAll(ServingStatus.NOT_SERVING);
         const deadline = Date.now() + config.gracePeriodMs;
-        while ((scheduler!.running > 0 || scheduler!.waiting > 0) && Date.now() < deadline) {
+        while ((scheduler.running > 0 || scheduler.waiting > 0) && Date.now() < deadline) {
           await new Promise((r) => setTimeout(r, 50));
         }
-        if (scheduler!.running > 0 || scheduler!.waiting > 0) {
-          log.warn({ running: scheduler!.running, waiting: scheduler!.waiting }, "grace period over: ending the remaining calls");
+        if (scheduler.running > 0 || scheduler.waiting > 0) {
+          log.warn({ running: scheduler.running, waiting: scheduler.waiting }, "grace period over: ending the remaining calls");
         }
         shutdownController.abort(new ServiceError("unavailable", "the server is shutting down; retry on another instance"));
         // Let the aborted streams write their status and trailers.

@@ -53,21 +53,80 @@ export function buildCommand(): Command {
   return new Command("airavata-serve")
     .description("Serve Airavata GGUF models over gRPC, gRPC-Web and Connect on one port")
     .addOption(new Option("--model <path>", "GGUF model file to serve").env("AIRAVATA_MODEL").argParser(readable))
-    .addOption(new Option("--model-id <id>", "id reported for the model (default: file name without .gguf)").env("AIRAVATA_MODEL_ID"))
+    .addOption(
+      new Option("--model-id <id>", "id reported for the model (default: file name without .gguf)").env("AIRAVATA_MODEL_ID"),
+    )
     .addOption(new Option("--host <host>", "address to listen on").env("AIRAVATA_HOST").default("127.0.0.1"))
-    .addOption(new Option("--port <port>", "port for every protocol (0: any free port)").env("AIRAVATA_PORT").default(50051).argParser(integer(0, 65535)))
-    .addOption(new Option("--gpu <backend>", "compute backend").env("AIRAVATA_GPU").choices(["auto", "cuda", "vulkan", "cpu"]).default("auto"))
-    .addOption(new Option("--threads <n>", "CPU threads for decoding (default: the cores available)").env("AIRAVATA_THREADS").argParser(integer(1, 1024)))
-    .addOption(new Option("--context-size <tokens>", "tokens per request, prompt and generation together").env("AIRAVATA_CONTEXT_SIZE").default(2048).argParser(integer(64, 1 << 20)))
-    .addOption(new Option("--parallel <n>", 'requests decoded together (slots), or "auto": 4 on CPU, 8 on GPU').env("AIRAVATA_PARALLEL").default("auto").argParser((v) => (v === "auto" ? v : integer(1, 256)(v))))
-    .addOption(new Option("--batch-size <tokens>", "tokens per decode batch").env("AIRAVATA_BATCH_SIZE").default(512).argParser(integer(1, 1 << 16)))
-    .addOption(new Option("--max-queue <n>", "requests that may wait for a slot; more are refused with RESOURCE_EXHAUSTED").env("AIRAVATA_MAX_QUEUE").default(64).argParser(integer(0, 1 << 20)))
-    .addOption(new Option("--max-message-bytes <n>", "largest request message accepted").env("AIRAVATA_MAX_MESSAGE_BYTES").default(1 << 20).argParser(integer(1024, 1 << 30)))
-    .addOption(new Option("--tls-cert <path>", "PEM certificate: serve TLS (h2 and http/1.1 by ALPN)").env("AIRAVATA_TLS_CERT").argParser(readable))
+    .addOption(
+      new Option("--port <port>", "port for every protocol (0: any free port)")
+        .env("AIRAVATA_PORT")
+        .default(50051)
+        .argParser(integer(0, 65535)),
+    )
+    .addOption(
+      new Option("--gpu <backend>", "compute backend")
+        .env("AIRAVATA_GPU")
+        .choices(["auto", "cuda", "vulkan", "cpu"])
+        .default("auto"),
+    )
+    .addOption(
+      new Option("--threads <n>", "CPU threads for decoding (default: the cores available)")
+        .env("AIRAVATA_THREADS")
+        .argParser(integer(1, 1024)),
+    )
+    .addOption(
+      new Option("--context-size <tokens>", "tokens per request, prompt and generation together")
+        .env("AIRAVATA_CONTEXT_SIZE")
+        .default(2048)
+        .argParser(integer(64, 1 << 20)),
+    )
+    .addOption(
+      new Option("--parallel <n>", 'requests decoded together (slots), or "auto": 4 on CPU, 8 on GPU')
+        .env("AIRAVATA_PARALLEL")
+        .default("auto")
+        .argParser((v) => (v === "auto" ? v : integer(1, 256)(v))),
+    )
+    .addOption(
+      new Option("--batch-size <tokens>", "tokens per decode batch")
+        .env("AIRAVATA_BATCH_SIZE")
+        .default(512)
+        .argParser(integer(1, 1 << 16)),
+    )
+    .addOption(
+      new Option("--max-queue <n>", "requests that may wait for a slot; more are refused with RESOURCE_EXHAUSTED")
+        .env("AIRAVATA_MAX_QUEUE")
+        .default(64)
+        .argParser(integer(0, 1 << 20)),
+    )
+    .addOption(
+      new Option("--max-message-bytes <n>", "largest request message accepted")
+        .env("AIRAVATA_MAX_MESSAGE_BYTES")
+        .default(1 << 20)
+        .argParser(integer(1024, 1 << 30)),
+    )
+    .addOption(
+      new Option("--tls-cert <path>", "PEM certificate: serve TLS (h2 and http/1.1 by ALPN)")
+        .env("AIRAVATA_TLS_CERT")
+        .argParser(readable),
+    )
     .addOption(new Option("--tls-key <path>", "PEM private key for --tls-cert").env("AIRAVATA_TLS_KEY").argParser(readable))
-    .addOption(new Option("--cors-origins <list>", 'comma-separated browser origins allowed cross-origin, or "*"').env("AIRAVATA_CORS_ORIGINS").default(""))
-    .addOption(new Option("--grace-period <seconds>", "on SIGTERM, how long running streams may finish").env("AIRAVATA_GRACE_PERIOD").default(30).argParser(integer(0, 3600)))
-    .addOption(new Option("--log-level <level>", "log level").env("AIRAVATA_LOG_LEVEL").choices(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"));
+    .addOption(
+      new Option("--cors-origins <list>", 'comma-separated browser origins allowed cross-origin, or "*"')
+        .env("AIRAVATA_CORS_ORIGINS")
+        .default(""),
+    )
+    .addOption(
+      new Option("--grace-period <seconds>", "on SIGTERM, how long running streams may finish")
+        .env("AIRAVATA_GRACE_PERIOD")
+        .default(30)
+        .argParser(integer(0, 3600)),
+    )
+    .addOption(
+      new Option("--log-level <level>", "log level")
+        .env("AIRAVATA_LOG_LEVEL")
+        .choices(["fatal", "error", "warn", "info", "debug", "trace", "silent"])
+        .default("info"),
+    );
 }
 
 /** Parses and validates; on a bad value, prints one line and exits with code 2. */

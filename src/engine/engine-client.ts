@@ -109,7 +109,12 @@ export class EngineProcess {
    * Generates on sequence `slot`. Aborting `signal` asks the engine to stop
    * after the token in flight; the stream then ends with a `cancelled` done.
    */
-  generate(slot: number, input: GenerationInput, sampling: SamplingSettings, signal: AbortSignal): AsyncIterable<GenerationEvent> {
+  generate(
+    slot: number,
+    input: GenerationInput,
+    sampling: SamplingSettings,
+    signal: AbortSignal,
+  ): AsyncIterable<GenerationEvent> {
     const events = new AsyncQueue<GenerationEvent>();
     if (this.exited) {
       events.fail(new ServiceError("unavailable", "the engine process is not running"));
@@ -178,7 +183,9 @@ export class EngineProcess {
       }
       case "failed":
         if (message.kind === "internal") this.log.error({ cause: message.message }, "engine error");
-        entry.events?.fail(new ServiceError(message.kind, message.kind === "internal" ? "internal engine error" : message.message));
+        entry.events?.fail(
+          new ServiceError(message.kind, message.kind === "internal" ? "internal engine error" : message.message),
+        );
         entry.tokenized?.reject(new ServiceError(message.kind, message.message));
         this.pending.delete(message.id);
         break;

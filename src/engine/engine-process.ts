@@ -59,7 +59,12 @@ async function generate(message: Extract<ToEngine, { type: "generate" }>): Promi
     if (error instanceof ServiceError) {
       send({ type: "failed", id, kind: error.kind, message: error.message });
     } else {
-      send({ type: "failed", id, kind: "internal", message: error instanceof Error ? error.stack ?? error.message : String(error) });
+      send({
+        type: "failed",
+        id,
+        kind: "internal",
+        message: error instanceof Error ? (error.stack ?? error.message) : String(error),
+      });
     }
   } finally {
     running.delete(id);

@@ -109,10 +109,7 @@ export class LlamaEngine {
     }
     events.started(prompt.length);
     const model = this.model;
-    const stream = new TextStream(
-      (tokens, last) => model.detokenize(tokens as Token[], false, last as Token[]),
-      sampling.stop,
-    );
+    const stream = new TextStream((tokens, last) => model.detokenize(tokens as Token[], false, last as Token[]), sampling.stop);
     const history: Token[] = [...prompt];
     const started = performance.now();
     let prefillMs = 0;

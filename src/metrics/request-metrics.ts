@@ -58,7 +58,8 @@ export class RequestMetrics {
 
   snapshot(): MetricsSnapshot {
     const end = this.endAt ?? performance.now();
-    const decodeSeconds = this.firstTokenAt !== undefined && this.lastTokenAt !== undefined ? (this.lastTokenAt - this.firstTokenAt) / 1000 : 0;
+    const decodeSeconds =
+      this.firstTokenAt !== undefined && this.lastTokenAt !== undefined ? (this.lastTokenAt - this.firstTokenAt) / 1000 : 0;
     return {
       variant: this.variant,
       promptTokens: this.promptTokens,

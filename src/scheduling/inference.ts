@@ -9,8 +9,7 @@ import type { RequestMetrics } from "../metrics/request-metrics.js";
 import type { SlotScheduler } from "./slot-scheduler.js";
 
 export type InferenceEvent =
-  | { type: "text"; text: string; tokens: number[] }
-  | { type: "done"; text: string; tokens: number[]; finishReason: FinishReason };
+  { type: "text"; text: string; tokens: number[] } | { type: "done"; text: string; tokens: number[]; finishReason: FinishReason };
 
 export class Inference {
   constructor(

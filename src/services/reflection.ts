@@ -11,7 +11,6 @@ import { Code, type ServiceImpl } from "@connectrpc/connect";
 import {
   ServerReflection as ServerReflectionV1,
   type ServerReflectionRequest as RequestV1,
-  type ServerReflectionResponse as ResponseV1,
 } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ServerReflectionV1Alpha } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -86,13 +85,19 @@ function answer(index: DescriptorIndex, serviceNames: readonly string[], req: Re
     case "allExtensionNumbersOfType": {
       const known = index.symbols.has(request.value);
       return known
-        ? { ...base, messageResponse: { case: "allExtensionNumbersResponse", value: { baseTypeName: request.value, extensionNumber: [] } } }
+        ? {
+            ...base,
+            messageResponse: { case: "allExtensionNumbersResponse", value: { baseTypeName: request.value, extensionNumber: [] } },
+          }
         : notFound(`type "${request.value}" not found`);
     }
     default:
       return {
         ...base,
-        messageResponse: { case: "errorResponse", value: { errorCode: Code.InvalidArgument, errorMessage: "empty reflection request" } },
+        messageResponse: {
+          case: "errorResponse",
+          value: { errorCode: Code.InvalidArgument, errorMessage: "empty reflection request" },
+        },
       };
   }
 }

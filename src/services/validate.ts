@@ -24,7 +24,14 @@ export const LIMITS = {
 
 const ROLES = new Set(["system", "user", "assistant"]);
 
-function inRange(field: string, value: number | undefined, min: number, max: number, fallback: number, minExclusive = false): number {
+function inRange(
+  field: string,
+  value: number | undefined,
+  min: number,
+  max: number,
+  fallback: number,
+  minExclusive = false,
+): number {
   if (value === undefined) return fallback;
   if (!Number.isFinite(value)) throw invalidArgument(`${field} must be a finite number, got ${value}`);
   if (value < min || value > max || (minExclusive && value === min)) {

@@ -31,5 +31,7 @@ for (const type of types) {
   const started = performance.now();
   const { parameters } = writeSyntheticModel({ path, shape: SHAPES[opts.shape], type, name: `airavata-synthetic-${opts.shape}` });
   const mb = statSync(path).size / 1e6;
-  console.log(`${path}: ${(parameters / 1e6).toFixed(1)}M parameters, ${mb.toFixed(1)} MB, ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  console.log(
+    `${path}: ${(parameters / 1e6).toFixed(1)}M parameters, ${mb.toFixed(1)} MB, ${((performance.now() - started) / 1000).toFixed(1)} s`,
+  );
 }

@@ -130,11 +130,7 @@ function writeValue(sink: ByteSink, v: MetadataValue): void {
  * Writes a GGUF file at `path`. The file appears under its name only once it
  * is complete (written to `path + ".part"`, then renamed).
  */
-export function writeGguf(
-  path: string,
-  metadata: ReadonlyMap<string, MetadataValue>,
-  tensors: readonly TensorSpec[],
-): void {
+export function writeGguf(path: string, metadata: ReadonlyMap<string, MetadataValue>, tensors: readonly TensorSpec[]): void {
   const header = new ByteSink();
   header.push(Buffer.from("GGUF", "ascii"));
   header.u32(3);

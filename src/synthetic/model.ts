@@ -58,13 +58,43 @@ export const CHAT_TEMPLATE =
  * script starts at "▁The" and ends the generation after 🙏 (four byte tokens).
  */
 export const CHAT_SCRIPT = [
-  "<0x0A>", "▁नमस्ते", "!", "▁मैं", "▁एक", "▁छोटा", "▁परीक्षण", "▁मॉडल", "▁हूँ", "।",
-  "▁I", "▁am", "▁a", "▁small", "▁test", "▁model", "▁for", "▁airavata", "-", "serve", ".",
-  "▁", "<0xE0>", "<0xA5>", "<0x90>", "▁शांति", ",", "▁भारत", "▁की", "▁राजधानी", "▁नई",
-  "▁दिल्ली", "▁है", "<0x0A>",
+  "<0x0A>",
+  "▁नमस्ते",
+  "!",
+  "▁मैं",
+  "▁एक",
+  "▁छोटा",
+  "▁परीक्षण",
+  "▁मॉडल",
+  "▁हूँ",
+  "।",
+  "▁I",
+  "▁am",
+  "▁a",
+  "▁small",
+  "▁test",
+  "▁model",
+  "▁for",
+  "▁airavata",
+  "-",
+  "serve",
+  ".",
+  "▁",
+  "<0xE0>",
+  "<0xA5>",
+  "<0x90>",
+  "▁शांति",
+  ",",
+  "▁भारत",
+  "▁की",
+  "▁राजधानी",
+  "▁नई",
+  "▁दिल्ली",
+  "▁है",
+  "<0x0A>",
 ].map((p) => p.replaceAll("▁", SPACE));
-export const RAW_SCRIPT = ["▁The", "▁end", "▁of", "▁story", "<0xF0>", "<0x9F>", "<0x99>", "<0x8F>", "</s>"].map(
-  (p) => p.replaceAll("▁", SPACE),
+export const RAW_SCRIPT = ["▁The", "▁end", "▁of", "▁story", "<0xF0>", "<0x9F>", "<0x99>", "<0x8F>", "</s>"].map((p) =>
+  p.replaceAll("▁", SPACE),
 );
 
 const FILE_TYPE: Record<WeightType, number> = { f32: 0, f16: 1, q4_0: 2, q8_0: 7 };
@@ -144,7 +174,13 @@ export function writeSyntheticModel(options: WriteModelOptions): { parameters: n
     type === "f32" ? GgmlType.F32 : type === "f16" ? GgmlType.F16 : type === "q8_0" ? GgmlType.Q8_0 : GgmlType.Q4_0;
   const outputType = type === "q4_0" ? GgmlType.Q8_0 : matrixType;
   const encode = (t: GgmlType, values: Float32Array): Uint8Array =>
-    t === GgmlType.F32 ? encodeF32(values) : t === GgmlType.F16 ? encodeF16(values) : t === GgmlType.Q8_0 ? encodeQ8_0(values) : encodeQ4_0(values);
+    t === GgmlType.F32
+      ? encodeF32(values)
+      : t === GgmlType.F16
+        ? encodeF16(values)
+        : t === GgmlType.Q8_0
+          ? encodeQ8_0(values)
+          : encodeQ4_0(values);
 
   const tensors: TensorSpec[] = [];
   let parameters = 0;

@@ -29,18 +29,55 @@ export interface Vocabulary {
 
 /** Words (and their prefixes) the tokenizer keeps whole. */
 export const WORDS = [
-  "नमस्ते", "मैं", "एक", "छोटा", "परीक्षण", "मॉडल", "हूँ", "शांति", "भारत", "की",
-  "राजधानी", "नई", "दिल्ली", "है", "क्या", "हिंदी", "में", "और", "आप", "कैसे", "हैं",
-  "I", "am", "a", "small", "test", "model", "for", "airavata", "serve", "The", "end",
-  "of", "story", "hello", "world", "what", "is", "the", "capital", "India", "user",
-  "assistant", "system",
+  "नमस्ते",
+  "मैं",
+  "एक",
+  "छोटा",
+  "परीक्षण",
+  "मॉडल",
+  "हूँ",
+  "शांति",
+  "भारत",
+  "की",
+  "राजधानी",
+  "नई",
+  "दिल्ली",
+  "है",
+  "क्या",
+  "हिंदी",
+  "में",
+  "और",
+  "आप",
+  "कैसे",
+  "हैं",
+  "I",
+  "am",
+  "a",
+  "small",
+  "test",
+  "model",
+  "for",
+  "airavata",
+  "serve",
+  "The",
+  "end",
+  "of",
+  "story",
+  "hello",
+  "world",
+  "what",
+  "is",
+  "the",
+  "capital",
+  "India",
+  "user",
+  "assistant",
+  "system",
 ];
 
 const ONE_BYTE_CHARS = Array.from({ length: 0x7f - 0x21 }, (_, i) => String.fromCharCode(0x21 + i));
 /** Devanagari block, except ॐ (U+0950). */
-const DEVANAGARI = Array.from({ length: 0x80 }, (_, i) => String.fromCharCode(0x900 + i)).filter(
-  (c) => c !== "\u0950",
-);
+const DEVANAGARI = Array.from({ length: 0x80 }, (_, i) => String.fromCharCode(0x900 + i)).filter((c) => c !== "\u0950");
 const CONSONANTS = Array.from("कखगघचछजझटठडढणतथदधनपफबभमयरलवशषसह");
 const SIGNS = ["", ..."ािीुूेैोौंः"];
 

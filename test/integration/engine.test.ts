@@ -1,20 +1,36 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LlamaEngine } from "../../src/engine/llama-engine.js";
-import type { SamplingSettings } from "../../src/engine/protocol.js";
+import type { GenerationInput, SamplingSettings } from "../../src/engine/protocol.js";
 import { modelPath } from "../helpers/models.js";
 
 // The engine in this process (no IPC), to watch exactly how many tokens a
 // cancel lets through.
 let engine: LlamaEngine;
 beforeAll(async () => {
-  engine = await LlamaEngine.load({ modelPath: modelPath("q8_0"), gpu: "cpu", threads: 1, contextSize: 1024, sequences: 2, batchSize: 512 });
+  engine = await LlamaEngine.load({
+    modelPath: modelPath("q8_0"),
+    gpu: "cpu",
+    threads: 1,
+    contextSize: 1024,
+    sequences: 2,
+    batchSize: 512,
+  });
 });
 afterAll(async () => {
   await engine.dispose();
 });
 
-const greedy: SamplingSettings = { maxNewTokens: 500, temperature: 0, topK: 40, topP: 1, minP: 0, repeatPenalty: 1, seed: 1, stop: [] };
-const chat = { kind: "chat", messages: [{ role: "user", content: "नमस्ते" }] } as const;
+const greedy: SamplingSettings = {
+  maxNewTokens: 500,
+  temperature: 0,
+  topK: 40,
+  topP: 1,
+  minP: 0,
+  repeatPenalty: 1,
+  seed: 1,
+  stop: [],
+};
+const chat: GenerationInput = { kind: "chat", messages: [{ role: "user", content: "नमस्ते" }] };
 
 describe("LlamaEngine", () => {
   it("reports the backend, threads, slots and context it was given", () => {
@@ -37,7 +53,10 @@ describe("LlamaEngine", () => {
     });
     expect(result.finishReason).toBe("cancelled");
     expect(result.generatedTokens - tokensAtAbort).toBeLessThanOrEqual(1);
-    const again = await engine.generate(0, { kind: "raw", text: "The" }, greedy, new AbortController().signal, { started: () => {}, chunk: () => {} });
+    const again = await engine.generate(0, { kind: "raw", text: "The" }, greedy, new AbortController().signal, {
+      started: () => {},
+      chunk: () => {},
+    });
     expect(again.finishReason).toBe("stop");
   });
 

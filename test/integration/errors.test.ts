@@ -25,7 +25,16 @@ const invalid: [string, GenerateInit, RegExp][] = [
   ["an empty prompt", { prompt: "" }, /prompt is empty/],
   ["prompt and messages together", { prompt: "hi", messages: [{ role: "user", content: "hi" }] }, /either prompt or messages/],
   ["an unknown role", { messages: [{ role: "bot", content: "hi" }] }, /messages\[0\]\.role "bot" is unknown/],
-  ["a conversation not ending with the user", { messages: [{ role: "user", content: "a" }, { role: "assistant", content: "b" }] }, /last message/],
+  [
+    "a conversation not ending with the user",
+    {
+      messages: [
+        { role: "user", content: "a" },
+        { role: "assistant", content: "b" },
+      ],
+    },
+    /last message/,
+  ],
   ["an empty message", { messages: [{ role: "user", content: "" }] }, /messages\[0\]\.content is empty/],
   ["raw with messages", { raw: true, messages: [{ role: "user", content: "hi" }] }, /raw applies to prompt only/],
   ["NaN temperature", { prompt: "hi", temperature: Number.NaN }, /temperature must be a finite number/],

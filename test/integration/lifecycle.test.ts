@@ -7,7 +7,18 @@ import { Health, HealthCheckResponse_ServingStatus as Status } from "../../src/g
 import { modelPath } from "../helpers/models.js";
 import { ROOT, startServerProcess } from "../helpers/server.js";
 
-const SERVER_ARGS = ["--model", modelPath("q4_0"), "--threads", "1", "--parallel", "2", "--context-size", "1024", "--log-level", "info"];
+const SERVER_ARGS = [
+  "--model",
+  modelPath("q4_0"),
+  "--threads",
+  "1",
+  "--parallel",
+  "2",
+  "--context-size",
+  "1024",
+  "--log-level",
+  "info",
+];
 
 describe("the server process", () => {
   it("health goes NOT_SERVING → SERVING around the model load, and logs the backend", async () => {

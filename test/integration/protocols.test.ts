@@ -68,12 +68,23 @@ describe("one address, every protocol", () => {
   });
 
   it.each(["grpc", "grpcweb", "connect"])("answers buf curl over %s, through reflection", async (protocol) => {
-    const args = ["curl", "--protocol", protocol, "--data", JSON.stringify({ prompt: REQUEST.prompt, max_new_tokens: 48, temperature: 0, seed: 7 })];
+    const args = [
+      "curl",
+      "--protocol",
+      protocol,
+      "--data",
+      JSON.stringify({ prompt: REQUEST.prompt, max_new_tokens: 48, temperature: 0, seed: 7 }),
+    ];
     if (protocol === "grpc") args.push("--http2-prior-knowledge");
     args.push(`${server.baseUrl}/airavata.v1.GenerationService/Generate`);
     const { stdout } = await exec(`${ROOT}/node_modules/.bin/buf`, args);
     const messages = JSON.parse(`[${stdout.replace(/}\s*{/g, "},{")}]`) as { text?: string; finishReason?: string }[];
-    expect(messages.map((m) => m.text ?? "").join("").startsWith(EXPECTED_START)).toBe(true);
+    expect(
+      messages
+        .map((m) => m.text ?? "")
+        .join("")
+        .startsWith(EXPECTED_START),
+    ).toBe(true);
     expect(messages.at(-1)?.finishReason).toBe("FINISH_REASON_LENGTH");
   });
 

@@ -45,7 +45,8 @@ describe("server reflection", () => {
       { messageRequest: { case: "fileContainingSymbol", value: "airavata.v1.Nope" } },
     ]);
     expect(list!.messageResponse.case).toBe("listServicesResponse");
-    const names = list!.messageResponse.case === "listServicesResponse" ? list!.messageResponse.value.service.map((s) => s.name) : [];
+    const names =
+      list!.messageResponse.case === "listServicesResponse" ? list!.messageResponse.value.service.map((s) => s.name) : [];
     expect(names).toEqual(
       expect.arrayContaining([
         "airavata.v1.GenerationService",
@@ -66,16 +67,37 @@ describe("server reflection", () => {
       ]);
       const request = file.messageType.find((m) => m.name === "GenerateRequest")!;
       expect(request.field.map((f) => f.name)).toEqual(
-        expect.arrayContaining(["prompt", "messages", "max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed", "stop", "raw"]),
+        expect.arrayContaining([
+          "prompt",
+          "messages",
+          "max_new_tokens",
+          "temperature",
+          "top_k",
+          "top_p",
+          "min_p",
+          "repeat_penalty",
+          "seed",
+          "stop",
+          "raw",
+        ]),
       );
     }
     expect(missing!.messageResponse.case).toBe("errorResponse");
   });
 
   it("works for buf curl without proto files", async () => {
-    const { stdout } = await exec(`${ROOT}/node_modules/.bin/buf`, ["curl", "--http2-prior-knowledge", "--list-methods", server.baseUrl]);
+    const { stdout } = await exec(`${ROOT}/node_modules/.bin/buf`, [
+      "curl",
+      "--http2-prior-knowledge",
+      "--list-methods",
+      server.baseUrl,
+    ]);
     expect(stdout.split("\n")).toEqual(
-      expect.arrayContaining(["airavata.v1.GenerationService/Generate", "airavata.v1.GenerationService/Tokenize", "grpc.health.v1.Health/Check"]),
+      expect.arrayContaining([
+        "airavata.v1.GenerationService/Generate",
+        "airavata.v1.GenerationService/Tokenize",
+        "grpc.health.v1.Health/Check",
+      ]),
     );
     const health = await exec(`${ROOT}/node_modules/.bin/buf`, [
       "curl",

@@ -15,11 +15,27 @@ describe("TLS with ALPN", () => {
   let cert: Buffer;
   beforeAll(async () => {
     const dir = mkdtempSync(join(tmpdir(), "airavata-tls-"));
-    execFileSync("openssl", [
-      "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-      "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-      "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"),
-    ], { stdio: "ignore" });
+    execFileSync(
+      "openssl",
+      [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout",
+        join(dir, "key.pem"),
+        "-out",
+        join(dir, "cert.pem"),
+      ],
+      { stdio: "ignore" },
+    );
     cert = readFileSync(join(dir, "cert.pem"));
     server = await startTestServer({ tls: { cert, key: readFileSync(join(dir, "key.pem")) } });
   });
@@ -82,7 +98,14 @@ describe("CORS", () => {
     });
     expect(response.status).toBe(200);
     const exposed = (response.headers.get("access-control-expose-headers") ?? "").toLowerCase().split(",");
-    for (const h of ["airavata-ttft-ms", "trailer-airavata-ttft-ms", "airavata-metrics-bin", "grpc-status", "grpc-message", "x-request-id"]) {
+    for (const h of [
+      "airavata-ttft-ms",
+      "trailer-airavata-ttft-ms",
+      "airavata-metrics-bin",
+      "grpc-status",
+      "grpc-message",
+      "x-request-id",
+    ]) {
       expect(exposed).toContain(h);
     }
   });

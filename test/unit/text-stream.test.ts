@@ -7,8 +7,13 @@ const enc = new TextEncoder();
 const VOCAB: number[][] = [
   [...enc.encode("Hello")],
   [...enc.encode(" world")],
-  [0xe0], [0xa5], [0x90], // ॐ in three byte tokens
-  [0xf0], [0x9f], [0x99], [0x8f], // 🙏 in four
+  [0xe0],
+  [0xa5],
+  [0x90], // ॐ in three byte tokens
+  [0xf0],
+  [0x9f],
+  [0x99],
+  [0x8f], // 🙏 in four
   [...enc.encode(" नमस्ते")],
   [...enc.encode("STOP")],
   [...enc.encode("ST")],
