@@ -4,6 +4,7 @@
  * in-process on a free port.
  */
 import type { AddressInfo } from "node:net";
+import os from "node:os";
 import type { Logger } from "pino";
 import type { Config } from "./config.js";
 import { EngineProcess } from "./engine/engine-client.js";
@@ -65,6 +66,12 @@ export async function startApp(config: Readonly<Config>, log: Logger): Promise<A
   });
 
   // The server listens before the model loads, so health says NOT_SERVING meanwhile.
+  if (config.threads > os.availableParallelism()) {
+    log.warn(
+      { threads: config.threads, cores: os.availableParallelism() },
+      "more decode threads than cores: decoding will be many times slower (threads busy-wait for each other)",
+    );
+  }
   const server = createOnePortServer(handler, { tls: config.tls });
   const address = await server.listen(config.port, config.host);
   log.info({ host: address.address, port: address.port, tls: Boolean(config.tls) }, "listening");

@@ -44,9 +44,14 @@ function readable(value: string): string {
   return value;
 }
 
-/** Default threads for the CPU backend: one per core this process may use. */
+/**
+ * Default decode threads: one per core this process may use, less one for the
+ * server process. The engine's threads busy-wait at every step of a decode, so
+ * a core taken by the protocol work stalls all of them: on 2 cores, 2 threads
+ * gave the service half the speed of 1 (bench/results/single-stream.md).
+ */
 export function defaultThreads(): number {
-  return os.availableParallelism();
+  return Math.max(1, os.availableParallelism() - 1);
 }
 
 export function buildCommand(): Command {
@@ -70,7 +75,7 @@ export function buildCommand(): Command {
         .default("auto"),
     )
     .addOption(
-      new Option("--threads <n>", "CPU threads for decoding (default: the cores available)")
+      new Option("--threads <n>", "CPU threads for decoding (default: the cores available less one)")
         .env("AIRAVATA_THREADS")
         .argParser(integer(1, 1024)),
     )
