@@ -48,7 +48,7 @@ function readable(value: string): string {
  * Default decode threads: one per core this process may use, less one for the
  * server process. The engine's threads busy-wait at every step of a decode, so
  * a core taken by the protocol work stalls all of them: on 2 cores, 2 threads
- * gave the service half the speed of 1 (bench/results/single-stream.md).
+ * gave the service 55–70% of the speed of 1 (bench/README.md).
  */
 export function defaultThreads(): number {
   return Math.max(1, os.availableParallelism() - 1);

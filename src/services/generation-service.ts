@@ -117,7 +117,7 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
       const requestId = ctx.values.get(requestIdKey);
       ctx.responseHeader.set("x-request-id", requestId);
       const requestLog = log.child({ requestId, method: "Generate", protocol: ctx.protocolName });
-      let code = "OK";
+      let code: string | undefined;
       const call = callSignal(ctx);
       try {
         const inference = deps.inference();
@@ -133,6 +133,7 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
             throw call.signal.reason ?? new ConnectError("cancelled", Code.Canceled);
           }
           metrics.end();
+          code = "OK";
           yield {
             text: event.text,
             tokenIds: event.tokens,
@@ -146,6 +147,11 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
         code = grpcCodeName(connectError.code);
         throw connectError;
       } finally {
+        if (code === undefined) {
+          // The transport stopped the stream while it waited on a message (the client left).
+          metrics.finishReason = call.signal.aborted ? abortReason(call.signal) : "cancelled";
+          code = metrics.finishReason === "deadline" ? "DEADLINE_EXCEEDED" : "CANCELLED";
+        }
         call.dispose();
         metrics.end();
         const snapshot = metrics.snapshot();
