@@ -1,56 +1,91 @@
 /**
- * Wiring: engine → scheduler → services → server, and the way down again in
- * reverse. `main.ts` adds signals and exit codes; tests start the same app
- * in-process on a free port.
+ * Wiring: variants (engines) → scheduling → services → server, and the way
+ * down again in reverse. `main.ts` adds signals and exit codes; tests start
+ * the same app in-process on a free port.
  */
+import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
 import type { Logger } from "pino";
 import type { Config } from "./config.js";
-import { EngineProcess } from "./engine/engine-client.js";
 import { ServiceError } from "./errors.js";
+import { AdminService } from "./gen/airavata/v1/admin_pb.js";
 import { GenerationService } from "./gen/airavata/v1/generation_pb.js";
 import { Health } from "./gen/grpc/health/v1/health_pb.js";
 import { ServerReflection as ReflectionV1 } from "./gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ReflectionV1Alpha } from "./gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { ServiceMetrics } from "./metrics/prometheus.js";
-import { Inference } from "./scheduling/inference.js";
-import { SlotScheduler } from "./scheduling/slot-scheduler.js";
+import { createAdminService } from "./services/admin-service.js";
 import { createGenerationService } from "./services/generation-service.js";
 import { createHealthService, HealthRegistry, ServingStatus } from "./services/health.js";
 import { createReflectionServices } from "./services/reflection.js";
 import { createHttpHandler } from "./server/http-handler.js";
 import { createOnePortServer } from "./server/one-port.js";
+import { idForFile } from "./variants/catalog.js";
+import { VariantManager } from "./variants/variant-manager.js";
+
+export const VERSION = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string })
+  .version;
 
 export interface App {
   readonly address: AddressInfo;
-  readonly engine: EngineProcess;
+  readonly variants: VariantManager;
   readonly health: HealthRegistry;
   /** Stops taking calls, lets running ones finish within the grace period, then closes everything. */
   shutdown(): Promise<void>;
 }
 
-export async function startApp(config: Readonly<Config>, log: Logger): Promise<App> {
-  const health = new HealthRegistry([GenerationService.typeName]);
+export interface StartOptions {
+  /** Download progress of a variant fetched at startup. */
+  onDownload?(id: string, progress: { bytesDone: number; bytesTotal: number }): void;
+}
+
+export async function startApp(config: Readonly<Config>, log: Logger, options: StartOptions = {}): Promise<App> {
+  const startedAt = Date.now();
+  const health = new HealthRegistry([GenerationService.typeName, AdminService.typeName]);
   let accepting = true;
   const shutdownController = new AbortController();
 
-  // Set once the model is loaded; until then generation answers UNAVAILABLE.
-  const loaded: { inference?: Inference; scheduler?: SlotScheduler } = {};
-  const metrics = new ServiceMetrics({
-    running: () => loaded.scheduler?.running ?? 0,
-    waiting: () => loaded.scheduler?.waiting ?? 0,
-    variant: () => config.modelId,
+  const variants = new VariantManager({
+    catalog: { modelsDir: config.modelsDir, manifestPath: config.manifestPath, extraFile: config.modelPath },
+    engine: {
+      gpu: config.gpu,
+      threads: config.threads,
+      contextSize: config.contextSize,
+      sequences: config.parallel,
+      batchSize: config.batchSize,
+      maxQueue: config.maxQueue,
+    },
+    log,
+    onServingChange(serving) {
+      if (!accepting) return;
+      health.setAll(serving ? ServingStatus.SERVING : ServingStatus.NOT_SERVING);
+      if (serving) metrics.setActiveVariant(serving.entry.id, serving.summary.quantization);
+    },
   });
-  const reflection = createReflectionServices([GenerationService, Health]);
+  const metrics = new ServiceMetrics({
+    running: () => variants.current?.scheduler.running ?? 0,
+    waiting: () => variants.current?.scheduler.waiting ?? 0,
+    variant: () => variants.current?.entry.id ?? "",
+  });
+  const reflection = createReflectionServices([GenerationService, AdminService, Health]);
   const generation = createGenerationService({
     metrics,
     log,
     inference() {
       if (!accepting) throw new ServiceError("unavailable", "the server is shutting down; retry on another instance");
-      if (!loaded.inference) throw new ServiceError("unavailable", "the model is still loading; retry shortly");
-      return loaded.inference;
+      const serving = variants.current;
+      if (!serving) throw new ServiceError("unavailable", "no model is loaded yet; retry shortly");
+      return serving.inference;
     },
+  });
+  const admin = createAdminService({
+    manager: variants,
+    adminToken: config.adminToken,
+    log,
+    version: VERSION,
+    startedAt,
+    onSwap: (result) => metrics.countSwap(result),
   });
   const handler = createHttpHandler({
     corsOrigins: config.corsOrigins,
@@ -59,79 +94,61 @@ export async function startApp(config: Readonly<Config>, log: Logger): Promise<A
     registry: metrics.registry,
     routes(router) {
       router.service(GenerationService, generation);
+      router.service(AdminService, admin);
       router.service(Health, createHealthService(health));
       router.service(ReflectionV1, reflection.v1);
       router.service(ReflectionV1Alpha, reflection.v1alpha);
     },
   });
 
-  // The server listens before the model loads, so health says NOT_SERVING meanwhile.
   if (config.threads > os.availableParallelism()) {
     log.warn(
       { threads: config.threads, cores: os.availableParallelism() },
       "more decode threads than cores: decoding will be many times slower (threads busy-wait for each other)",
     );
   }
+  // The server listens before the model loads, so health says NOT_SERVING meanwhile.
   const server = createOnePortServer(handler, { tls: config.tls });
   const address = await server.listen(config.port, config.host);
-  log.info({ host: address.address, port: address.port, tls: Boolean(config.tls) }, "listening");
+  log.info(
+    { host: address.address, port: address.port, tls: Boolean(config.tls), admin: Boolean(config.adminToken) },
+    "listening",
+  );
 
-  let engine: EngineProcess;
+  const candidates = config.modelPath ? [idForFile(config.modelPath)] : [config.variant, ...config.fallback];
+  let serving;
   try {
-    engine = await EngineProcess.start(
-      {
-        modelPath: config.modelPath,
-        gpu: config.gpu,
-        threads: config.threads,
-        contextSize: config.contextSize,
-        sequences: config.parallel,
-        batchSize: config.batchSize,
-      },
-      log,
-    );
+    serving = await variants.start(candidates, options.onDownload);
   } catch (error) {
     server.destroyAll();
     server.stopAccepting();
     throw error;
   }
-  const info = engine.info;
+  const info = serving.engine.info;
   log.info(
-    { model: config.modelPath, variant: config.modelId, ...info },
+    { variant: serving.entry.id, model: serving.entry.path, quantization: serving.summary.quantization, ...info },
     info.backend === "cpu" ? "model loaded on CPU" : `model loaded on ${info.backend.toUpperCase()}`,
   );
-  const scheduler = new SlotScheduler(info.sequences, config.maxQueue);
-  loaded.scheduler = scheduler;
-  loaded.inference = new Inference(engine, scheduler, config.modelId);
-  engine.onExit((code, signal) => {
-    if (accepting) {
-      log.error({ code, signal }, "engine process exited; generation is unavailable");
-      health.setAll(ServingStatus.NOT_SERVING);
-    }
-  });
-  health.setAll(ServingStatus.SERVING);
 
   let shuttingDown: Promise<void> | undefined;
   return {
     address,
-    engine,
+    variants,
     health,
     shutdown() {
       shuttingDown ??= (async () => {
         accepting = false;
         health.setAll(ServingStatus.NOT_SERVING);
         const deadline = Date.now() + config.gracePeriodMs;
-        while ((scheduler.running > 0 || scheduler.waiting > 0) && Date.now() < deadline) {
-          await new Promise((r) => setTimeout(r, 50));
-        }
-        if (scheduler.running > 0 || scheduler.waiting > 0) {
-          log.warn({ running: scheduler.running, waiting: scheduler.waiting }, "grace period over: ending the remaining calls");
-        }
+        const busy = () => (variants.current?.inference.inFlight ?? 0) > 0;
+        while (busy() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+        if (busy()) log.warn({ inFlight: variants.current?.inference.inFlight }, "grace period over: ending the remaining calls");
         shutdownController.abort(new ServiceError("unavailable", "the server is shutting down; retry on another instance"));
         // Let the aborted streams write their status and trailers.
         await new Promise((r) => setTimeout(r, 100));
         server.stopAccepting();
         server.destroyAll();
-        await engine.dispose();
+        await variants.dispose();
         log.info("stopped");
       })();
       return shuttingDown;

@@ -5,13 +5,19 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import os from "node:os";
-import { basename } from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
 
 export interface Config {
-  modelPath: string;
-  /** Id reported in trailers and status; defaults to the file name without `.gguf`. */
-  modelId: string;
+  /** A GGUF file to serve instead of a catalog variant. */
+  modelPath: string | undefined;
+  /** Catalog id to serve when no modelPath is given. */
+  variant: string;
+  /** Catalog ids to try, in order, when the variant cannot load. */
+  fallback: string[];
+  modelsDir: string;
+  manifestPath: string | undefined;
+  /** Bearer token for AdminService; undefined disables it. */
+  adminToken: string | undefined;
   host: string;
   port: number;
   gpu: "auto" | "cuda" | "vulkan" | "cpu";
@@ -57,9 +63,29 @@ export function defaultThreads(): number {
 export function buildCommand(): Command {
   return new Command("airavata-serve")
     .description("Serve Airavata GGUF models over gRPC, gRPC-Web and Connect on one port")
-    .addOption(new Option("--model <path>", "GGUF model file to serve").env("AIRAVATA_MODEL").argParser(readable))
     .addOption(
-      new Option("--model-id <id>", "id reported for the model (default: file name without .gguf)").env("AIRAVATA_MODEL_ID"),
+      new Option("--model <path>", "a GGUF file to serve (instead of --variant)").env("AIRAVATA_MODEL").argParser(readable),
+    )
+    .addOption(
+      new Option("--variant <id>", "catalog variant to serve, downloaded on first use").env("AIRAVATA_VARIANT").default("q4_k_m"),
+    )
+    .addOption(
+      new Option("--fallback <ids>", "comma-separated variants to try in order if --variant cannot load")
+        .env("AIRAVATA_FALLBACK")
+        .default(""),
+    )
+    .addOption(
+      new Option("--models-dir <dir>", "folder of GGUF files and downloads").env("AIRAVATA_MODELS_DIR").default("models"),
+    )
+    .addOption(
+      new Option("--manifest <path>", "JSON file of extra variants (id, source, description, sha256)")
+        .env("AIRAVATA_MANIFEST")
+        .argParser(readable),
+    )
+    .addOption(
+      new Option("--admin-token-file <path>", "file holding the admin bearer token (or set AIRAVATA_ADMIN_TOKEN)")
+        .env("AIRAVATA_ADMIN_TOKEN_FILE")
+        .argParser(readable),
     )
     .addOption(new Option("--host <host>", "address to listen on").env("AIRAVATA_HOST").default("127.0.0.1"))
     .addOption(
@@ -142,9 +168,17 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
   command.parse(argv as string[]);
   const o = command.opts();
   const fail = (message: string): never => command.error(`error: ${message}`, { exitCode: 2 });
-  if (!o.model) {
-    fail("no model: pass --model path/to/model.gguf (or set AIRAVATA_MODEL), or run `npm run demo`");
+  const ids = (value: string) =>
+    value
+      .split(",")
+      .map((v) => v.trim())
+      .filter(Boolean);
+  for (const id of [o.variant as string, ...ids(o.fallback)]) {
+    if (!/^[a-z0-9][a-z0-9._-]{0,63}$/.test(id)) fail(`"${id}" is not a variant id (lower-case letters, digits, ".", "_", "-")`);
   }
+  let adminToken = process.env.AIRAVATA_ADMIN_TOKEN || undefined;
+  if (o.adminTokenFile) adminToken = readFileSync(o.adminTokenFile, "utf8").trim() || undefined;
+  if (adminToken !== undefined && adminToken.length < 16) fail("the admin token must be at least 16 characters");
   if (Boolean(o.tlsCert) !== Boolean(o.tlsKey)) fail("--tls-cert and --tls-key go together: set both or neither");
   const corsOrigins = String(o.corsOrigins)
     .split(",")
@@ -155,10 +189,13 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
       fail(`--cors-origins: "${origin}" is not an origin such as https://app.example.com`);
     }
   }
-  const modelPath = o.model as string;
   return Object.freeze({
-    modelPath,
-    modelId: (o.modelId as string | undefined) ?? basename(modelPath).replace(/\.gguf$/i, ""),
+    modelPath: (o.model as string | undefined) || undefined,
+    variant: o.variant,
+    fallback: ids(o.fallback),
+    modelsDir: o.modelsDir,
+    manifestPath: o.manifest,
+    adminToken,
     host: o.host,
     port: o.port,
     gpu: o.gpu,

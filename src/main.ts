@@ -10,8 +10,27 @@ import { createLogger } from "./log.js";
 const config = loadConfig();
 const log = createLogger(config.logLevel);
 
+/** A one-line progress bar on a terminal; a log line every 10% otherwise. */
+function downloadProgress() {
+  let lastLogged = -10;
+  return (id: string, { bytesDone, bytesTotal }: { bytesDone: number; bytesTotal: number }) => {
+    const percent = bytesTotal > 0 ? (100 * bytesDone) / bytesTotal : 0;
+    if (process.stderr.isTTY) {
+      const width = 30;
+      const filled = Math.round((percent / 100) * width);
+      process.stderr.write(
+        `\r${id} [${"#".repeat(filled)}${" ".repeat(width - filled)}] ${percent.toFixed(1)}% ` +
+          `${(bytesDone / 1e9).toFixed(2)}/${(bytesTotal / 1e9).toFixed(2)} GB${percent >= 100 ? "\n" : ""}`,
+      );
+    } else if (percent - lastLogged >= 10) {
+      lastLogged = percent;
+      log.info({ variant: id, bytesDone, bytesTotal, percent: Math.round(percent) }, "downloading");
+    }
+  };
+}
+
 try {
-  const app = await startApp(config, log);
+  const app = await startApp(config, log, { onDownload: downloadProgress() });
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals) => {
     signals++;
@@ -31,6 +50,17 @@ try {
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
 } catch (error) {
-  log.fatal({ err: error }, `could not start: ${error instanceof Error ? error.message : String(error)}`);
+  const reason = error instanceof Error ? error.message : String(error);
+  log.fatal({ err: error }, `could not start: ${reason}`);
+  if (!config.modelPath) {
+    process.stderr.write(
+      `\nNo variant could be served: ${reason}\n` +
+        `To fix it, one of:\n` +
+        `  - fetch it where there is internet: npm run pull -- ${config.variant}\n` +
+        `    and copy the file it writes into ${config.modelsDir}/ on this machine;\n` +
+        `  - serve a GGUF file you already have: npm start -- --model path/to/airavata.Q4_K_M.gguf\n` +
+        `  - try the service without any weights: npm run demo\n`,
+    );
+  }
   process.exit(1);
 }

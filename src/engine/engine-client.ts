@@ -9,6 +9,7 @@ import type { Logger } from "pino";
 import { ServiceError } from "../errors.js";
 import { AsyncQueue } from "../util/async-queue.js";
 import type {
+  DeviceMemory,
   EngineInfo,
   EngineOptions,
   FinishReason,
@@ -33,7 +34,19 @@ export type GenerationEvent =
 interface Pending {
   events?: AsyncQueue<GenerationEvent>;
   tokenized?: { resolve(tokens: number[]): void; reject(error: unknown): void };
+  memory?: { resolve(memory: DeviceMemory): void; reject(error: unknown): void };
 }
+
+const WARM_UP: SamplingSettings = {
+  maxNewTokens: 1,
+  temperature: 0,
+  topK: 1,
+  topP: 1,
+  minP: 0,
+  repeatPenalty: 1,
+  seed: 0,
+  stop: [],
+};
 
 /** How the engine entry runs: from TypeScript sources under tsx, or built JavaScript. */
 function engineEntry(): { path: string; execArgv: string[] } {
@@ -62,14 +75,15 @@ export class EngineProcess {
       for (const entry of this.pending.values()) {
         entry.events?.fail(error);
         entry.tokenized?.reject(error);
+        entry.memory?.reject(error);
       }
       this.pending.clear();
       for (const listener of this.exitListeners) listener(code, signal);
     });
   }
 
-  /** Starts an engine process and resolves once its model is loaded. */
-  static start(options: EngineOptions, log: Logger): Promise<EngineProcess> {
+  /** Starts an engine process and resolves once its model is loaded; `onProgress` gets 0…1. */
+  static start(options: EngineOptions, log: Logger, onProgress?: (progress: number) => void): Promise<EngineProcess> {
     const entry = engineEntry();
     const child = fork(entry.path, [JSON.stringify(options)], {
       execArgv: entry.execArgv,
@@ -88,6 +102,8 @@ export class EngineProcess {
           child.off("exit", onExit);
           child.off("error", reject);
           resolve(new EngineProcess(child, message.info, log));
+        } else if (message.type === "load-progress") {
+          onProgress?.(message.progress);
         } else if (message.type === "load-failed") {
           child.off("message", first);
           child.off("exit", onExit);
@@ -159,6 +175,23 @@ export class EngineProcess {
     });
   }
 
+  /** The device memory as the engine sees it now. */
+  memory(): Promise<DeviceMemory> {
+    if (this.exited) return Promise.reject(new ServiceError("unavailable", "the engine process is not running"));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { memory: { resolve, reject } });
+      this.send({ type: "memory", id });
+    });
+  }
+
+  /** One greedy token on sequence 0: the model decodes before it takes calls. */
+  async warm(): Promise<void> {
+    for await (const _event of this.generate(0, { kind: "raw", text: "नमस्ते" }, WARM_UP, new AbortController().signal)) {
+      // a decode ran; the token itself does not matter
+    }
+  }
+
   private send(message: ToEngine): void {
     if (!this.exited && this.child.connected) this.child.send(message);
   }
@@ -187,10 +220,15 @@ export class EngineProcess {
           new ServiceError(message.kind, message.kind === "internal" ? "internal engine error" : message.message),
         );
         entry.tokenized?.reject(new ServiceError(message.kind, message.message));
+        entry.memory?.reject(new ServiceError(message.kind, message.message));
         this.pending.delete(message.id);
         break;
       case "tokenized":
         entry.tokenized?.resolve(message.tokens);
+        this.pending.delete(message.id);
+        break;
+      case "memory":
+        entry.memory?.resolve(message.memory);
         this.pending.delete(message.id);
         break;
     }

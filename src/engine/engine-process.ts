@@ -17,7 +17,7 @@ const running = new Map<number, AbortController>();
 
 let engine: LlamaEngine;
 try {
-  engine = await LlamaEngine.load(options);
+  engine = await LlamaEngine.load(options, (progress) => send({ type: "load-progress", progress }));
 } catch (error) {
   send({ type: "load-failed", message: error instanceof Error ? error.message : String(error) });
   process.exit(1);
@@ -37,6 +37,12 @@ process.on("message", (message: ToEngine) => {
       } catch (error) {
         send({ type: "failed", id: message.id, kind: "internal", message: String(error) });
       }
+      break;
+    case "memory":
+      engine.memory().then(
+        (memory) => send({ type: "memory", id: message.id, memory }),
+        (error: unknown) => send({ type: "failed", id: message.id, kind: "internal", message: String(error) }),
+      );
       break;
     case "shutdown":
       void shutdown();

@@ -14,7 +14,7 @@ import {
 } from "node-llama-cpp";
 import { ServiceError } from "../errors.js";
 import { formatAiravataChat } from "./chat-format.js";
-import type { EngineInfo, EngineOptions, FinishReason, GenerationInput, SamplingSettings } from "./protocol.js";
+import type { DeviceMemory, EngineInfo, EngineOptions, FinishReason, GenerationInput, SamplingSettings } from "./protocol.js";
 import { type Emission, TextStream } from "./text-stream.js";
 
 /** Tokens of the prompt and generation considered by the repeat penalty. */
@@ -42,7 +42,8 @@ export class LlamaEngine {
     readonly info: EngineInfo,
   ) {}
 
-  static async load(options: EngineOptions): Promise<LlamaEngine> {
+  /** Loads the model and its context; `onProgress` sees the model load go from 0 to 1. */
+  static async load(options: EngineOptions, onProgress?: (progress: number) => void): Promise<LlamaEngine> {
     const started = performance.now();
     const llama = await getLlama({
       gpu: options.gpu === "cpu" ? false : options.gpu,
@@ -53,7 +54,7 @@ export class LlamaEngine {
     try {
       const backend = llama.gpu === false ? "cpu" : llama.gpu;
       const sequenceCount = options.sequences === "auto" ? (backend === "cpu" ? 4 : 8) : options.sequences;
-      model = await llama.loadModel({ modelPath: options.modelPath, gpuLayers: "auto" });
+      model = await llama.loadModel({ modelPath: options.modelPath, gpuLayers: "auto", onLoadProgress: onProgress });
       const context = await model.createContext({
         contextSize: options.contextSize * sequenceCount,
         sequences: sequenceCount,
@@ -78,6 +79,12 @@ export class LlamaEngine {
       await llama.dispose();
       throw error;
     }
+  }
+
+  async memory(): Promise<DeviceMemory> {
+    if (this.info.backend === "cpu") return { vramTotal: 0, vramUsed: 0, vramFree: 0 };
+    const state = await this.llama.getVramState();
+    return { vramTotal: state.total, vramUsed: state.used, vramFree: state.free };
   }
 
   tokenize(text: string, special: boolean): Token[] {

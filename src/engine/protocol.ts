@@ -44,11 +44,13 @@ export type ToEngine =
   | { type: "generate"; id: number; slot: number; input: GenerationInput; sampling: SamplingSettings }
   | { type: "cancel"; id: number }
   | { type: "tokenize"; id: number; text: string; special: boolean }
+  | { type: "memory"; id: number }
   | { type: "shutdown" };
 
 export type FromEngine =
   | { type: "ready"; info: EngineInfo }
   | { type: "load-failed"; message: string }
+  | { type: "load-progress"; progress: number }
   | { type: "started"; id: number; promptTokens: number }
   | { type: "chunk"; id: number; text: string; tokens: number[] }
   | {
@@ -61,7 +63,15 @@ export type FromEngine =
       prefillMs: number;
     }
   | { type: "failed"; id: number; kind: ErrorKind; message: string }
-  | { type: "tokenized"; id: number; tokens: number[] };
+  | { type: "tokenized"; id: number; tokens: number[] }
+  | { type: "memory"; id: number; memory: DeviceMemory };
+
+/** The accelerator's memory as the engine sees it (zeros on the CPU backend). */
+export interface DeviceMemory {
+  vramTotal: number;
+  vramUsed: number;
+  vramFree: number;
+}
 
 /** Settings the server passes to an engine process at start (as JSON in argv). */
 export interface EngineOptions {

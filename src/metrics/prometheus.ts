@@ -58,6 +58,19 @@ export class ServiceMetrics {
     registers: [this.registry],
   });
 
+  private readonly swaps = new Counter({
+    name: "airavata_variant_swaps_total",
+    help: "Variant swaps by result.",
+    labelNames: ["result"],
+    registers: [this.registry],
+  });
+  private readonly activeVariant = new Gauge({
+    name: "airavata_active_variant_info",
+    help: "The variant in service (value 1), with its quantization.",
+    labelNames: ["variant", "quantization"],
+    registers: [this.registry],
+  });
+
   constructor(gauges: { running(): number; waiting(): number; variant(): string }) {
     new Gauge({
       name: "airavata_num_requests_running",
@@ -80,6 +93,15 @@ export class ServiceMetrics {
       },
     });
     collectDefaultMetrics({ register: this.registry });
+  }
+
+  countSwap(result: "ok" | "failed"): void {
+    this.swaps.inc({ result });
+  }
+
+  setActiveVariant(variant: string, quantization: string): void {
+    this.activeVariant.reset();
+    this.activeVariant.set({ variant, quantization }, 1);
   }
 
   /** Records one finished Generate call. */

@@ -6,12 +6,16 @@
 import type { EngineProcess } from "../engine/engine-client.js";
 import type { FinishReason, GenerationInput, SamplingSettings } from "../engine/protocol.js";
 import type { RequestMetrics } from "../metrics/request-metrics.js";
-import type { SlotScheduler } from "./slot-scheduler.js";
+import { ServiceError } from "../errors.js";
+import type { Lease, SlotScheduler } from "./slot-scheduler.js";
 
 export type InferenceEvent =
   { type: "text"; text: string; tokens: number[] } | { type: "done"; text: string; tokens: number[]; finishReason: FinishReason };
 
 export class Inference {
+  /** Controllers of the calls admitted here (queued or running), for cancelAll. */
+  private readonly calls = new Set<AbortController>();
+
   constructor(
     private readonly engine: EngineProcess,
     private readonly scheduler: SlotScheduler,
@@ -26,6 +30,21 @@ export class Inference {
     return this.scheduler.waiting;
   }
 
+  /** Calls admitted here and not finished: queued or running. */
+  get inFlight(): number {
+    return this.calls.size;
+  }
+
+  /**
+   * Cancels every call admitted here, queued or running (a swap with the
+   * CANCEL policy, or a drain that ran out of time). Each ends with
+   * `cancelled` and this message.
+   */
+  cancelAll(message: string): void {
+    const reason = new ServiceError("cancelled", message);
+    for (const controller of this.calls) controller.abort(reason);
+  }
+
   tokenize(text: string, special: boolean): Promise<number[]> {
     return this.engine.tokenize(text, special);
   }
@@ -37,12 +56,20 @@ export class Inference {
     metrics: RequestMetrics,
   ): AsyncGenerator<InferenceEvent> {
     metrics.variant = this.variant;
-    const lease = await this.scheduler.acquire(signal);
-    metrics.admitted();
     const controller = new AbortController();
     const onAbort = () => controller.abort(signal.reason);
     signal.addEventListener("abort", onAbort, { once: true });
     if (signal.aborted) onAbort();
+    this.calls.add(controller);
+    let lease: Lease;
+    try {
+      lease = await this.scheduler.acquire(controller.signal);
+    } catch (error) {
+      this.calls.delete(controller);
+      signal.removeEventListener("abort", onAbort);
+      throw error;
+    }
+    metrics.admitted();
     const events = this.engine.generate(lease.slot, input, sampling, controller.signal)[Symbol.asyncIterator]();
     let finished = false;
     try {
@@ -64,6 +91,8 @@ export class Inference {
           metrics.prefillMs = event.prefillMs;
           metrics.finishReason = event.finishReason;
           finished = true;
+          const serverCancel = controller.signal.reason;
+          if (event.finishReason === "cancelled" && serverCancel instanceof ServiceError && !signal.aborted) throw serverCancel;
           yield { type: "done", text: event.text, tokens: event.tokens, finishReason: event.finishReason };
         }
       }
@@ -82,6 +111,7 @@ export class Inference {
       }
       if (metrics.generatedTokens === 0) metrics.generatedTokens = metrics.streamedTokens;
       signal.removeEventListener("abort", onAbort);
+      this.calls.delete(controller);
       lease.release();
     }
   }

@@ -19,6 +19,7 @@ import {
 import { type MetricsSnapshot, RequestMetrics } from "../metrics/request-metrics.js";
 import type { ServiceMetrics } from "../metrics/prometheus.js";
 import type { Inference } from "../scheduling/inference.js";
+import { ServiceError } from "../errors.js";
 import { toConnectError } from "./connect-errors.js";
 import { requestIdKey } from "./request-id.js";
 import { validateGenerateRequest } from "./validate.js";
@@ -142,7 +143,11 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
           };
         }
       } catch (error) {
-        metrics.finishReason = call.signal.aborted ? abortReason(call.signal) : "error";
+        metrics.finishReason = call.signal.aborted
+          ? abortReason(call.signal)
+          : error instanceof ServiceError && error.kind === "cancelled"
+            ? "cancelled"
+            : "error";
         const connectError = toConnectError(call.signal.aborted ? call.signal.reason : error, requestLog);
         code = grpcCodeName(connectError.code);
         throw connectError;

@@ -8,14 +8,18 @@ import { fileURLToPath } from "node:url";
 import { type App, startApp } from "../../src/app.js";
 import type { Config } from "../../src/config.js";
 import { createLogger } from "../../src/log.js";
-import { modelPath } from "./models.js";
+import { MODEL_DIR, modelPath } from "./models.js";
 
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 
 export function testConfig(overrides: Partial<Config> = {}): Config {
   return {
     modelPath: modelPath("q4_0"),
-    modelId: "tiny-q4_0",
+    variant: "q4_k_m",
+    fallback: [],
+    modelsDir: MODEL_DIR,
+    manifestPath: undefined,
+    adminToken: undefined,
     host: "127.0.0.1",
     port: 0,
     gpu: "cpu",

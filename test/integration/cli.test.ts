@@ -23,13 +23,13 @@ describe("command-line client", () => {
     const { code, stdout, stderr } = await cli(["-a", server.address, "generate", "The", "--raw", "-t", "0"]);
     expect(code).toBe(0);
     expect(stdout).toBe("end of story🙏");
-    expect(stderr).toMatch(/\[tiny-q4_0\] OK · finish stop · prompt 2 tok · generated 7 tok · queue [\d.]+ ms · ttft [\d.]+ ms/);
+    expect(stderr).toMatch(/\[tiny.q4_0\] OK · finish stop · prompt 2 tok · generated 7 tok · queue [\d.]+ ms · ttft [\d.]+ ms/);
   });
 
   it("tokenizes", async () => {
     const { code, stdout } = await cli(["-a", server.address, "tokenize", "नमस्ते"]);
     expect(code).toBe(0);
-    expect(stdout).toMatch(/^1 tokens \(tiny-q4_0\): \d+\n$/);
+    expect(stdout).toMatch(/^1 tokens \(tiny.q4_0\): \d+\n$/);
   });
 
   it("reports a bad request with its code and exits 1", async () => {

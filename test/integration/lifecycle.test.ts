@@ -1,4 +1,7 @@
 import { spawn } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
@@ -105,9 +108,19 @@ describe("configuration", () => {
     expect(stderr).toMatch(/'bad' is invalid/);
   });
 
-  it("without a model it says how to get one", async () => {
-    const { code, stderr } = await run([], { AIRAVATA_MODEL: "" });
-    expect(code).toBe(2);
-    expect(stderr).toMatch(/no model: pass --model .*npm run demo/);
+  it("offline without the default variant, it says what is missing and how to fix it", async () => {
+    const empty = mkdtempSync(join(tmpdir(), "airavata-models-"));
+    // A host that cannot resolve stands for "offline" wherever the test runs.
+    const { code, stderr } = await run(["--models-dir", empty], {
+      AIRAVATA_MODEL: "",
+      HF_ENDPOINT: "https://airavata-test.invalid",
+    });
+    expect(code).toBe(1);
+    expect(stderr).toMatch(
+      /variant "q4_k_m" is not downloaded \(.*Airavata\.Q4_K_M\.gguf\) and airavata-test\.invalid cannot be reached/,
+    );
+    expect(stderr).toMatch(/npm run pull -- q4_k_m/);
+    expect(stderr).toMatch(/npm start -- --model /);
+    expect(stderr).toMatch(/npm run demo/);
   });
 });

@@ -20,7 +20,7 @@ afterAll(async () => {
 });
 
 function checkTrailers(get: (name: string) => string | undefined, streamedTokens: number) {
-  expect(get("airavata-variant")).toBe("tiny-q4_0");
+  expect(get("airavata-variant")).toBe("tiny.q4_0");
   expect(Number(get("airavata-generated-tokens"))).toBe(streamedTokens);
   expect(Number(get("airavata-prompt-tokens"))).toBeGreaterThan(5);
   const ttft = Number(get("airavata-ttft-ms"));
@@ -48,7 +48,7 @@ describe("one address, every protocol", () => {
     checkTrailers((k) => outcome.trailers[k], streamed);
     // The -bin trailer and the last message carry the same metrics as the plain trailers.
     expect(outcome.metrics?.generatedTokens).toBe(48);
-    expect(outcome.metrics?.variant).toBe("tiny-q4_0");
+    expect(outcome.metrics?.variant).toBe("tiny.q4_0");
     expect(outcome.metrics?.finishReason).toBe(FinishReason.LENGTH);
     const last = outcome.responses.at(-1)!;
     expect(last.finishReason).toBe(FinishReason.LENGTH);
@@ -95,14 +95,14 @@ describe("one address, every protocol", () => {
     expect(outcome.codeName).toBe("OK");
     // "▁नमस्ते" is one piece; " " and ॐ's three bytes follow (ॐ has no piece).
     expect(outcome.response?.count).toBe(5);
-    expect(outcome.response?.variant).toBe("tiny-q4_0");
+    expect(outcome.response?.variant).toBe("tiny.q4_0");
   });
 
   it("serves Prometheus metrics on the same port", async () => {
     const response = await fetch(`${server.baseUrl}/metrics`);
     expect(response.status).toBe(200);
     const text = await response.text();
-    expect(text).toMatch(/airavata_requests_total\{variant="tiny-q4_0",code="OK",finish_reason="length"\} \d+/);
+    expect(text).toMatch(/airavata_requests_total\{variant="tiny.q4_0",code="OK",finish_reason="length"\} \d+/);
     expect(text).toContain("airavata_time_to_first_token_seconds_bucket");
   });
 });

@@ -1,0 +1,159 @@
+/**
+ * AdminService: list the variants, report status, swap with streamed
+ * progress. Thin: the variant manager does the work.
+ */
+import os from "node:os";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import type { Logger } from "pino";
+import {
+  type AdminService,
+  SwapPhase,
+  SwapPolicy,
+  type SwapProgressSchema,
+  type VariantSchema,
+} from "../gen/airavata/v1/admin_pb.js";
+import type { SwapPhaseName, VariantManager, VariantView } from "../variants/variant-manager.js";
+import { createAdminCheck } from "./admin-auth.js";
+import { toConnectError } from "./connect-errors.js";
+
+const PHASES: Record<SwapPhaseName, SwapPhase> = {
+  checking: SwapPhase.CHECKING,
+  downloading: SwapPhase.DOWNLOADING,
+  loading: SwapPhase.LOADING,
+  warming: SwapPhase.WARMING,
+  switched: SwapPhase.SWITCHED,
+  draining: SwapPhase.DRAINING,
+  released: SwapPhase.RELEASED,
+  done: SwapPhase.DONE,
+};
+
+export const DEFAULT_DRAIN_TIMEOUT_MS = 60_000;
+
+export interface AdminServiceDeps {
+  manager: VariantManager;
+  adminToken: string | undefined;
+  log: Logger;
+  version: string;
+  startedAt: number;
+  /** Called after every swap attempt, with its result. */
+  onSwap?(result: "ok" | "failed", variant: string): void;
+}
+
+function variantMessage(v: VariantView): MessageInitShape<typeof VariantSchema> {
+  const s = v.summary;
+  return {
+    id: v.entry.id,
+    source: v.entry.origin === "folder" || v.entry.origin === "command-line" ? v.entry.path : v.entry.source,
+    description: v.entry.description,
+    sha256: v.entry.sha256 ?? "",
+    downloaded: v.downloaded,
+    loaded: v.loaded,
+    active: v.active,
+    usable: s === undefined ? true : s.usable,
+    unusableReason: s !== undefined && !s.usable ? s.reason : "",
+    fileSizeBytes: BigInt(s?.fileSize ?? 0),
+    ...(s?.usable ? { quantization: s.quantization, parameterCount: BigInt(s.parameters), bitsPerWeight: s.bitsPerWeight } : {}),
+  };
+}
+
+export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof AdminService> {
+  const { manager, log } = deps;
+  const check = createAdminCheck(deps.adminToken);
+  const guard = async <T>(ctx: HandlerContext, method: string, body: () => Promise<T>): Promise<T> => {
+    check(ctx);
+    try {
+      return await body();
+    } catch (error) {
+      throw toConnectError(error, log.child({ method }));
+    }
+  };
+  return {
+    listVariants(_req, ctx) {
+      return guard(ctx, "ListVariants", async () => ({ variants: (await manager.list()).map(variantMessage) }));
+    },
+
+    getStatus(_req, ctx) {
+      return guard(ctx, "GetStatus", async () => {
+        const serving = manager.current;
+        const memory = serving ? await serving.engine.memory().catch(() => undefined) : undefined;
+        return {
+          activeVariant: serving?.entry.id ?? "",
+          backend: serving?.engine.info.backend ?? "",
+          devices: serving?.engine.info.devices ?? [],
+          ramTotalBytes: BigInt(os.totalmem()),
+          ramFreeBytes: BigInt(os.freemem()),
+          vramTotalBytes: BigInt(memory?.vramTotal ?? 0),
+          vramFreeBytes: BigInt(memory?.vramFree ?? 0),
+          parallelSlots: serving?.engine.info.sequences ?? 0,
+          running: serving?.scheduler.running ?? 0,
+          queued: serving?.scheduler.waiting ?? 0,
+          uptimeSeconds: (Date.now() - deps.startedAt) / 1000,
+          version: deps.version,
+          contextSize: serving?.engine.info.contextSize ?? 0,
+          threads: serving?.engine.info.threads ?? 0,
+          startupNotes: manager.startupNotes,
+          swappingTo: manager.swapInProgress ?? "",
+        };
+      });
+    },
+
+    async *swapVariant(req, ctx): AsyncGenerator<MessageInitShape<typeof SwapProgressSchema>> {
+      check(ctx);
+      const started = performance.now();
+      const events: MessageInitShape<typeof SwapProgressSchema>[] = [];
+      let wake: (() => void) | undefined;
+      let finished = false;
+      let failure: unknown;
+      const swap = manager
+        .swap(
+          {
+            id: req.variantId,
+            policy: req.policy === SwapPolicy.CANCEL ? "cancel" : "drain",
+            drainTimeoutMs: req.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS,
+          },
+          (event) => {
+            events.push({
+              phase: PHASES[event.phase],
+              variantId: req.variantId,
+              bytesDone: BigInt(event.bytesDone ?? 0),
+              bytesTotal: BigInt(event.bytesTotal ?? 0),
+              percent: event.percent ?? 0,
+              inFlight: event.inFlight ?? 0,
+              message: event.message ?? "",
+              elapsedMs: performance.now() - started,
+            });
+            wake?.();
+          },
+        )
+        .then(
+          () => deps.onSwap?.("ok", req.variantId),
+          (error: unknown) => {
+            failure = error;
+            deps.onSwap?.("failed", req.variantId);
+          },
+        )
+        .finally(() => {
+          finished = true;
+          wake?.();
+        });
+      log.info({ variant: req.variantId, policy: SwapPolicy[req.policy] }, "swap requested");
+      // The swap goes on even if this stream's client leaves: stopping half-way
+      // would help no one.
+      while (!finished || events.length > 0) {
+        const next = events.shift();
+        if (next) {
+          yield next;
+          continue;
+        }
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
+      }
+      await swap;
+      if (failure !== undefined) {
+        log.warn({ variant: req.variantId, err: failure }, "swap failed; the variant in service is unchanged");
+        throw toConnectError(failure, log);
+      }
+    },
+  };
+}

@@ -1,0 +1,69 @@
+/**
+ * What a GGUF file says about itself: quantization (general.file_type),
+ * parameter count (from the tensor shapes), size and bits per weight. A file
+ * that is not a readable GGUF gets a reason instead, never an exception.
+ */
+import { stat } from "node:fs/promises";
+import { GgufFileType, readGgufFileInfo } from "node-llama-cpp";
+
+export type GgufSummary =
+  | {
+      usable: true;
+      quantization: string;
+      architecture: string;
+      parameters: number;
+      fileSize: number;
+      bitsPerWeight: number;
+      contextLength: number | undefined;
+    }
+  | { usable: false; reason: string; fileSize: number };
+
+const SKIPPED_KEYS = ["tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"];
+
+/** "MOSTLY_Q4_K_M" → "Q4_K_M", "ALL_F32" → "F32". */
+export function quantizationName(fileType: number | undefined): string {
+  if (fileType === undefined) return "unknown";
+  const name = (GgufFileType as unknown as Record<number, string | undefined>)[fileType];
+  return name ? name.replace(/^(MOSTLY|ALL)_/, "") : `file_type ${fileType}`;
+}
+
+const cache = new Map<string, { key: string; summary: GgufSummary }>();
+
+export async function inspectGguf(path: string): Promise<GgufSummary> {
+  let size: number;
+  let key: string;
+  try {
+    const s = await stat(path);
+    size = s.size;
+    key = `${s.size}:${s.mtimeMs}`;
+  } catch {
+    return { usable: false, reason: "the file does not exist", fileSize: 0 };
+  }
+  const cached = cache.get(path);
+  if (cached?.key === key) return cached.summary;
+  let summary: GgufSummary;
+  try {
+    const info = await readGgufFileInfo(path, { logWarnings: false, ignoreKeys: SKIPPED_KEYS, sourceType: "filesystem" });
+    const tensors = info.fullTensorInfo ?? info.tensorInfo ?? [];
+    if (tensors.length === 0) throw new Error("it has no tensors");
+    const parameters = tensors.reduce((sum, t) => sum + t.dimensions.reduce((a: number, b) => a * Number(b), 1), 0);
+    const lastTensor = tensors.reduce((a, b) => (b.fileOffset > a.fileOffset ? b : a));
+    if (lastTensor.fileOffset > size)
+      throw new Error(`it is truncated (${size} bytes; its tensors reach past ${lastTensor.fileOffset})`);
+    const architecture = String(info.metadata.general?.architecture ?? "unknown");
+    summary = {
+      usable: true,
+      quantization: quantizationName(info.metadata.general?.file_type as number | undefined),
+      architecture,
+      parameters,
+      fileSize: size,
+      bitsPerWeight: (size * 8) / parameters,
+      contextLength: (info.architectureMetadata as { context_length?: number }).context_length,
+    };
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    summary = { usable: false, reason: `not a valid GGUF file: ${message.split("\n")[0]}`, fileSize: size };
+  }
+  cache.set(path, { key, summary });
+  return summary;
+}

@@ -1,0 +1,248 @@
+/**
+ * The variant in service and the way to change it. A swap loads the new
+ * variant in an engine process of its own beside the old one, warms it,
+ * switches new calls to it at one instant, then drains (or cancels) the old
+ * one's calls and ends its process, so its memory is really given back. Any
+ * failure before the switch leaves the old variant serving, untouched.
+ */
+import { existsSync } from "node:fs";
+import type { Logger } from "pino";
+import { EngineProcess } from "../engine/engine-client.js";
+import type { EngineOptions } from "../engine/protocol.js";
+import { ServiceError } from "../errors.js";
+import { Inference } from "../scheduling/inference.js";
+import { SlotScheduler } from "../scheduling/slot-scheduler.js";
+import { Catalog, type CatalogEntry, type CatalogOptions } from "./catalog.js";
+import { downloadVariant, isRemote } from "./download.js";
+import { type GgufSummary, inspectGguf } from "./gguf-inspect.js";
+
+export type EngineSettings = Omit<EngineOptions, "modelPath"> & { maxQueue: number };
+
+export interface Serving {
+  readonly entry: CatalogEntry;
+  readonly summary: Extract<GgufSummary, { usable: true }>;
+  readonly engine: EngineProcess;
+  readonly scheduler: SlotScheduler;
+  readonly inference: Inference;
+}
+
+export type SwapPhaseName = "checking" | "downloading" | "loading" | "warming" | "switched" | "draining" | "released" | "done";
+
+export interface SwapEvent {
+  phase: SwapPhaseName;
+  bytesDone?: number;
+  bytesTotal?: number;
+  percent?: number;
+  inFlight?: number;
+  message?: string;
+}
+
+export interface SwapRequest {
+  id: string;
+  policy: "drain" | "cancel";
+  drainTimeoutMs: number;
+}
+
+export interface VariantView {
+  entry: CatalogEntry;
+  summary: GgufSummary | undefined;
+  downloaded: boolean;
+  active: boolean;
+  loaded: boolean;
+}
+
+export interface VariantManagerOptions {
+  catalog: CatalogOptions;
+  engine: EngineSettings;
+  log: Logger;
+  /** Called when the variant in service changes, or its engine dies (with undefined). */
+  onServingChange?(serving: Serving | undefined): void;
+}
+
+const DRAIN_POLL_MS = 100;
+
+export class VariantManager {
+  private serving: Serving | undefined;
+  private swappingTo: string | undefined;
+  private readonly retiring = new Set<EngineProcess>();
+  /** What happened at startup, for GetStatus. */
+  readonly startupNotes: string[] = [];
+
+  constructor(private readonly options: VariantManagerOptions) {}
+
+  get current(): Serving | undefined {
+    return this.serving;
+  }
+
+  get swapInProgress(): string | undefined {
+    return this.swappingTo;
+  }
+
+  catalog(): Promise<Catalog> {
+    return Catalog.load(this.options.catalog);
+  }
+
+  /**
+   * Puts the first of `ids` that loads in service, trying them in order; says
+   * in the logs and the startup notes why each one before it failed.
+   */
+  async start(
+    ids: readonly string[],
+    onDownload?: (id: string, p: { bytesDone: number; bytesTotal: number }) => void,
+  ): Promise<Serving> {
+    const { log } = this.options;
+    const failures: string[] = [];
+    for (const id of ids) {
+      try {
+        const catalog = await this.catalog();
+        const entry = catalog.get(id);
+        if (!existsSync(entry.path)) {
+          if (!isRemote(entry)) throw new ServiceError("failed_precondition", `its file is missing: ${entry.path}`);
+          log.info({ variant: id, source: entry.source, path: entry.path }, "downloading variant");
+          await downloadVariant(entry, (p) => onDownload?.(id, p));
+        }
+        const serving = await this.load(entry, () => {});
+        this.switchTo(serving);
+        if (failures.length > 0) this.startupNotes.push(`serving "${id}" after: ${failures.join("; ")}`);
+        else this.startupNotes.push(`serving "${id}"`);
+        return serving;
+      } catch (error) {
+        const reason = `"${id}" could not be used: ${error instanceof Error ? error.message : String(error)}`;
+        failures.push(reason);
+        log.warn(
+          { variant: id, reason },
+          ids.length > 1 ? "variant failed; trying the next in the fallback order" : "variant failed",
+        );
+      }
+    }
+    throw new Error(failures.join("; "));
+  }
+
+  /** Every catalog entry with what its file says, and whether it is loaded or in service. */
+  async list(): Promise<VariantView[]> {
+    const catalog = await this.catalog();
+    const loaded = new Set([this.serving?.entry.path, ...[...this.retiring].map((e) => e.info.modelPath)]);
+    return Promise.all(
+      catalog.list().map(async (entry) => {
+        const downloaded = existsSync(entry.path);
+        return {
+          entry,
+          summary: downloaded ? await inspectGguf(entry.path) : undefined,
+          downloaded,
+          active: this.serving?.entry.path === entry.path,
+          loaded: loaded.has(entry.path),
+        };
+      }),
+    );
+  }
+
+  /** Swaps to `request.id`; `emit` sees each phase. Throws a ServiceError before the switch on any failure. */
+  async swap(request: SwapRequest, emit: (event: SwapEvent) => void): Promise<void> {
+    if (this.swappingTo !== undefined) {
+      throw new ServiceError(
+        "failed_precondition",
+        `a swap to "${this.swappingTo}" is in progress; only one swap runs at a time`,
+      );
+    }
+    this.swappingTo = request.id;
+    const { log } = this.options;
+    try {
+      emit({ phase: "checking" });
+      const entry = (await this.catalog()).get(request.id);
+      if (this.serving?.entry.path === entry.path) {
+        throw new ServiceError("failed_precondition", `variant "${request.id}" is already in service`);
+      }
+      if (!existsSync(entry.path)) {
+        if (!isRemote(entry))
+          throw new ServiceError("failed_precondition", `variant "${request.id}": its file is missing: ${entry.path}`);
+        emit({ phase: "downloading", bytesDone: 0, bytesTotal: 0, percent: 0 });
+        await downloadVariant(entry, ({ bytesDone, bytesTotal }) =>
+          emit({ phase: "downloading", bytesDone, bytesTotal, percent: bytesTotal > 0 ? (100 * bytesDone) / bytesTotal : 0 }),
+        );
+      }
+      const next = await this.load(
+        entry,
+        (progress) => emit({ phase: "loading", percent: progress * 100 }),
+        () => emit({ phase: "warming" }),
+      );
+      const old = this.serving;
+      this.switchTo(next);
+      log.info({ from: old?.entry.id, to: next.entry.id }, "switched variant");
+      emit({ phase: "switched", message: `new calls go to "${next.entry.id}"` });
+      if (old) await this.retire(old, request, next.entry.id, emit);
+      emit({ phase: "done" });
+    } finally {
+      this.swappingTo = undefined;
+    }
+  }
+
+  /** Loads and warms an engine for `entry`; the engine is ended again if warming fails. */
+  private async load(entry: CatalogEntry, onProgress: (progress: number) => void, onWarming?: () => void): Promise<Serving> {
+    const summary = await inspectGguf(entry.path);
+    if (!summary.usable) throw new ServiceError("failed_precondition", `variant "${entry.id}" cannot be used: ${summary.reason}`);
+    const { maxQueue, ...engineOptions } = this.options.engine;
+    let engine: EngineProcess;
+    try {
+      engine = await EngineProcess.start({ ...engineOptions, modelPath: entry.path }, this.options.log, onProgress);
+    } catch (error) {
+      throw new ServiceError("failed_precondition", `variant "${entry.id}" failed to load: ${(error as Error).message}`);
+    }
+    onWarming?.();
+    try {
+      await engine.warm();
+    } catch (error) {
+      await engine.dispose();
+      throw new ServiceError(
+        "failed_precondition",
+        `variant "${entry.id}" failed its first generation: ${(error as Error).message}`,
+      );
+    }
+    const scheduler = new SlotScheduler(engine.info.sequences, maxQueue);
+    const serving: Serving = { entry, summary, engine, scheduler, inference: new Inference(engine, scheduler, entry.id) };
+    engine.onExit((code, signal) => {
+      if (this.serving === serving) {
+        this.options.log.error({ variant: entry.id, code, signal }, "engine process of the variant in service exited");
+        this.options.onServingChange?.(undefined);
+      }
+    });
+    return serving;
+  }
+
+  private switchTo(serving: Serving): void {
+    this.serving = serving;
+    this.options.onServingChange?.(serving);
+  }
+
+  /** Drains or cancels the old variant's calls, then ends its engine process. */
+  private async retire(old: Serving, request: SwapRequest, nextId: string, emit: (event: SwapEvent) => void): Promise<void> {
+    this.retiring.add(old.engine);
+    try {
+      if (request.policy === "cancel") {
+        old.inference.cancelAll(`cancelled by the server: variant swap to "${nextId}" (policy CANCEL)`);
+      }
+      const deadline = Date.now() + request.drainTimeoutMs;
+      let cancelled = request.policy === "cancel";
+      emit({ phase: "draining", inFlight: old.inference.inFlight });
+      while (old.inference.inFlight > 0) {
+        if (!cancelled && Date.now() >= deadline) {
+          cancelled = true;
+          old.inference.cancelAll(
+            `cancelled by the server: variant swap to "${nextId}" (drain timeout of ${request.drainTimeoutMs} ms)`,
+          );
+        }
+        await new Promise((r) => setTimeout(r, DRAIN_POLL_MS));
+        emit({ phase: "draining", inFlight: old.inference.inFlight });
+      }
+      await old.engine.dispose();
+      emit({ phase: "released", message: `"${old.entry.id}" unloaded` });
+    } finally {
+      this.retiring.delete(old.engine);
+    }
+  }
+
+  async dispose(): Promise<void> {
+    const engines = [this.serving?.engine, ...this.retiring].filter((e): e is EngineProcess => e !== undefined);
+    this.serving = undefined;
+    await Promise.all(engines.map((e) => e.dispose()));
+  }
+}
