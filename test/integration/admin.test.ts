@@ -1,0 +1,197 @@
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AiravataClient } from "../../clients/grpc-client.js";
+import { AdminService, SwapPhase, SwapPolicy, type SwapProgress } from "../../src/gen/airavata/v1/admin_pb.js";
+import { eventually, sample } from "../helpers/metrics.js";
+import { modelPath } from "../helpers/models.js";
+import { startTestServer, type TestServer } from "../helpers/server.js";
+
+const TOKEN = "test-admin-token-0123456789";
+const auth = { headers: { authorization: `Bearer ${TOKEN}` } };
+// Long enough (seconds on the tiny model) to still run when a swap switches.
+const LONG = { prompt: "नमस्ते", temperature: 0, maxNewTokens: 1500 };
+
+let server: TestServer;
+let admin: ReturnType<typeof createClient<typeof AdminService>>;
+let client: AiravataClient;
+let modelsDir: string;
+
+beforeAll(async () => {
+  // Downloads of built-in variants must fail fast here, as they would offline.
+  process.env.HF_ENDPOINT = "https://airavata-test.invalid";
+  modelsDir = mkdtempSync(join(tmpdir(), "airavata-variants-"));
+  copyFileSync(modelPath("q4_0"), join(modelsDir, "tiny.q4_0.gguf"));
+  copyFileSync(modelPath("q8_0"), join(modelsDir, "tiny.q8_0.gguf"));
+  writeFileSync(join(modelsDir, "corrupt.gguf"), "this is not a model at all".repeat(10));
+  const whole = readFileSync(modelPath("q8_0"));
+  writeFileSync(join(modelsDir, "truncated.gguf"), whole.subarray(0, Math.floor(whole.length / 2)));
+  server = await startTestServer({ modelPath: undefined, variant: "tiny.q4_0", modelsDir, adminToken: TOKEN, contextSize: 4096 });
+  admin = createClient(AdminService, createGrpcTransport({ baseUrl: server.baseUrl }));
+  client = new AiravataClient(server.address);
+});
+afterAll(async () => {
+  client.close();
+  await server.app.shutdown();
+  delete process.env.HF_ENDPOINT;
+});
+
+async function swap(variantId: string, policy = SwapPolicy.DRAIN, onEvent?: (e: SwapProgress) => void) {
+  const events: SwapProgress[] = [];
+  try {
+    for await (const e of admin.swapVariant({ variantId, policy, drainTimeoutMs: 60_000 }, auth)) {
+      events.push(e);
+      onEvent?.(e);
+    }
+    return { events, error: undefined };
+  } catch (error) {
+    return { events, error: ConnectError.from(error) };
+  }
+}
+
+describe("admin auth", () => {
+  it("refuses a call without a token (UNAUTHENTICATED) and with a wrong one (PERMISSION_DENIED)", async () => {
+    await expect(admin.listVariants({})).rejects.toMatchObject({ code: Code.Unauthenticated });
+    await expect(admin.getStatus({}, { headers: { authorization: "Bearer wrong-token-wrong-token" } })).rejects.toMatchObject({
+      code: Code.PermissionDenied,
+      rawMessage: "the admin token is not valid",
+    });
+    await expect(
+      (async () => {
+        for await (const _ of admin.swapVariant({ variantId: "tiny.q8_0" })) void _;
+      })(),
+    ).rejects.toMatchObject({ code: Code.Unauthenticated });
+    await expect(admin.getStatus({}, { headers: { authorization: "Basic abc" } })).rejects.toMatchObject({
+      code: Code.Unauthenticated,
+      rawMessage: expect.stringMatching(/must be `Bearer <admin token>`/),
+    });
+    // Nothing was swapped by the refused call.
+    expect((await admin.getStatus({}, auth)).activeVariant).toBe("tiny.q4_0");
+  });
+
+  it("without a configured token, admin is disabled and says how to enable it", async () => {
+    const other = await startTestServer();
+    try {
+      const c = createClient(AdminService, createGrpcTransport({ baseUrl: other.baseUrl }));
+      await expect(c.getStatus({}, auth)).rejects.toMatchObject({
+        code: Code.PermissionDenied,
+        rawMessage: expect.stringMatching(/AIRAVATA_ADMIN_TOKEN/),
+      });
+    } finally {
+      await other.app.shutdown();
+    }
+  });
+});
+
+describe("ListVariants and GetStatus", () => {
+  it("lists built-in, folder and unusable variants with facts from their GGUF headers", async () => {
+    const { variants } = await admin.listVariants({}, auth);
+    const byId = Object.fromEntries(variants.map((v) => [v.id, v]));
+    expect(byId["q4_k_m"]).toMatchObject({
+      source: "hf:mradermacher/Airavata-GGUF/Airavata.Q4_K_M.gguf",
+      downloaded: false,
+      active: false,
+    });
+    expect(Object.keys(byId)).toEqual(expect.arrayContaining(["q4_k_s", "q5_k_m", "q6_k", "q8_0", "f16"]));
+    const q4 = byId["tiny.q4_0"]!;
+    expect(q4).toMatchObject({ downloaded: true, loaded: true, active: true, usable: true, quantization: "Q4_0" });
+    expect(Number(q4.parameterCount)).toBeGreaterThan(500_000);
+    expect(q4.bitsPerWeight).toBeGreaterThan(4);
+    expect(q4.bitsPerWeight).toBeLessThan(byId["tiny.q8_0"]!.bitsPerWeight);
+    expect(byId["tiny.q8_0"]).toMatchObject({ quantization: "Q8_0", loaded: false, active: false, usable: true });
+    expect(byId["corrupt"]).toMatchObject({ usable: false, unusableReason: expect.stringMatching(/not a valid GGUF/) });
+    expect(byId["truncated"]).toMatchObject({ usable: false, unusableReason: expect.stringMatching(/truncated/) });
+  });
+
+  it("reports the variant in service, the backend and the slots", async () => {
+    const status = await admin.getStatus({}, auth);
+    expect(status).toMatchObject({
+      activeVariant: "tiny.q4_0",
+      backend: "cpu",
+      parallelSlots: 2,
+      contextSize: 4096,
+      swappingTo: "",
+    });
+    expect(status.version).toMatch(/^\d+\.\d+\.\d+/);
+    expect(Number(status.ramTotalBytes)).toBeGreaterThan(0);
+  });
+});
+
+describe("SwapVariant", () => {
+  it("swaps under load with zero failed calls; each call names the variant that served it", async () => {
+    const oldPid = server.app.variants.current!.engine.pid!;
+    // Two calls take the two slots, a third waits in the old variant's queue.
+    const running = [1, 2, 3].map(() => client.generate(LONG));
+    await new Promise((r) => setTimeout(r, 100));
+    let afterSwitch: ReturnType<AiravataClient["generate"]> | undefined;
+    const { events, error } = await swap("tiny.q8_0", SwapPolicy.DRAIN, (e) => {
+      if (e.phase === SwapPhase.SWITCHED) afterSwitch = client.generate({ prompt: "The", raw: true, temperature: 0 });
+    });
+    expect(error).toBeUndefined();
+    const phases = [...new Set(events.map((e) => SwapPhase[e.phase]))];
+    expect(phases).toEqual(["CHECKING", "LOADING", "WARMING", "SWITCHED", "DRAINING", "RELEASED", "DONE"]);
+    expect(events.find((e) => e.phase === SwapPhase.DRAINING)!.inFlight).toBeGreaterThan(0);
+    for (const outcome of await Promise.all(running)) {
+      expect(outcome.codeName).toBe("OK");
+      expect(outcome.trailers["airavata-variant"]).toBe("tiny.q4_0");
+      expect(outcome.trailers["airavata-generated-tokens"]).toBe("1500");
+    }
+    const next = await afterSwitch!;
+    expect(next.codeName).toBe("OK");
+    expect(next.trailers["airavata-variant"]).toBe("tiny.q8_0");
+    expect((await admin.getStatus({}, auth)).activeVariant).toBe("tiny.q8_0");
+    // The old engine process is gone, so its memory is given back.
+    expect(() => process.kill(oldPid, 0)).toThrow();
+    const { variants } = await admin.listVariants({}, auth);
+    expect(variants.find((v) => v.id === "tiny.q4_0")).toMatchObject({ loaded: false, active: false });
+    expect(await sample(server.baseUrl, "airavata_active_variant_info", { variant: "tiny.q8_0" })).toBe(1);
+    expect(await sample(server.baseUrl, "airavata_variant_swaps_total", { result: "ok" })).toBeGreaterThanOrEqual(1);
+  });
+
+  it("with the CANCEL policy, running calls end CANCELLED with their trailers; new ones run on the new variant", async () => {
+    const running = [1, 2].map(() => client.generate(LONG));
+    await new Promise((r) => setTimeout(r, 100));
+    const { error } = await swap("tiny.q4_0", SwapPolicy.CANCEL);
+    expect(error).toBeUndefined();
+    for (const outcome of await Promise.all(running)) {
+      expect(outcome.codeName).toBe("CANCELLED");
+      expect(outcome.message).toMatch(/variant swap to "tiny.q4_0" \(policy CANCEL\)/);
+      expect(outcome.trailers["airavata-finish-reason"]).toBe("cancelled");
+      expect(outcome.trailers["airavata-variant"]).toBe("tiny.q8_0");
+    }
+    const next = await client.generate({ prompt: "The", raw: true, temperature: 0 });
+    expect(next.trailers["airavata-variant"]).toBe("tiny.q4_0");
+  });
+
+  it.each([
+    ["corrupt", Code.FailedPrecondition, /variant "corrupt" cannot be used: not a valid GGUF/],
+    ["truncated", Code.FailedPrecondition, /truncated/],
+    ["nope", Code.NotFound, /no variant "nope"; known variants: .*tiny\.q8_0/],
+    ["q8_0", Code.Unavailable, /not downloaded .* airavata-test\.invalid cannot be reached/],
+    ["tiny.q4_0", Code.FailedPrecondition, /already in service/],
+  ])("a swap to %s fails with its code, and the variant in service keeps serving", async (id, code, message) => {
+    const { error } = await swap(id);
+    expect(error).toMatchObject({ code, rawMessage: expect.stringMatching(message) });
+    expect((await admin.getStatus({}, auth)).activeVariant).toBe("tiny.q4_0");
+    const outcome = await client.generate({ prompt: "The", raw: true, temperature: 0 });
+    expect(outcome.text).toBe("end of story🙏");
+    expect(outcome.trailers["airavata-variant"]).toBe("tiny.q4_0");
+  });
+
+  it("refuses a second swap while one runs", async () => {
+    let second: Promise<{ error: ConnectError | undefined }> | undefined;
+    const first = await swap("tiny.q8_0", SwapPolicy.DRAIN, (e) => {
+      if (e.phase === SwapPhase.CHECKING) second = swap("tiny.q4_0");
+    });
+    expect(first.error).toBeUndefined();
+    expect((await second!).error).toMatchObject({
+      code: Code.FailedPrecondition,
+      rawMessage: expect.stringMatching(/in progress/),
+    });
+    const failed = await eventually(() => sample(server.baseUrl, "airavata_variant_swaps_total", { result: "failed" }), 1);
+    expect(failed).toBeGreaterThanOrEqual(1);
+  });
+});
