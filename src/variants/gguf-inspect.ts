@@ -3,7 +3,7 @@
  * parameter count (from the tensor shapes), size and bits per weight. A file
  * that is not a readable GGUF gets a reason instead, never an exception.
  */
-import { stat } from "node:fs/promises";
+import { open, stat } from "node:fs/promises";
 import { GgufFileType, readGgufFileInfo } from "node-llama-cpp";
 
 export type GgufSummary =
@@ -29,6 +29,37 @@ export function quantizationName(fileType: number | undefined): string {
 
 const cache = new Map<string, { key: string; summary: GgufSummary }>();
 
+const READ_TIMEOUT_MS = 10_000;
+
+/**
+ * The fixed start of a GGUF file: magic, version, tensor and metadata counts.
+ * node-llama-cpp's reader never returns on a file that has the magic but a
+ * garbage version, so this is checked first.
+ */
+async function checkFixedHeader(path: string, size: number): Promise<void> {
+  if (size < 24) throw new Error(`it is ${size} bytes long, shorter than a GGUF header`);
+  const handle = await open(path, "r");
+  try {
+    const { buffer } = await handle.read(Buffer.alloc(24), 0, 24, 0);
+    if (buffer.toString("latin1", 0, 4) !== "GGUF") throw new Error("it does not start with the GGUF magic");
+    const version = buffer.readUInt32LE(4);
+    if (version < 2 || version > 3) throw new Error(`unsupported GGUF version ${version}`);
+    const tensors = buffer.readBigUInt64LE(8);
+    const keys = buffer.readBigUInt64LE(16);
+    if (tensors > BigInt(size) || keys > BigInt(size)) throw new Error("its header counts are impossible for its size");
+  } finally {
+    await handle.close();
+  }
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} within ${ms / 1000} s`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 export async function inspectGguf(path: string): Promise<GgufSummary> {
   let size: number;
   let key: string;
@@ -43,7 +74,12 @@ export async function inspectGguf(path: string): Promise<GgufSummary> {
   if (cached?.key === key) return cached.summary;
   let summary: GgufSummary;
   try {
-    const info = await readGgufFileInfo(path, { logWarnings: false, ignoreKeys: SKIPPED_KEYS, sourceType: "filesystem" });
+    await checkFixedHeader(path, size);
+    const info = await withTimeout(
+      readGgufFileInfo(path, { logWarnings: false, ignoreKeys: SKIPPED_KEYS, sourceType: "filesystem" }),
+      READ_TIMEOUT_MS,
+      "its header could not be read",
+    );
     const tensors = info.fullTensorInfo ?? info.tensorInfo ?? [];
     if (tensors.length === 0) throw new Error("it has no tensors");
     const parameters = tensors.reduce((sum, t) => sum + t.dimensions.reduce((a: number, b) => a * Number(b), 1), 0);

@@ -1,11 +1,12 @@
 import { spawn } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
 import { AiravataClient } from "../../clients/grpc-client.js";
+import { AdminService } from "../../src/gen/airavata/v1/admin_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../../src/gen/grpc/health/v1/health_pb.js";
 import { modelPath } from "../helpers/models.js";
 import { ROOT, startServerProcess } from "../helpers/server.js";
@@ -72,6 +73,39 @@ describe("the server process", () => {
     client.close();
     expect(await server.exited).toBe(0);
     expect(server.logs.some((l) => l.msg === "stopped")).toBe(true);
+  });
+});
+
+describe("startup fallback", () => {
+  it("tries the fallback order when the configured variant cannot load, and says so", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "airavata-fallback-"));
+    // The GGUF magic, then garbage: a file that once made the header reader hang.
+    writeFileSync(join(dir, "broken.gguf"), `GGUF${"x".repeat(200)}`);
+    copyFileSync(modelPath("q8_0"), join(dir, "good.gguf"));
+    const token = "fallback-test-token-0123456789";
+    const server = await startServerProcess(
+      ["--models-dir", dir, "--variant", "broken", "--fallback", "absent,good", "--threads", "1", "--log-level", "info"],
+      { AIRAVATA_ADMIN_TOKEN: token, AIRAVATA_MODEL: "" },
+    );
+    try {
+      const health = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${server.port}` }));
+      for await (const { status } of health.watch({ service: "" })) if (status === Status.SERVING) break;
+      const admin = createClient(AdminService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${server.port}` }));
+      const status = await admin.getStatus({}, { headers: { authorization: `Bearer ${token}` } });
+      expect(status.activeVariant).toBe("good");
+      expect(status.startupNotes).toEqual([
+        expect.stringMatching(
+          /serving "good" after: "broken" could not be used: .*not a valid GGUF file: unsupported GGUF version.*; "absent" could not be used: no variant "absent"/,
+        ),
+      ]);
+      const warnings = server.logs.filter((l) => l.msg === "variant failed; trying the next in the fallback order");
+      expect(warnings.map((w) => w.variant)).toEqual(["broken", "absent"]);
+      // The admin token is never logged.
+      expect(JSON.stringify(server.logs)).not.toContain(token);
+    } finally {
+      server.child.kill("SIGTERM");
+      expect(await server.exited).toBe(0);
+    }
   });
 });
 
