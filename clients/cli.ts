@@ -2,8 +2,10 @@
  * Command-line client: streams a generation to the terminal, then prints the
  * call's metrics from the trailers. Usage: npm run client -- --help
  */
-import { Command, InvalidArgumentError } from "commander";
-import { AiravataClient, type CallOutcome, type GenerateInit } from "./grpc-client.js";
+import { readFileSync } from "node:fs";
+import { Command, InvalidArgumentError, Option } from "commander";
+import { SwapPhase, SwapPolicy } from "../src/gen/airavata/v1/admin_pb.js";
+import { AdminClient, AiravataClient, type CallOutcome, type GenerateInit } from "./grpc-client.js";
 
 const number = (name: string) => (value: string) => {
   const n = Number(value);
@@ -97,6 +99,115 @@ program
     process.stdout.write(
       `${outcome.response.count} tokens (${outcome.response.variant}): ${outcome.response.tokenIds.join(" ")}\n`,
     );
+  });
+
+const admin = program
+  .command("admin")
+  .description("operate the server: variants, status, swaps (token from AIRAVATA_ADMIN_TOKEN or --token-file)")
+  .option("--token-file <path>", "file holding the admin token");
+
+function adminClient(): { client: AdminClient; address: string } {
+  const address = program.opts().address as string;
+  const file = admin.opts().tokenFile as string | undefined;
+  const token = file ? readFileSync(file, "utf8").trim() : process.env.AIRAVATA_ADMIN_TOKEN;
+  return { client: new AdminClient(address, token || undefined), address };
+}
+
+const gb = (bytes: bigint | number) => `${(Number(bytes) / 1e9).toFixed(2)} GB`;
+
+admin
+  .command("list")
+  .description("list every variant the server knows")
+  .action(async () => {
+    const { client, address } = adminClient();
+    const outcome = await client.listVariants();
+    client.close();
+    if (outcome.codeName !== "OK" || !outcome.response) fail(outcome, address);
+    const rows = outcome.response.variants.map((v) => [
+      `${v.active ? "*" : " "} ${v.id}`,
+      v.quantization || "-",
+      v.downloaded ? gb(v.fileSizeBytes) : "-",
+      v.parameterCount ? `${(Number(v.parameterCount) / 1e6).toFixed(1)}M` : "-",
+      v.bitsPerWeight ? v.bitsPerWeight.toFixed(2) : "-",
+      !v.usable
+        ? `unusable: ${v.unusableReason}`
+        : v.active
+          ? "in service"
+          : v.loaded
+            ? "loaded"
+            : v.downloaded
+              ? "downloaded"
+              : `download from ${v.source}`,
+    ]);
+    const header = ["  id", "quant", "size", "params", "bits/w", "state"];
+    const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+    for (const row of [header, ...rows]) {
+      process.stdout.write(`${row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  ")}\n`);
+    }
+  });
+
+admin
+  .command("status")
+  .description("the variant in service, the device and the load")
+  .action(async () => {
+    const { client, address } = adminClient();
+    const outcome = await client.getStatus();
+    client.close();
+    if (outcome.codeName !== "OK" || !outcome.response) fail(outcome, address);
+    const s = outcome.response;
+    const lines = [
+      `variant:   ${s.activeVariant}${s.swappingTo ? ` (swapping to ${s.swappingTo})` : ""}`,
+      `backend:   ${s.backend} (${s.devices.join(", ")}), ${s.threads} threads`,
+      `slots:     ${s.parallelSlots} × ${s.contextSize} tokens; running ${s.running}, queued ${s.queued}`,
+      `memory:    RAM ${gb(s.ramFreeBytes)} free of ${gb(s.ramTotalBytes)}` +
+        (s.vramTotalBytes > 0n ? `; VRAM ${gb(s.vramFreeBytes)} free of ${gb(s.vramTotalBytes)}` : ""),
+      `uptime:    ${s.uptimeSeconds.toFixed(0)} s, version ${s.version}`,
+      ...s.startupNotes.map((n) => `startup:   ${n}`),
+    ];
+    process.stdout.write(`${lines.join("\n")}\n`);
+  });
+
+admin
+  .command("swap")
+  .description("put another variant in service, with live progress")
+  .argument("<id>", "catalog id of the variant")
+  .addOption(new Option("--policy <policy>", "what happens to running calls").choices(["drain", "cancel"]).default("drain"))
+  .option("--drain-timeout <ms>", "with drain: cancel calls still running after this long", number("drain-timeout"))
+  .action(async (id: string, o: { policy: string; drainTimeout?: number }) => {
+    const { client, address } = adminClient();
+    const tty = process.stderr.isTTY;
+    let lastPhase = "";
+    let lastQuarter = -1;
+    const outcome = await client.swapVariant(
+      { variantId: id, policy: o.policy === "cancel" ? SwapPolicy.CANCEL : SwapPolicy.DRAIN, drainTimeoutMs: o.drainTimeout },
+      (p) => {
+        const phase = SwapPhase[p.phase].toLowerCase();
+        const bar = (percent: number) => `[${"#".repeat(Math.round(percent / 5)).padEnd(20)}] ${percent.toFixed(0).padStart(3)}%`;
+        const detail =
+          p.phase === SwapPhase.DOWNLOADING
+            ? `${bar(p.percent)} ${gb(p.bytesDone)} of ${gb(p.bytesTotal)}`
+            : p.phase === SwapPhase.LOADING
+              ? bar(p.percent)
+              : p.phase === SwapPhase.DRAINING
+                ? `${p.inFlight} calls still running on the old variant`
+                : p.message;
+        const line = `${(p.elapsedMs / 1000).toFixed(1).padStart(6)} s  ${phase.padEnd(11)} ${detail}`;
+        if (tty && phase === lastPhase) {
+          process.stderr.write(`\r${line}`);
+        } else if (tty) {
+          process.stderr.write(`${lastPhase ? "\n" : ""}${line}`);
+        } else {
+          // Without a terminal: each phase once, and progress at every quarter.
+          const quarter = Math.floor(p.percent / 25);
+          if (phase !== lastPhase || quarter !== lastQuarter) process.stderr.write(`${line}\n`);
+          lastQuarter = quarter;
+        }
+        lastPhase = phase;
+      },
+    );
+    client.close();
+    if (tty && lastPhase) process.stderr.write("\n");
+    if (outcome.codeName !== "OK") fail(outcome, address);
   });
 
 await program.parseAsync();

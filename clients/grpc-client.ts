@@ -1,21 +1,27 @@
 /**
- * A grpc-js client for airavata-serve, shared by the command-line client, the
+ * grpc-js clients for airavata-serve, shared by the command-line client, the
  * bench and the tests. Messages are encoded with the protobuf-es schemas
- * generated from proto/, so no second copy of the API exists.
+ * generated from proto/, so there is no second copy of the API.
  */
-import { create, type DescMessage, fromBinary, type MessageInitShape, type MessageShape, toBinary } from "@bufbuild/protobuf";
+import {
+  create,
+  type DescMessage,
+  type DescMethodServerStreaming,
+  type DescMethodUnary,
+  fromBinary,
+  type MessageInitShape,
+  type MessageShape,
+  toBinary,
+} from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
+import { AdminService, type SwapProgress, type SwapVariantRequestSchema } from "../src/gen/airavata/v1/admin_pb.js";
 import {
   type GenerateRequestSchema,
-  GenerateRequestSchema as GenerateRequestDesc,
   type GenerateResponse,
-  GenerateResponseSchema,
   type GenerationMetrics,
   GenerationMetricsSchema,
   GenerationService,
-  TokenizeRequestSchema,
   type TokenizeResponse,
-  TokenizeResponseSchema,
 } from "../src/gen/airavata/v1/generation_pb.js";
 
 export type GenerateInit = MessageInitShape<typeof GenerateRequestSchema>;
@@ -30,8 +36,11 @@ export interface CallOutcome {
   metrics: GenerationMetrics | undefined;
 }
 
-export interface GenerateOutcome extends CallOutcome {
-  responses: GenerateResponse[];
+export interface StreamOutcome<T> extends CallOutcome {
+  responses: T[];
+}
+
+export interface GenerateOutcome extends StreamOutcome<GenerateResponse> {
   text: string;
 }
 
@@ -40,13 +49,6 @@ export interface CallOptions {
   timeoutMs?: number;
   signal?: AbortSignal;
   metadata?: Record<string, string>;
-}
-
-function serializer<D extends DescMessage>(desc: D) {
-  return (value: MessageShape<D>) => Buffer.from(toBinary(desc, value));
-}
-function deserializer<D extends DescMessage>(desc: D) {
-  return (bytes: Buffer) => fromBinary(desc, bytes);
 }
 
 function outcomeOf(status: { code: grpc.status; details: string; metadata?: grpc.Metadata }): CallOutcome {
@@ -70,48 +72,73 @@ function outcomeOf(status: { code: grpc.status; details: string; metadata?: grpc
   };
 }
 
-function metadataOf(options: CallOptions): grpc.Metadata {
-  const metadata = new grpc.Metadata();
-  for (const [k, v] of Object.entries(options.metadata ?? {})) metadata.set(k, v);
-  return metadata;
-}
+const serializer =
+  <D extends DescMessage>(desc: D) =>
+  (value: MessageShape<D>) =>
+    Buffer.from(toBinary(desc, value));
+const deserializer =
+  <D extends DescMessage>(desc: D) =>
+  (bytes: Buffer) =>
+    fromBinary(desc, bytes);
 
-function callOptions(options: CallOptions): grpc.CallOptions {
-  return options.timeoutMs === undefined ? {} : { deadline: new Date(Date.now() + options.timeoutMs) };
-}
+/** Calls any method of the generated services over one grpc-js channel. */
+class Caller {
+  readonly client: grpc.Client;
 
-const path = (method: string) => `/${GenerationService.typeName}/${method}`;
-
-export class AiravataClient {
-  private readonly client: grpc.Client;
-
-  /** `address` is host:port; plaintext HTTP/2 unless credentials say otherwise. */
-  constructor(address: string, credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure()) {
+  constructor(
+    address: string,
+    credentials: grpc.ChannelCredentials,
+    private readonly baseMetadata: Record<string, string> = {},
+  ) {
     this.client = new grpc.Client(address, credentials);
   }
 
-  /**
-   * Streams a generation. `onResponse` sees each message as it arrives; the
-   * promise resolves (never rejects for a gRPC status) with how the call ended.
-   */
-  generate(
-    request: GenerateInit,
-    onResponse?: (response: GenerateResponse) => void,
+  private metadata(options: CallOptions): grpc.Metadata {
+    const metadata = new grpc.Metadata();
+    for (const [k, v] of Object.entries({ ...this.baseMetadata, ...options.metadata })) metadata.set(k, v);
+    return metadata;
+  }
+
+  unary<I extends DescMessage, O extends DescMessage>(
+    method: DescMethodUnary<I, O>,
+    request: MessageInitShape<I>,
     options: CallOptions = {},
-  ): Promise<GenerateOutcome> {
+  ): Promise<{ response?: MessageShape<O> } & CallOutcome> {
+    return new Promise((resolve) => {
+      let response: MessageShape<O> | undefined;
+      const call = this.client.makeUnaryRequest(
+        `/${method.parent.typeName}/${method.name}`,
+        serializer(method.input),
+        deserializer(method.output),
+        create(method.input, request),
+        this.metadata(options),
+        options.timeoutMs === undefined ? {} : { deadline: new Date(Date.now() + options.timeoutMs) },
+        (_error, value) => (response = value),
+      );
+      call.on("status", (status: grpc.StatusObject) => resolve({ ...outcomeOf(status), response }));
+    });
+  }
+
+  /** Resolves (never rejects for a gRPC status) with every message and how the call ended. */
+  stream<I extends DescMessage, O extends DescMessage>(
+    method: DescMethodServerStreaming<I, O>,
+    request: MessageInitShape<I>,
+    onResponse?: (response: MessageShape<O>) => void,
+    options: CallOptions = {},
+  ): Promise<StreamOutcome<MessageShape<O>>> {
     const call = this.client.makeServerStreamRequest(
-      path("Generate"),
-      serializer(GenerateRequestDesc),
-      deserializer(GenerateResponseSchema),
-      create(GenerateRequestDesc, request),
-      metadataOf(options),
-      callOptions(options),
+      `/${method.parent.typeName}/${method.name}`,
+      serializer(method.input),
+      deserializer(method.output),
+      create(method.input, request),
+      this.metadata(options),
+      options.timeoutMs === undefined ? {} : { deadline: new Date(Date.now() + options.timeoutMs) },
     );
     const onAbort = () => call.cancel();
     options.signal?.addEventListener("abort", onAbort, { once: true });
-    const responses: GenerateResponse[] = [];
+    const responses: MessageShape<O>[] = [];
     return new Promise((resolve) => {
-      call.on("data", (response: GenerateResponse) => {
+      call.on("data", (response: MessageShape<O>) => {
         responses.push(response);
         onResponse?.(response);
       });
@@ -120,33 +147,71 @@ export class AiravataClient {
       });
       call.on("status", (status: grpc.StatusObject) => {
         options.signal?.removeEventListener("abort", onAbort);
-        resolve({ ...outcomeOf(status), responses, text: responses.map((r) => r.text).join("") });
+        resolve({ ...outcomeOf(status), responses });
       });
     });
+  }
+}
+
+export class AiravataClient {
+  private readonly caller: Caller;
+
+  /** `address` is host:port; plaintext HTTP/2 unless credentials say otherwise. */
+  constructor(address: string, credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure()) {
+    this.caller = new Caller(address, credentials);
+  }
+
+  /** Streams a generation; `onResponse` sees each message as it arrives. */
+  async generate(
+    request: GenerateInit,
+    onResponse?: (response: GenerateResponse) => void,
+    options: CallOptions = {},
+  ): Promise<GenerateOutcome> {
+    const outcome = await this.caller.stream(GenerationService.method.generate, request, onResponse, options);
+    return { ...outcome, text: outcome.responses.map((r) => r.text).join("") };
   }
 
   tokenize(
     text: string,
     options: CallOptions & { special?: boolean } = {},
   ): Promise<{ response?: TokenizeResponse } & CallOutcome> {
-    return new Promise((resolve) => {
-      let response: TokenizeResponse | undefined;
-      const call = this.client.makeUnaryRequest(
-        path("Tokenize"),
-        serializer(TokenizeRequestSchema),
-        deserializer(TokenizeResponseSchema),
-        create(TokenizeRequestSchema, { text, special: options.special ?? false }),
-        metadataOf(options),
-        callOptions(options),
-        (_error, value) => {
-          response = value;
-        },
-      );
-      call.on("status", (status: grpc.StatusObject) => resolve({ ...outcomeOf(status), response }));
-    });
+    return this.caller.unary(GenerationService.method.tokenize, { text, special: options.special ?? false }, options);
   }
 
   close(): void {
-    this.client.close();
+    this.caller.client.close();
+  }
+}
+
+/** AdminService, with the bearer token on every call. */
+export class AdminClient {
+  private readonly caller: Caller;
+
+  constructor(
+    address: string,
+    token: string | undefined,
+    credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure(),
+  ) {
+    this.caller = new Caller(address, credentials, token ? { authorization: `Bearer ${token}` } : {});
+  }
+
+  listVariants(options: CallOptions = {}) {
+    return this.caller.unary(AdminService.method.listVariants, {}, options);
+  }
+
+  getStatus(options: CallOptions = {}) {
+    return this.caller.unary(AdminService.method.getStatus, {}, options);
+  }
+
+  swapVariant(
+    request: MessageInitShape<typeof SwapVariantRequestSchema>,
+    onProgress?: (progress: SwapProgress) => void,
+    options: CallOptions = {},
+  ): Promise<StreamOutcome<SwapProgress>> {
+    return this.caller.stream(AdminService.method.swapVariant, request, onProgress, options);
+  }
+
+  close(): void {
+    this.caller.client.close();
   }
 }

@@ -1,18 +1,26 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { copyFileSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { modelPath } from "../helpers/models.js";
 import { ROOT, startTestServer, type TestServer } from "../helpers/server.js";
 
 const exec = promisify(execFile);
-const cli = (args: string[]) =>
-  exec(process.execPath, ["--import", "tsx", "clients/cli.ts", ...args], { cwd: ROOT }).then(
+const cli = (args: string[], env: Record<string, string> = {}) =>
+  exec(process.execPath, ["--import", "tsx", "clients/cli.ts", ...args], { cwd: ROOT, env: { ...process.env, ...env } }).then(
     (r) => ({ code: 0, ...r }),
     (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
   );
 
+const TOKEN = "cli-test-admin-token-0123456789";
 let server: TestServer;
 beforeAll(async () => {
-  server = await startTestServer();
+  const modelsDir = mkdtempSync(join(tmpdir(), "airavata-cli-"));
+  copyFileSync(modelPath("q4_0"), join(modelsDir, "tiny.q4_0.gguf"));
+  copyFileSync(modelPath("q8_0"), join(modelsDir, "tiny.q8_0.gguf"));
+  server = await startTestServer({ modelPath: undefined, variant: "tiny.q4_0", modelsDir, adminToken: TOKEN });
 });
 afterAll(async () => {
   await server.app.shutdown();
@@ -42,5 +50,31 @@ describe("command-line client", () => {
     const { code, stderr } = await cli(["-a", "127.0.0.1:1", "generate", "hi"]);
     expect(code).toBe(1);
     expect(stderr).toMatch(/error: UNAVAILABLE: .*is the server running at 127\.0\.0\.1:1\?/);
+  });
+
+  it("admin list shows the variants and the one in service", async () => {
+    const { code, stdout } = await cli(["-a", server.address, "admin", "list"], { AIRAVATA_ADMIN_TOKEN: TOKEN });
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/^\* tiny\.q4_0 +Q4_0 .*in service$/m);
+    expect(stdout).toMatch(/^ {2}tiny\.q8_0 +Q8_0 .*downloaded$/m);
+    expect(stdout).toMatch(/^ {2}q4_k_m .*download from hf:mradermacher\/Airavata-GGUF\/Airavata\.Q4_K_M\.gguf$/m);
+  });
+
+  it("admin swap shows each phase, then admin status names the new variant", async () => {
+    const swap = await cli(["-a", server.address, "admin", "swap", "tiny.q8_0"], { AIRAVATA_ADMIN_TOKEN: TOKEN });
+    expect(swap.code).toBe(0);
+    const phases = swap.stderr
+      .split("\n")
+      .map((l) => /s {2}(\w+)/.exec(l)?.[1])
+      .filter(Boolean);
+    expect([...new Set(phases)]).toEqual(["checking", "loading", "warming", "switched", "draining", "released", "done"]);
+    const status = await cli(["-a", server.address, "admin", "status"], { AIRAVATA_ADMIN_TOKEN: TOKEN });
+    expect(status.stdout).toMatch(/^variant: +tiny\.q8_0$/m);
+  });
+
+  it("admin without a token gives the auth error and exits 1", async () => {
+    const { code, stderr } = await cli(["-a", server.address, "admin", "status"], { AIRAVATA_ADMIN_TOKEN: "" });
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/error: UNAUTHENTICATED: admin RPCs need the header `authorization: Bearer <admin token>`/);
   });
 });
