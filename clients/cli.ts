@@ -173,13 +173,19 @@ admin
   .argument("<id>", "catalog id of the variant")
   .addOption(new Option("--policy <policy>", "what happens to running calls").choices(["drain", "cancel"]).default("drain"))
   .option("--drain-timeout <ms>", "with drain: cancel calls still running after this long", number("drain-timeout"))
-  .action(async (id: string, o: { policy: string; drainTimeout?: number }) => {
+  .option("--allow-downtime", "if both variants do not fit in memory, unload the old one first")
+  .action(async (id: string, o: { policy: string; drainTimeout?: number; allowDowntime?: boolean }) => {
     const { client, address } = adminClient();
     const tty = process.stderr.isTTY;
     let lastPhase = "";
     let lastQuarter = -1;
     const outcome = await client.swapVariant(
-      { variantId: id, policy: o.policy === "cancel" ? SwapPolicy.CANCEL : SwapPolicy.DRAIN, drainTimeoutMs: o.drainTimeout },
+      {
+        variantId: id,
+        policy: o.policy === "cancel" ? SwapPolicy.CANCEL : SwapPolicy.DRAIN,
+        drainTimeoutMs: o.drainTimeout,
+        allowDowntime: Boolean(o.allowDowntime),
+      },
       (p) => {
         const phase = SwapPhase[p.phase].toLowerCase();
         const bar = (percent: number) => `[${"#".repeat(Math.round(percent / 5)).padEnd(20)}] ${percent.toFixed(0).padStart(3)}%`;

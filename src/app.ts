@@ -56,6 +56,7 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
       batchSize: config.batchSize,
       maxQueue: config.maxQueue,
     },
+    memoryBudget: config.memoryBudget,
     log,
     onServingChange(serving) {
       if (!accepting) return;
@@ -75,7 +76,14 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
     inference() {
       if (!accepting) throw new ServiceError("unavailable", "the server is shutting down; retry on another instance");
       const serving = variants.current;
-      if (!serving) throw new ServiceError("unavailable", "no model is loaded yet; retry shortly");
+      if (!serving) {
+        throw new ServiceError(
+          "unavailable",
+          variants.swapInProgress
+            ? `the server is swapping to "${variants.swapInProgress}" with downtime; retry shortly`
+            : "no model is loaded; retry shortly",
+        );
+      }
       return serving.inference;
     },
   });

@@ -18,6 +18,8 @@ export interface Config {
   manifestPath: string | undefined;
   /** Bearer token for AdminService; undefined disables it. */
   adminToken: string | undefined;
+  /** Bytes the loaded variants may use together during a swap; undefined: the device's free memory. */
+  memoryBudget: number | undefined;
   host: string;
   port: number;
   gpu: "auto" | "cuda" | "vulkan" | "cpu";
@@ -42,6 +44,24 @@ function integer(min: number, max: number) {
     if (n < min || n > max) throw new InvalidArgumentError(`expected an integer from ${min} to ${max}.`);
     return n;
   };
+}
+
+/** "8GB", "512 MiB", "1073741824" → bytes. */
+export function parseBytes(value: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$/i.exec(value);
+  if (!match) throw new InvalidArgumentError("expected a size such as 8GB, 512MiB or a number of bytes.");
+  const units: Record<string, number> = {
+    b: 1,
+    kb: 1e3,
+    mb: 1e6,
+    gb: 1e9,
+    tb: 1e12,
+    kib: 2 ** 10,
+    mib: 2 ** 20,
+    gib: 2 ** 30,
+    tib: 2 ** 40,
+  };
+  return Math.round(Number(match[1]) * units[(match[2] ?? "b").toLowerCase()]!);
 }
 
 function readable(value: string): string {
@@ -86,6 +106,14 @@ export function buildCommand(): Command {
       new Option("--admin-token-file <path>", "file holding the admin bearer token (or set AIRAVATA_ADMIN_TOKEN)")
         .env("AIRAVATA_ADMIN_TOKEN_FILE")
         .argParser(readable),
+    )
+    .addOption(
+      new Option(
+        "--memory-budget <size>",
+        "memory the variants may use together during a swap (default: what the device has free)",
+      )
+        .env("AIRAVATA_MEMORY_BUDGET")
+        .argParser(parseBytes),
     )
     .addOption(new Option("--host <host>", "address to listen on").env("AIRAVATA_HOST").default("127.0.0.1"))
     .addOption(
@@ -196,6 +224,7 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
     modelsDir: o.modelsDir,
     manifestPath: o.manifest,
     adminToken,
+    memoryBudget: o.memoryBudget,
     host: o.host,
     port: o.port,
     gpu: o.gpu,

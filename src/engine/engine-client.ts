@@ -11,6 +11,7 @@ import { AsyncQueue } from "../util/async-queue.js";
 import type {
   DeviceMemory,
   EngineInfo,
+  MemoryEstimate,
   EngineOptions,
   FinishReason,
   FromEngine,
@@ -35,6 +36,7 @@ interface Pending {
   events?: AsyncQueue<GenerationEvent>;
   tokenized?: { resolve(tokens: number[]): void; reject(error: unknown): void };
   memory?: { resolve(memory: DeviceMemory): void; reject(error: unknown): void };
+  estimate?: { resolve(estimate: MemoryEstimate): void; reject(error: unknown): void };
 }
 
 const WARM_UP: SamplingSettings = {
@@ -76,6 +78,7 @@ export class EngineProcess {
         entry.events?.fail(error);
         entry.tokenized?.reject(error);
         entry.memory?.reject(error);
+        entry.estimate?.reject(error);
       }
       this.pending.clear();
       for (const listener of this.exitListeners) listener(code, signal);
@@ -185,6 +188,16 @@ export class EngineProcess {
     });
   }
 
+  /** What a model would need with this engine's settings. */
+  estimate(modelPath: string): Promise<MemoryEstimate> {
+    if (this.exited) return Promise.reject(new ServiceError("unavailable", "the engine process is not running"));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { estimate: { resolve, reject } });
+      this.send({ type: "estimate", id, modelPath });
+    });
+  }
+
   /** One greedy token on sequence 0: the model decodes before it takes calls. */
   async warm(): Promise<void> {
     for await (const _event of this.generate(0, { kind: "raw", text: "नमस्ते" }, WARM_UP, new AbortController().signal)) {
@@ -221,10 +234,15 @@ export class EngineProcess {
         );
         entry.tokenized?.reject(new ServiceError(message.kind, message.message));
         entry.memory?.reject(new ServiceError(message.kind, message.message));
+        entry.estimate?.reject(new ServiceError(message.kind, message.message));
         this.pending.delete(message.id);
         break;
       case "tokenized":
         entry.tokenized?.resolve(message.tokens);
+        this.pending.delete(message.id);
+        break;
+      case "estimate":
+        entry.estimate?.resolve(message.estimate);
         this.pending.delete(message.id);
         break;
       case "memory":

@@ -44,6 +44,12 @@ process.on("message", (message: ToEngine) => {
         (error: unknown) => send({ type: "failed", id: message.id, kind: "internal", message: String(error) }),
       );
       break;
+    case "estimate":
+      engine.estimate(message.modelPath).then(
+        (estimate) => send({ type: "estimate", id: message.id, estimate }),
+        (error: unknown) => send({ type: "failed", id: message.id, kind: "failed_precondition", message: String(error) }),
+      );
+      break;
     case "shutdown":
       void shutdown();
       break;

@@ -5,6 +5,8 @@
 import os from "node:os";
 import {
   getLlama,
+  GgufInsights,
+  readGgufFileInfo,
   type Llama,
   type LlamaContext,
   type LlamaContextSequence,
@@ -14,7 +16,15 @@ import {
 } from "node-llama-cpp";
 import { ServiceError } from "../errors.js";
 import { formatAiravataChat } from "./chat-format.js";
-import type { DeviceMemory, EngineInfo, EngineOptions, FinishReason, GenerationInput, SamplingSettings } from "./protocol.js";
+import type {
+  DeviceMemory,
+  EngineInfo,
+  EngineOptions,
+  MemoryEstimate,
+  FinishReason,
+  GenerationInput,
+  SamplingSettings,
+} from "./protocol.js";
 import { type Emission, TextStream } from "./text-stream.js";
 
 /** Tokens of the prompt and generation considered by the repeat penalty. */
@@ -40,6 +50,7 @@ export class LlamaEngine {
     private readonly context: LlamaContext,
     private readonly sequences: LlamaContextSequence[],
     readonly info: EngineInfo,
+    private readonly batchSize: number,
   ) {}
 
   /** Loads the model and its context; `onProgress` sees the model load go from 0 to 1. */
@@ -73,7 +84,7 @@ export class LlamaEngine {
         gpuLayers: model.gpuLayers,
         loadMs: performance.now() - started,
       };
-      return new LlamaEngine(llama, model, context, sequences, info);
+      return new LlamaEngine(llama, model, context, sequences, info, options.batchSize);
     } catch (error) {
       await model?.dispose();
       await llama.dispose();
@@ -85,6 +96,28 @@ export class LlamaEngine {
     if (this.info.backend === "cpu") return { vramTotal: 0, vramUsed: 0, vramFree: 0 };
     const state = await this.llama.getVramState();
     return { vramTotal: state.total, vramUsed: state.used, vramFree: state.free };
+  }
+
+  /**
+   * What `modelPath` would need, model and context, with this engine's
+   * settings (all layers on the GPU when there is one), by node-llama-cpp's
+   * own estimates.
+   */
+  async estimate(modelPath: string): Promise<MemoryEstimate> {
+    const info = await readGgufFileInfo(modelPath, {
+      logWarnings: false,
+      ignoreKeys: ["tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"],
+    });
+    const insights = await GgufInsights.from(info, this.llama);
+    const gpuLayers = this.info.backend === "cpu" ? 0 : insights.totalLayers;
+    const model = await insights.estimateModelResourceRequirementsV2({ gpuLayers });
+    const context = await insights.estimateContextResourceRequirementsV2({
+      contextSize: this.info.contextSize * this.info.sequences,
+      sequences: this.info.sequences,
+      batchSize: this.batchSize,
+      modelGpuLayers: gpuLayers,
+    });
+    return { ramBytes: model.cpuRam + context.cpuRam, vramBytes: model.gpuVram + context.gpuVram };
   }
 
   tokenize(text: string, special: boolean): Token[] {

@@ -45,6 +45,7 @@ export type ToEngine =
   | { type: "cancel"; id: number }
   | { type: "tokenize"; id: number; text: string; special: boolean }
   | { type: "memory"; id: number }
+  | { type: "estimate"; id: number; modelPath: string }
   | { type: "shutdown" };
 
 export type FromEngine =
@@ -64,7 +65,14 @@ export type FromEngine =
     }
   | { type: "failed"; id: number; kind: ErrorKind; message: string }
   | { type: "tokenized"; id: number; tokens: number[] }
-  | { type: "memory"; id: number; memory: DeviceMemory };
+  | { type: "memory"; id: number; memory: DeviceMemory }
+  | { type: "estimate"; id: number; estimate: MemoryEstimate };
+
+/** Memory a model would need with this engine's context settings (node-llama-cpp's estimate). */
+export interface MemoryEstimate {
+  ramBytes: number;
+  vramBytes: number;
+}
 
 /** The accelerator's memory as the engine sees it (zeros on the CPU backend). */
 export interface DeviceMemory {

@@ -111,6 +111,7 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
             id: req.variantId,
             policy: req.policy === SwapPolicy.CANCEL ? "cancel" : "drain",
             drainTimeoutMs: req.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS,
+            allowDowntime: req.allowDowntime,
           },
           (event) => {
             events.push({

@@ -6,9 +6,10 @@
  * failure before the switch leaves the old variant serving, untouched.
  */
 import { existsSync } from "node:fs";
+import os from "node:os";
 import type { Logger } from "pino";
 import { EngineProcess } from "../engine/engine-client.js";
-import type { EngineOptions } from "../engine/protocol.js";
+import type { EngineOptions, MemoryEstimate } from "../engine/protocol.js";
 import { ServiceError } from "../errors.js";
 import { Inference } from "../scheduling/inference.js";
 import { SlotScheduler } from "../scheduling/slot-scheduler.js";
@@ -20,6 +21,8 @@ export type EngineSettings = Omit<EngineOptions, "modelPath"> & { maxQueue: numb
 
 export interface Serving {
   readonly entry: CatalogEntry;
+  /** What this variant needs, model and context, by node-llama-cpp's estimate. */
+  readonly needs: MemoryEstimate;
   readonly summary: Extract<GgufSummary, { usable: true }>;
   readonly engine: EngineProcess;
   readonly scheduler: SlotScheduler;
@@ -41,6 +44,8 @@ export interface SwapRequest {
   id: string;
   policy: "drain" | "cancel";
   drainTimeoutMs: number;
+  /** Unload the old variant first when both do not fit. */
+  allowDowntime?: boolean;
 }
 
 export interface VariantView {
@@ -54,6 +59,8 @@ export interface VariantView {
 export interface VariantManagerOptions {
   catalog: CatalogOptions;
   engine: EngineSettings;
+  /** Bytes the variants may use together (RAM on CPU, VRAM on GPU); default: what the device has free. */
+  memoryBudget?: number;
   log: Logger;
   /** Called when the variant in service changes, or its engine dies (with undefined). */
   onServingChange?(serving: Serving | undefined): void;
@@ -160,20 +167,95 @@ export class VariantManager {
           emit({ phase: "downloading", bytesDone, bytesTotal, percent: bytesTotal > 0 ? (100 * bytesDone) / bytesTotal : 0 }),
         );
       }
-      const next = await this.load(
-        entry,
-        (progress) => emit({ phase: "loading", percent: progress * 100 }),
-        () => emit({ phase: "warming" }),
-      );
+      const summary = await inspectGguf(entry.path);
+      if (!summary.usable)
+        throw new ServiceError("failed_precondition", `variant "${entry.id}" cannot be used: ${summary.reason}`);
       const old = this.serving;
-      this.switchTo(next);
-      log.info({ from: old?.entry.id, to: next.entry.id }, "switched variant");
-      emit({ phase: "switched", message: `new calls go to "${next.entry.id}"` });
-      if (old) await this.retire(old, request, next.entry.id, emit);
+      const shortage = old ? await this.memoryShortage(old, entry) : undefined;
+      if (shortage && !request.allowDowntime) {
+        throw new ServiceError("failed_precondition", `${shortage}; swap with allow_downtime to unload "${old!.entry.id}" first`);
+      }
+      const loadNext = () =>
+        this.load(
+          entry,
+          (progress) => emit({ phase: "loading", percent: progress * 100 }),
+          () => emit({ phase: "warming" }),
+        );
+      if (old && shortage) {
+        // Downtime: the old variant goes first, then the new one loads.
+        log.warn({ from: old.entry.id, to: entry.id, shortage }, "swapping with downtime: unloading the old variant first");
+        this.serving = undefined;
+        this.options.onServingChange?.(undefined);
+        await this.retire(old, request, entry.id, emit);
+        let next: Serving;
+        try {
+          next = await loadNext();
+        } catch (error) {
+          log.error(
+            { variant: entry.id, err: error },
+            "the new variant failed to load during a downtime swap; reloading the old one",
+          );
+          this.switchTo(await this.load(old.entry, () => {}));
+          throw error;
+        }
+        this.switchTo(next);
+        emit({ phase: "switched", message: `new calls go to "${next.entry.id}"` });
+      } else {
+        const next = await loadNext();
+        this.switchTo(next);
+        log.info({ from: old?.entry.id, to: next.entry.id }, "switched variant");
+        emit({ phase: "switched", message: `new calls go to "${next.entry.id}"` });
+        if (old) await this.retire(old, request, next.entry.id, emit);
+      }
       emit({ phase: "done" });
     } finally {
       this.swappingTo = undefined;
     }
+  }
+
+  /**
+   * Why `entry` cannot be loaded beside the variant in service, or undefined
+   * when it can: node-llama-cpp's estimate of what it needs, against the
+   * memory budget (or, without one, what the device has free now).
+   */
+  private async memoryShortage(current: Serving, entry: CatalogEntry): Promise<string | undefined> {
+    const gpu = current.engine.info.backend !== "cpu";
+    const kind = gpu ? "VRAM" : "RAM";
+    let needs: MemoryEstimate;
+    try {
+      needs = await current.engine.estimate(entry.path);
+    } catch (error) {
+      throw new ServiceError(
+        "failed_precondition",
+        `variant "${entry.id}": its memory needs cannot be estimated: ${(error as Error).message}`,
+      );
+    }
+    const need = gpu ? needs.vramBytes : needs.ramBytes;
+    const used = gpu ? current.needs.vramBytes : current.needs.ramBytes;
+    const mb = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+    const budget = this.options.memoryBudget;
+    if (budget !== undefined) {
+      if (need > budget) {
+        throw new ServiceError(
+          "failed_precondition",
+          `variant "${entry.id}" needs about ${mb(need)} of ${kind}, more than the whole memory budget of ${mb(budget)}`,
+        );
+      }
+      if (used + need <= budget) return undefined;
+      return (
+        `variant "${entry.id}" needs about ${mb(need)} of ${kind} beside "${current.entry.id}"'s ${mb(used)}: ` +
+        `${mb(used + need)} together, over the memory budget of ${mb(budget)}`
+      );
+    }
+    const free = gpu ? (await current.engine.memory()).vramFree : os.freemem();
+    if (need <= free) return undefined;
+    if (need > free + used) {
+      throw new ServiceError(
+        "failed_precondition",
+        `variant "${entry.id}" needs about ${mb(need)} of ${kind}, more than is free even without "${current.entry.id}" (${mb(free + used)})`,
+      );
+    }
+    return `variant "${entry.id}" needs about ${mb(need)} of ${kind}, and only ${mb(free)} is free beside "${current.entry.id}"`;
   }
 
   /** Loads and warms an engine for `entry`; the engine is ended again if warming fails. */
@@ -197,8 +279,14 @@ export class VariantManager {
         `variant "${entry.id}" failed its first generation: ${(error as Error).message}`,
       );
     }
+    let needs: MemoryEstimate;
+    try {
+      needs = await engine.estimate(entry.path);
+    } catch {
+      needs = { ramBytes: summary.fileSize, vramBytes: 0 };
+    }
     const scheduler = new SlotScheduler(engine.info.sequences, maxQueue);
-    const serving: Serving = { entry, summary, engine, scheduler, inference: new Inference(engine, scheduler, entry.id) };
+    const serving: Serving = { entry, needs, summary, engine, scheduler, inference: new Inference(engine, scheduler, entry.id) };
     engine.onExit((code, signal) => {
       if (this.serving === serving) {
         this.options.log.error({ variant: entry.id, code, signal }, "engine process of the variant in service exited");

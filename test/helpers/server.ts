@@ -20,6 +20,7 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     modelsDir: MODEL_DIR,
     manifestPath: undefined,
     adminToken: undefined,
+    memoryBudget: undefined,
     host: "127.0.0.1",
     port: 0,
     gpu: "cpu",

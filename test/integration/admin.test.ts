@@ -6,6 +6,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AiravataClient } from "../../clients/grpc-client.js";
 import { AdminService, SwapPhase, SwapPolicy, type SwapProgress } from "../../src/gen/airavata/v1/admin_pb.js";
+import { Health, HealthCheckResponse_ServingStatus as HealthStatus } from "../../src/gen/grpc/health/v1/health_pb.js";
 import { eventually, sample } from "../helpers/metrics.js";
 import { modelPath } from "../helpers/models.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
@@ -193,5 +194,63 @@ describe("SwapVariant", () => {
     });
     const failed = await eventually(() => sample(server.baseUrl, "airavata_variant_swaps_total", { result: "failed" }), 1);
     expect(failed).toBeGreaterThanOrEqual(1);
+  });
+});
+
+describe("the memory check before a swap", () => {
+  it("refuses a swap whose two variants exceed the budget, with the numbers; with downtime allowed it succeeds", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "airavata-budget-"));
+    copyFileSync(modelPath("q4_0"), join(dir, "tiny.q4_0.gguf"));
+    copyFileSync(modelPath("q8_0"), join(dir, "tiny.q8_0.gguf"));
+    const base = { modelPath: undefined, variant: "tiny.q4_0", modelsDir: dir, adminToken: TOKEN, contextSize: 1024 };
+    // What one variant needs here, by the service's own estimate; room for one and a half.
+    const probe = await startTestServer(base);
+    const needs = probe.app.variants.current!.needs.ramBytes;
+    await probe.app.shutdown();
+    const budgeted = await startTestServer({ ...base, memoryBudget: Math.round(needs * 1.5) });
+    try {
+      const c = createClient(AdminService, createGrpcTransport({ baseUrl: budgeted.baseUrl }));
+      const run = async (allowDowntime: boolean) => {
+        const events: SwapProgress[] = [];
+        try {
+          for await (const e of c.swapVariant({ variantId: "tiny.q8_0", allowDowntime }, auth)) events.push(e);
+          return { events, error: undefined };
+        } catch (error) {
+          return { events, error: ConnectError.from(error) };
+        }
+      };
+      const refused = await run(false);
+      expect(refused.error).toMatchObject({
+        code: Code.FailedPrecondition,
+        rawMessage: expect.stringMatching(
+          /variant "tiny\.q8_0" needs about [\d.]+ MiB of RAM beside "tiny\.q4_0"'s [\d.]+ MiB: [\d.]+ MiB together, over the memory budget of [\d.]+ MiB; swap with allow_downtime/,
+        ),
+      });
+      expect((await c.getStatus({}, auth)).activeVariant).toBe("tiny.q4_0");
+      const health = createClient(Health, createGrpcTransport({ baseUrl: budgeted.baseUrl }));
+      const seen: HealthStatus[] = [];
+      const watching = (async () => {
+        for await (const { status } of health.watch({ service: "" })) {
+          seen.push(status);
+          if (seen.length >= 3) break;
+        }
+      })();
+      const withDowntime = await run(true);
+      expect(withDowntime.error).toBeUndefined();
+      expect([...new Set(withDowntime.events.map((e) => SwapPhase[e.phase]))]).toEqual([
+        "CHECKING",
+        "DRAINING",
+        "RELEASED",
+        "LOADING",
+        "WARMING",
+        "SWITCHED",
+        "DONE",
+      ]);
+      await watching;
+      expect(seen).toEqual([HealthStatus.SERVING, HealthStatus.NOT_SERVING, HealthStatus.SERVING]);
+      expect((await c.getStatus({}, auth)).activeVariant).toBe("tiny.q8_0");
+    } finally {
+      await budgeted.app.shutdown();
+    }
   });
 });
