@@ -5,6 +5,7 @@
 import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { SwapPhase, SwapPolicy } from "../src/gen/airavata/v1/admin_pb.js";
+import { type Evaluation, evaluationMarkdown } from "../src/variants/evaluate.js";
 import { AdminClient, AiravataClient, type CallOutcome, type GenerateInit } from "./grpc-client.js";
 
 const number = (name: string) => (value: string) => {
@@ -214,6 +215,31 @@ admin
     client.close();
     if (tty && lastPhase) process.stderr.write("\n");
     if (outcome.codeName !== "OK") fail(outcome, address);
+  });
+
+admin
+  .command("evaluate")
+  .description("measure variants side by side on the server: size, speed, memory, perplexity")
+  .argument("[ids...]", "catalog ids (default: every downloaded variant)")
+  .option("--max-tokens <n>", "tokens of the evaluation text scored", number("max-tokens"))
+  .option("--generate-tokens <n>", "tokens generated to time decoding", number("generate-tokens"))
+  .action(async (ids: string[], o: { maxTokens?: number; generateTokens?: number }) => {
+    const { client, address } = adminClient();
+    const results: Evaluation[] = [];
+    const outcome = await client.evaluate({ variantIds: ids, maxTokens: o.maxTokens, generateTokens: o.generateTokens }, (r) => {
+      process.stderr.write(`measured ${r.variantId}${r.error ? ` (${r.error})` : ""}\n`);
+      results.push({
+        ...r,
+        fileSizeBytes: Number(r.fileSizeBytes),
+        parameterCount: Number(r.parameterCount),
+        ramBytes: Number(r.ramBytes),
+        vramBytes: Number(r.vramBytes),
+        error: r.error || undefined,
+      });
+    });
+    client.close();
+    if (outcome.codeName !== "OK") fail(outcome, address);
+    process.stdout.write(`${evaluationMarkdown(results)}\n`);
   });
 
 await program.parseAsync();

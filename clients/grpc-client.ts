@@ -14,7 +14,13 @@ import {
   toBinary,
 } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { AdminService, type SwapProgress, type SwapVariantRequestSchema } from "../src/gen/airavata/v1/admin_pb.js";
+import {
+  AdminService,
+  type EvaluateRequestSchema,
+  type EvaluateResult,
+  type SwapProgress,
+  type SwapVariantRequestSchema,
+} from "../src/gen/airavata/v1/admin_pb.js";
 import {
   type GenerateRequestSchema,
   type GenerateResponse,
@@ -201,6 +207,14 @@ export class AdminClient {
 
   getStatus(options: CallOptions = {}) {
     return this.caller.unary(AdminService.method.getStatus, {}, options);
+  }
+
+  evaluate(
+    request: MessageInitShape<typeof EvaluateRequestSchema>,
+    onResult?: (result: EvaluateResult) => void,
+    options: CallOptions = {},
+  ): Promise<StreamOutcome<EvaluateResult>> {
+    return this.caller.stream(AdminService.method.evaluate, request, onResult, options);
   }
 
   swapVariant(

@@ -37,6 +37,7 @@ interface Pending {
   tokenized?: { resolve(tokens: number[]): void; reject(error: unknown): void };
   memory?: { resolve(memory: DeviceMemory): void; reject(error: unknown): void };
   estimate?: { resolve(estimate: MemoryEstimate): void; reject(error: unknown): void };
+  perplexity?: { resolve(result: { perplexity: number; scoredTokens: number }): void; reject(error: unknown): void };
 }
 
 const WARM_UP: SamplingSettings = {
@@ -79,6 +80,7 @@ export class EngineProcess {
         entry.tokenized?.reject(error);
         entry.memory?.reject(error);
         entry.estimate?.reject(error);
+        entry.perplexity?.reject(error);
       }
       this.pending.clear();
       for (const listener of this.exitListeners) listener(code, signal);
@@ -198,6 +200,16 @@ export class EngineProcess {
     });
   }
 
+  /** Perplexity of the first `maxTokens` tokens of `text` (sequence 0 must be idle). */
+  perplexity(text: string, maxTokens: number): Promise<{ perplexity: number; scoredTokens: number }> {
+    if (this.exited) return Promise.reject(new ServiceError("unavailable", "the engine process is not running"));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { perplexity: { resolve, reject } });
+      this.send({ type: "perplexity", id, text, maxTokens });
+    });
+  }
+
   /** One greedy token on sequence 0: the model decodes before it takes calls. */
   async warm(): Promise<void> {
     for await (const _event of this.generate(0, { kind: "raw", text: "नमस्ते" }, WARM_UP, new AbortController().signal)) {
@@ -235,10 +247,15 @@ export class EngineProcess {
         entry.tokenized?.reject(new ServiceError(message.kind, message.message));
         entry.memory?.reject(new ServiceError(message.kind, message.message));
         entry.estimate?.reject(new ServiceError(message.kind, message.message));
+        entry.perplexity?.reject(new ServiceError(message.kind, message.message));
         this.pending.delete(message.id);
         break;
       case "tokenized":
         entry.tokenized?.resolve(message.tokens);
+        this.pending.delete(message.id);
+        break;
+      case "perplexity":
+        entry.perplexity?.resolve({ perplexity: message.perplexity, scoredTokens: message.scoredTokens });
         this.pending.delete(message.id);
         break;
       case "estimate":

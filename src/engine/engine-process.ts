@@ -50,6 +50,18 @@ process.on("message", (message: ToEngine) => {
         (error: unknown) => send({ type: "failed", id: message.id, kind: "failed_precondition", message: String(error) }),
       );
       break;
+    case "perplexity":
+      engine.perplexity(message.text, message.maxTokens).then(
+        (r) => send({ type: "perplexity", id: message.id, ...r }),
+        (error: unknown) =>
+          send({
+            type: "failed",
+            id: message.id,
+            kind: error instanceof ServiceError ? error.kind : "internal",
+            message: error instanceof Error ? error.message : String(error),
+          }),
+      );
+      break;
     case "shutdown":
       void shutdown();
       break;

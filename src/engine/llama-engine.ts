@@ -120,6 +120,35 @@ export class LlamaEngine {
     return { ramBytes: model.cpuRam + context.cpuRam, vramBytes: model.gpuVram + context.gpuVram };
   }
 
+  /**
+   * Perplexity of `text` (its first `maxTokens` tokens after BOS) on sequence
+   * 0: exp of the mean negative log-probability the model gives each token,
+   * from node-llama-cpp's full next-token distributions (temperature 1).
+   */
+  async perplexity(text: string, maxTokens: number): Promise<{ perplexity: number; scoredTokens: number }> {
+    const sequence = this.sequences[0]!;
+    const bos = this.model.tokens.bos;
+    const limit = Math.min(maxTokens, this.info.contextSize - 1);
+    const tokens = [...(bos === null ? [] : [bos]), ...this.model.tokenize(text, false)].slice(0, limit + 1);
+    if (tokens.length < 2) throw new ServiceError("invalid_argument", "the evaluation text has no tokens to score");
+    await sequence.clearHistory();
+    try {
+      const options = { temperature: 1, topK: 0, topP: 1, minP: 0 };
+      const results = await sequence.controlledEvaluate(
+        tokens.map((token, i) => (i < tokens.length - 1 ? [token, { generateNext: { probabilities: true, options } }] : token)),
+      );
+      let nll = 0;
+      for (let i = 0; i < tokens.length - 1; i++) {
+        const p = results[i]?.next.probabilities?.get(tokens[i + 1]!) ?? 0;
+        nll -= Math.log(Math.max(p, 1e-30));
+      }
+      const scored = tokens.length - 1;
+      return { perplexity: Math.exp(nll / scored), scoredTokens: scored };
+    } finally {
+      await sequence.clearHistory();
+    }
+  }
+
   tokenize(text: string, special: boolean): Token[] {
     return this.model.tokenize(text, special);
   }

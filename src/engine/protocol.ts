@@ -46,6 +46,7 @@ export type ToEngine =
   | { type: "tokenize"; id: number; text: string; special: boolean }
   | { type: "memory"; id: number }
   | { type: "estimate"; id: number; modelPath: string }
+  | { type: "perplexity"; id: number; text: string; maxTokens: number }
   | { type: "shutdown" };
 
 export type FromEngine =
@@ -66,7 +67,8 @@ export type FromEngine =
   | { type: "failed"; id: number; kind: ErrorKind; message: string }
   | { type: "tokenized"; id: number; tokens: number[] }
   | { type: "memory"; id: number; memory: DeviceMemory }
-  | { type: "estimate"; id: number; estimate: MemoryEstimate };
+  | { type: "estimate"; id: number; estimate: MemoryEstimate }
+  | { type: "perplexity"; id: number; perplexity: number; scoredTokens: number };
 
 /** Memory a model would need with this engine's context settings (node-llama-cpp's estimate). */
 export interface MemoryEstimate {

@@ -8,12 +8,15 @@ import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import {
   type AdminService,
+  type EvaluateResultSchema,
   SwapPhase,
   SwapPolicy,
   type SwapProgressSchema,
   type VariantSchema,
 } from "../gen/airavata/v1/admin_pb.js";
 import type { SwapPhaseName, VariantManager, VariantView } from "../variants/variant-manager.js";
+import { invalidArgument } from "../errors.js";
+import { defaultEvaluationText } from "../variants/evaluate.js";
 import { createAdminCheck } from "./admin-auth.js";
 import { toConnectError } from "./connect-errors.js";
 
@@ -57,6 +60,42 @@ function variantMessage(v: VariantView): MessageInitShape<typeof VariantSchema> 
   };
 }
 
+/**
+ * Streams what `run` emits as it emits it, then ends with `run`'s error, if
+ * any. `run` goes on even if the client leaves: stopping a swap or an
+ * evaluation half-way would help no one.
+ */
+async function* streamOf<T>(run: (emit: (value: T) => void) => Promise<void>, log: Logger): AsyncGenerator<T> {
+  const values: T[] = [];
+  let wake: (() => void) | undefined;
+  let finished = false;
+  let failure: unknown;
+  const done = run((value) => {
+    values.push(value);
+    wake?.();
+  }).then(
+    () => undefined,
+    (error: unknown) => {
+      failure = error;
+    },
+  );
+  void done.finally(() => {
+    finished = true;
+    wake?.();
+  });
+  while (!finished || values.length > 0) {
+    const next = values.shift();
+    if (next !== undefined) {
+      yield next;
+      continue;
+    }
+    await new Promise<void>((resolve) => (wake = resolve));
+    wake = undefined;
+  }
+  await done;
+  if (failure !== undefined) throw toConnectError(failure, log);
+}
+
 export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof AdminService> {
   const { manager, log } = deps;
   const check = createAdminCheck(deps.adminToken);
@@ -98,63 +137,62 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
       });
     },
 
+    async *evaluate(req, ctx): AsyncGenerator<MessageInitShape<typeof EvaluateResultSchema>> {
+      check(ctx);
+      const maxTokens = req.maxTokens ?? 512;
+      const generateTokens = req.generateTokens ?? 64;
+      if (maxTokens < 2 || maxTokens > 8192) throw toConnectError(invalidArgument("max_tokens must be from 2 to 8192"), log);
+      if (generateTokens < 2 || generateTokens > 4096)
+        throw toConnectError(invalidArgument("generate_tokens must be from 2 to 4096"), log);
+      const text = req.text || defaultEvaluationText();
+      yield* streamOf<MessageInitShape<typeof EvaluateResultSchema>>(
+        (emit) =>
+          manager.evaluate(req.variantIds, { text, maxTokens, generateTokens }, (r) =>
+            emit({
+              ...r,
+              fileSizeBytes: BigInt(r.fileSizeBytes),
+              parameterCount: BigInt(r.parameterCount),
+              ramBytes: BigInt(r.ramBytes),
+              vramBytes: BigInt(r.vramBytes),
+              error: r.error ?? "",
+            }),
+          ),
+        log,
+      );
+    },
+
     async *swapVariant(req, ctx): AsyncGenerator<MessageInitShape<typeof SwapProgressSchema>> {
       check(ctx);
       const started = performance.now();
-      const events: MessageInitShape<typeof SwapProgressSchema>[] = [];
-      let wake: (() => void) | undefined;
-      let finished = false;
-      let failure: unknown;
-      const swap = manager
-        .swap(
-          {
-            id: req.variantId,
-            policy: req.policy === SwapPolicy.CANCEL ? "cancel" : "drain",
-            drainTimeoutMs: req.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS,
-            allowDowntime: req.allowDowntime,
-          },
-          (event) => {
-            events.push({
-              phase: PHASES[event.phase],
-              variantId: req.variantId,
-              bytesDone: BigInt(event.bytesDone ?? 0),
-              bytesTotal: BigInt(event.bytesTotal ?? 0),
-              percent: event.percent ?? 0,
-              inFlight: event.inFlight ?? 0,
-              message: event.message ?? "",
-              elapsedMs: performance.now() - started,
-            });
-            wake?.();
-          },
-        )
-        .then(
-          () => deps.onSwap?.("ok", req.variantId),
-          (error: unknown) => {
-            failure = error;
-            deps.onSwap?.("failed", req.variantId);
-          },
-        )
-        .finally(() => {
-          finished = true;
-          wake?.();
-        });
       log.info({ variant: req.variantId, policy: SwapPolicy[req.policy] }, "swap requested");
-      // The swap goes on even if this stream's client leaves: stopping half-way
-      // would help no one.
-      while (!finished || events.length > 0) {
-        const next = events.shift();
-        if (next) {
-          yield next;
-          continue;
+      yield* streamOf<MessageInitShape<typeof SwapProgressSchema>>(async (emit) => {
+        try {
+          await manager.swap(
+            {
+              id: req.variantId,
+              policy: req.policy === SwapPolicy.CANCEL ? "cancel" : "drain",
+              drainTimeoutMs: req.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS,
+              allowDowntime: req.allowDowntime,
+            },
+            (event) =>
+              emit({
+                phase: PHASES[event.phase],
+                variantId: req.variantId,
+                bytesDone: BigInt(event.bytesDone ?? 0),
+                bytesTotal: BigInt(event.bytesTotal ?? 0),
+                percent: event.percent ?? 0,
+                inFlight: event.inFlight ?? 0,
+                message: event.message ?? "",
+                elapsedMs: performance.now() - started,
+              }),
+          );
+          deps.onSwap?.("ok", req.variantId);
+        } catch (error) {
+          deps.onSwap?.("failed", req.variantId);
+          log.warn({ variant: req.variantId, err: error }, "swap failed");
+          throw error;
         }
-        await new Promise<void>((resolve) => (wake = resolve));
-        wake = undefined;
-      }
-      await swap;
-      if (failure !== undefined) {
-        log.warn({ variant: req.variantId, err: failure }, "swap failed; the variant in service is unchanged");
-        throw toConnectError(failure, log);
-      }
+      }, log);
     },
   };
 }

@@ -15,6 +15,7 @@ import { Inference } from "../scheduling/inference.js";
 import { SlotScheduler } from "../scheduling/slot-scheduler.js";
 import { Catalog, type CatalogEntry, type CatalogOptions } from "./catalog.js";
 import { downloadVariant, isRemote } from "./download.js";
+import { type Evaluation, type EvaluateOptions, evaluateVariant } from "./evaluate.js";
 import { type GgufSummary, inspectGguf } from "./gguf-inspect.js";
 
 export type EngineSettings = Omit<EngineOptions, "modelPath"> & { maxQueue: number };
@@ -325,6 +326,42 @@ export class VariantManager {
       emit({ phase: "released", message: `"${old.entry.id}" unloaded` });
     } finally {
       this.retiring.delete(old.engine);
+    }
+  }
+
+  /**
+   * Measures variants one at a time (`ids`, or every downloaded usable one),
+   * each in an engine process of its own beside the variant in service; one
+   * that would not fit in memory beside it is reported, not loaded.
+   */
+  async evaluate(ids: readonly string[], options: EvaluateOptions, onResult: (result: Evaluation) => void): Promise<void> {
+    const catalog = await this.catalog();
+    let entries: CatalogEntry[];
+    if (ids.length > 0) {
+      entries = ids.map((id) => catalog.get(id));
+    } else {
+      entries = [];
+      for (const entry of catalog.list()) {
+        if (existsSync(entry.path) && (await inspectGguf(entry.path)).usable) entries.push(entry);
+      }
+    }
+    for (const entry of entries) {
+      const serving = this.serving;
+      if (serving && existsSync(entry.path) && (await inspectGguf(entry.path)).usable) {
+        const shortage = await this.memoryShortage(serving, entry).catch((error: Error) => error.message);
+        if (shortage) {
+          onResult({ ...(await evaluateVariant(entry, this.options.engine, options, this.options.log, true)), error: shortage });
+          continue;
+        }
+      }
+      if (!existsSync(entry.path)) {
+        onResult({
+          ...(await evaluateVariant(entry, this.options.engine, options, this.options.log, true)),
+          error: "not downloaded",
+        });
+        continue;
+      }
+      onResult(await evaluateVariant(entry, this.options.engine, options, this.options.log));
     }
   }
 

@@ -1,8 +1,9 @@
 import { existsSync, mkdirSync } from "node:fs";
+import { ensureLlamaTool } from "../../src/quantize/llama-tools.js";
 import { SHAPES, writeSyntheticModel } from "../../src/synthetic/model.js";
 import { MODEL_DIR, MODEL_TYPES, modelPath } from "./models.js";
 
-export default function setup(): void {
+export default async function setup(): Promise<void> {
   mkdirSync(MODEL_DIR, { recursive: true });
   for (const type of MODEL_TYPES) {
     // Always rewritten: the generator is deterministic and fast, and a stale
@@ -10,4 +11,16 @@ export default function setup(): void {
     writeSyntheticModel({ path: modelPath(type), shape: SHAPES.tiny, type, name: "airavata-synthetic-tiny" });
     if (!existsSync(modelPath(type))) throw new Error(`model ${type} was not written`);
   }
+  // The quantizer is built before any test runs (minutes, once per machine and
+  // llama.cpp version), so the build never competes with timing-sensitive tests.
+  const started = Date.now();
+  let announced = false;
+  await ensureLlamaTool("llama-quantize", {
+    onProgress: (line) => {
+      if (!announced) console.log("building llama-quantize from node-llama-cpp's llama.cpp source (cached afterwards)…");
+      announced = true;
+      if (/^\[\s*\d*[05]%\]/.test(line)) console.log(`  ${line}`);
+    },
+  });
+  if (announced) console.log(`llama-quantize built in ${((Date.now() - started) / 1000).toFixed(0)} s`);
 }

@@ -10,7 +10,131 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file airavata/v1/admin.proto.
  */
 export const file_airavata_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChdhaXJhdmF0YS92MS9hZG1pbi5wcm90bxILYWlyYXZhdGEudjEiFQoTTGlzdFZhcmlhbnRzUmVxdWVzdCI+ChRMaXN0VmFyaWFudHNSZXNwb25zZRImCgh2YXJpYW50cxgBIAMoCzIULmFpcmF2YXRhLnYxLlZhcmlhbnQiiAIKB1ZhcmlhbnQSCgoCaWQYASABKAkSDgoGc291cmNlGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhQKDHF1YW50aXphdGlvbhgEIAEoCRIXCg9maWxlX3NpemVfYnl0ZXMYBSABKAQSFwoPcGFyYW1ldGVyX2NvdW50GAYgASgEEhcKD2JpdHNfcGVyX3dlaWdodBgHIAEoARISCgpkb3dubG9hZGVkGAggASgIEg4KBmxvYWRlZBgJIAEoCBIOCgZhY3RpdmUYCiABKAgSDgoGdXNhYmxlGAsgASgIEhcKD3VudXNhYmxlX3JlYXNvbhgMIAEoCRIOCgZzaGEyNTYYDSABKAkiEgoQR2V0U3RhdHVzUmVxdWVzdCLmAgoRR2V0U3RhdHVzUmVzcG9uc2USFgoOYWN0aXZlX3ZhcmlhbnQYASABKAkSDwoHYmFja2VuZBgCIAEoCRIPCgdkZXZpY2VzGAMgAygJEhcKD3JhbV90b3RhbF9ieXRlcxgEIAEoBBIWCg5yYW1fZnJlZV9ieXRlcxgFIAEoBBIYChB2cmFtX3RvdGFsX2J5dGVzGAYgASgEEhcKD3ZyYW1fZnJlZV9ieXRlcxgHIAEoBBIWCg5wYXJhbGxlbF9zbG90cxgIIAEoDRIPCgdydW5uaW5nGAkgASgNEg4KBnF1ZXVlZBgKIAEoDRIWCg51cHRpbWVfc2Vjb25kcxgLIAEoARIPCgd2ZXJzaW9uGAwgASgJEhQKDGNvbnRleHRfc2l6ZRgNIAEoDRIPCgd0aHJlYWRzGA4gASgNEhUKDXN0YXJ0dXBfbm90ZXMYDyADKAkSEwoLc3dhcHBpbmdfdG8YECABKAkinQEKElN3YXBWYXJpYW50UmVxdWVzdBISCgp2YXJpYW50X2lkGAEgASgJEicKBnBvbGljeRgCIAEoDjIXLmFpcmF2YXRhLnYxLlN3YXBQb2xpY3kSHQoQZHJhaW5fdGltZW91dF9tcxgDIAEoDUgAiAEBEhYKDmFsbG93X2Rvd250aW1lGAQgASgIQhMKEV9kcmFpbl90aW1lb3V0X21zIrsBCgxTd2FwUHJvZ3Jlc3MSJQoFcGhhc2UYASABKA4yFi5haXJhdmF0YS52MS5Td2FwUGhhc2USEgoKdmFyaWFudF9pZBgCIAEoCRISCgpieXRlc19kb25lGAMgASgEEhMKC2J5dGVzX3RvdGFsGAQgASgEEg8KB3BlcmNlbnQYBSABKAESEQoJaW5fZmxpZ2h0GAYgASgNEg8KB21lc3NhZ2UYByABKAkSEgoKZWxhcHNlZF9tcxgIIAEoASpYCgpTd2FwUG9saWN5EhsKF1NXQVBfUE9MSUNZX1VOU1BFQ0lGSUVEEAASFQoRU1dBUF9QT0xJQ1lfRFJBSU4QARIWChJTV0FQX1BPTElDWV9DQU5DRUwQAirsAQoJU3dhcFBoYXNlEhoKFlNXQVBfUEhBU0VfVU5TUEVDSUZJRUQQABIXChNTV0FQX1BIQVNFX0NIRUNLSU5HEAESGgoWU1dBUF9QSEFTRV9ET1dOTE9BRElORxACEhYKElNXQVBfUEhBU0VfTE9BRElORxADEhYKElNXQVBfUEhBU0VfV0FSTUlORxAEEhcKE1NXQVBfUEhBU0VfU1dJVENIRUQQBRIXChNTV0FQX1BIQVNFX0RSQUlOSU5HEAYSFwoTU1dBUF9QSEFTRV9SRUxFQVNFRBAHEhMKD1NXQVBfUEhBU0VfRE9ORRAIMoYCCgxBZG1pblNlcnZpY2USWAoMTGlzdFZhcmlhbnRzEiAuYWlyYXZhdGEudjEuTGlzdFZhcmlhbnRzUmVxdWVzdBohLmFpcmF2YXRhLnYxLkxpc3RWYXJpYW50c1Jlc3BvbnNlIgOQAgESTwoJR2V0U3RhdHVzEh0uYWlyYXZhdGEudjEuR2V0U3RhdHVzUmVxdWVzdBoeLmFpcmF2YXRhLnYxLkdldFN0YXR1c1Jlc3BvbnNlIgOQAgESSwoLU3dhcFZhcmlhbnQSHy5haXJhdmF0YS52MS5Td2FwVmFyaWFudFJlcXVlc3QaGS5haXJhdmF0YS52MS5Td2FwUHJvZ3Jlc3MwAWIGcHJvdG8z");
+  fileDesc("ChdhaXJhdmF0YS92MS9hZG1pbi5wcm90bxILYWlyYXZhdGEudjEijgEKD0V2YWx1YXRlUmVxdWVzdBITCgt2YXJpYW50X2lkcxgBIAMoCRIMCgR0ZXh0GAIgASgJEhcKCm1heF90b2tlbnMYAyABKA1IAIgBARIcCg9nZW5lcmF0ZV90b2tlbnMYBCABKA1IAYgBAUINCgtfbWF4X3Rva2Vuc0ISChBfZ2VuZXJhdGVfdG9rZW5zIrkCCg5FdmFsdWF0ZVJlc3VsdBISCgp2YXJpYW50X2lkGAEgASgJEhQKDHF1YW50aXphdGlvbhgCIAEoCRIXCg9maWxlX3NpemVfYnl0ZXMYAyABKAQSFwoPcGFyYW1ldGVyX2NvdW50GAQgASgEEhcKD2JpdHNfcGVyX3dlaWdodBgFIAEoARIPCgdsb2FkX21zGAYgASgBEhEKCXJhbV9ieXRlcxgHIAEoBBISCgp2cmFtX2J5dGVzGAggASgEEh4KFnRpbWVfdG9fZmlyc3RfdG9rZW5fbXMYCSABKAESIAoYZGVjb2RlX3Rva2Vuc19wZXJfc2Vjb25kGAogASgBEhIKCnBlcnBsZXhpdHkYCyABKAESFQoNc2NvcmVkX3Rva2VucxgMIAEoDRINCgVlcnJvchgNIAEoCSIVChNMaXN0VmFyaWFudHNSZXF1ZXN0Ij4KFExpc3RWYXJpYW50c1Jlc3BvbnNlEiYKCHZhcmlhbnRzGAEgAygLMhQuYWlyYXZhdGEudjEuVmFyaWFudCKIAgoHVmFyaWFudBIKCgJpZBgBIAEoCRIOCgZzb3VyY2UYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSFAoMcXVhbnRpemF0aW9uGAQgASgJEhcKD2ZpbGVfc2l6ZV9ieXRlcxgFIAEoBBIXCg9wYXJhbWV0ZXJfY291bnQYBiABKAQSFwoPYml0c19wZXJfd2VpZ2h0GAcgASgBEhIKCmRvd25sb2FkZWQYCCABKAgSDgoGbG9hZGVkGAkgASgIEg4KBmFjdGl2ZRgKIAEoCBIOCgZ1c2FibGUYCyABKAgSFwoPdW51c2FibGVfcmVhc29uGAwgASgJEg4KBnNoYTI1NhgNIAEoCSISChBHZXRTdGF0dXNSZXF1ZXN0IuYCChFHZXRTdGF0dXNSZXNwb25zZRIWCg5hY3RpdmVfdmFyaWFudBgBIAEoCRIPCgdiYWNrZW5kGAIgASgJEg8KB2RldmljZXMYAyADKAkSFwoPcmFtX3RvdGFsX2J5dGVzGAQgASgEEhYKDnJhbV9mcmVlX2J5dGVzGAUgASgEEhgKEHZyYW1fdG90YWxfYnl0ZXMYBiABKAQSFwoPdnJhbV9mcmVlX2J5dGVzGAcgASgEEhYKDnBhcmFsbGVsX3Nsb3RzGAggASgNEg8KB3J1bm5pbmcYCSABKA0SDgoGcXVldWVkGAogASgNEhYKDnVwdGltZV9zZWNvbmRzGAsgASgBEg8KB3ZlcnNpb24YDCABKAkSFAoMY29udGV4dF9zaXplGA0gASgNEg8KB3RocmVhZHMYDiABKA0SFQoNc3RhcnR1cF9ub3RlcxgPIAMoCRITCgtzd2FwcGluZ190bxgQIAEoCSKdAQoSU3dhcFZhcmlhbnRSZXF1ZXN0EhIKCnZhcmlhbnRfaWQYASABKAkSJwoGcG9saWN5GAIgASgOMhcuYWlyYXZhdGEudjEuU3dhcFBvbGljeRIdChBkcmFpbl90aW1lb3V0X21zGAMgASgNSACIAQESFgoOYWxsb3dfZG93bnRpbWUYBCABKAhCEwoRX2RyYWluX3RpbWVvdXRfbXMiuwEKDFN3YXBQcm9ncmVzcxIlCgVwaGFzZRgBIAEoDjIWLmFpcmF2YXRhLnYxLlN3YXBQaGFzZRISCgp2YXJpYW50X2lkGAIgASgJEhIKCmJ5dGVzX2RvbmUYAyABKAQSEwoLYnl0ZXNfdG90YWwYBCABKAQSDwoHcGVyY2VudBgFIAEoARIRCglpbl9mbGlnaHQYBiABKA0SDwoHbWVzc2FnZRgHIAEoCRISCgplbGFwc2VkX21zGAggASgBKlgKClN3YXBQb2xpY3kSGwoXU1dBUF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIVChFTV0FQX1BPTElDWV9EUkFJThABEhYKElNXQVBfUE9MSUNZX0NBTkNFTBACKuwBCglTd2FwUGhhc2USGgoWU1dBUF9QSEFTRV9VTlNQRUNJRklFRBAAEhcKE1NXQVBfUEhBU0VfQ0hFQ0tJTkcQARIaChZTV0FQX1BIQVNFX0RPV05MT0FESU5HEAISFgoSU1dBUF9QSEFTRV9MT0FESU5HEAMSFgoSU1dBUF9QSEFTRV9XQVJNSU5HEAQSFwoTU1dBUF9QSEFTRV9TV0lUQ0hFRBAFEhcKE1NXQVBfUEhBU0VfRFJBSU5JTkcQBhIXChNTV0FQX1BIQVNFX1JFTEVBU0VEEAcSEwoPU1dBUF9QSEFTRV9ET05FEAgyzwIKDEFkbWluU2VydmljZRJYCgxMaXN0VmFyaWFudHMSIC5haXJhdmF0YS52MS5MaXN0VmFyaWFudHNSZXF1ZXN0GiEuYWlyYXZhdGEudjEuTGlzdFZhcmlhbnRzUmVzcG9uc2UiA5ACARJPCglHZXRTdGF0dXMSHS5haXJhdmF0YS52MS5HZXRTdGF0dXNSZXF1ZXN0Gh4uYWlyYXZhdGEudjEuR2V0U3RhdHVzUmVzcG9uc2UiA5ACARJLCgtTd2FwVmFyaWFudBIfLmFpcmF2YXRhLnYxLlN3YXBWYXJpYW50UmVxdWVzdBoZLmFpcmF2YXRhLnYxLlN3YXBQcm9ncmVzczABEkcKCEV2YWx1YXRlEhwuYWlyYXZhdGEudjEuRXZhbHVhdGVSZXF1ZXN0GhsuYWlyYXZhdGEudjEuRXZhbHVhdGVSZXN1bHQwAWIGcHJvdG8z");
+
+/**
+ * @generated from message airavata.v1.EvaluateRequest
+ */
+export type EvaluateRequest = Message<"airavata.v1.EvaluateRequest"> & {
+  /**
+   * Catalog ids; empty means every downloaded, usable variant.
+   *
+   * @generated from field: repeated string variant_ids = 1;
+   */
+  variantIds: string[];
+
+  /**
+   * The text for perplexity; empty means the project's Hindi and English
+   * evaluation text.
+   *
+   * @generated from field: string text = 2;
+   */
+  text: string;
+
+  /**
+   * Tokens of the text scored, from its start (default 512).
+   *
+   * @generated from field: optional uint32 max_tokens = 3;
+   */
+  maxTokens?: number | undefined;
+
+  /**
+   * Tokens generated (greedy, from a chat prompt) to time decoding (default 64).
+   *
+   * @generated from field: optional uint32 generate_tokens = 4;
+   */
+  generateTokens?: number | undefined;
+};
+
+/**
+ * Describes the message airavata.v1.EvaluateRequest.
+ * Use `create(EvaluateRequestSchema)` to create a new message.
+ */
+export const EvaluateRequestSchema: GenMessage<EvaluateRequest> = /*@__PURE__*/
+  messageDesc(file_airavata_v1_admin, 0);
+
+/**
+ * @generated from message airavata.v1.EvaluateResult
+ */
+export type EvaluateResult = Message<"airavata.v1.EvaluateResult"> & {
+  /**
+   * @generated from field: string variant_id = 1;
+   */
+  variantId: string;
+
+  /**
+   * @generated from field: string quantization = 2;
+   */
+  quantization: string;
+
+  /**
+   * @generated from field: uint64 file_size_bytes = 3;
+   */
+  fileSizeBytes: bigint;
+
+  /**
+   * @generated from field: uint64 parameter_count = 4;
+   */
+  parameterCount: bigint;
+
+  /**
+   * @generated from field: double bits_per_weight = 5;
+   */
+  bitsPerWeight: number;
+
+  /**
+   * @generated from field: double load_ms = 6;
+   */
+  loadMs: number;
+
+  /**
+   * node-llama-cpp's estimate for the model and its context.
+   *
+   * @generated from field: uint64 ram_bytes = 7;
+   */
+  ramBytes: bigint;
+
+  /**
+   * @generated from field: uint64 vram_bytes = 8;
+   */
+  vramBytes: bigint;
+
+  /**
+   * @generated from field: double time_to_first_token_ms = 9;
+   */
+  timeToFirstTokenMs: number;
+
+  /**
+   * @generated from field: double decode_tokens_per_second = 10;
+   */
+  decodeTokensPerSecond: number;
+
+  /**
+   * exp(mean negative log-likelihood) of the scored tokens.
+   *
+   * @generated from field: double perplexity = 11;
+   */
+  perplexity: number;
+
+  /**
+   * @generated from field: uint32 scored_tokens = 12;
+   */
+  scoredTokens: number;
+
+  /**
+   * Set when this variant could not be measured; the others still are.
+   *
+   * @generated from field: string error = 13;
+   */
+  error: string;
+};
+
+/**
+ * Describes the message airavata.v1.EvaluateResult.
+ * Use `create(EvaluateResultSchema)` to create a new message.
+ */
+export const EvaluateResultSchema: GenMessage<EvaluateResult> = /*@__PURE__*/
+  messageDesc(file_airavata_v1_admin, 1);
 
 /**
  * @generated from message airavata.v1.ListVariantsRequest
@@ -23,7 +147,7 @@ export type ListVariantsRequest = Message<"airavata.v1.ListVariantsRequest"> & {
  * Use `create(ListVariantsRequestSchema)` to create a new message.
  */
 export const ListVariantsRequestSchema: GenMessage<ListVariantsRequest> = /*@__PURE__*/
-  messageDesc(file_airavata_v1_admin, 0);
+  messageDesc(file_airavata_v1_admin, 2);
 
 /**
  * @generated from message airavata.v1.ListVariantsResponse
@@ -40,7 +164,7 @@ export type ListVariantsResponse = Message<"airavata.v1.ListVariantsResponse"> &
  * Use `create(ListVariantsResponseSchema)` to create a new message.
  */
 export const ListVariantsResponseSchema: GenMessage<ListVariantsResponse> = /*@__PURE__*/
-  messageDesc(file_airavata_v1_admin, 1);
+  messageDesc(file_airavata_v1_admin, 3);
 
 /**
  * Variant is one catalog entry and what its file says about itself.
@@ -133,7 +257,7 @@ export type Variant = Message<"airavata.v1.Variant"> & {
  * Use `create(VariantSchema)` to create a new message.
  */
 export const VariantSchema: GenMessage<Variant> = /*@__PURE__*/
-  messageDesc(file_airavata_v1_admin, 2);
+  messageDesc(file_airavata_v1_admin, 4);
 
 /**
  * @generated from message airavata.v1.GetStatusRequest
@@ -146,7 +270,7 @@ export type GetStatusRequest = Message<"airavata.v1.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_airavata_v1_admin, 3);
+  messageDesc(file_airavata_v1_admin, 5);
 
 /**
  * @generated from message airavata.v1.GetStatusResponse
@@ -244,7 +368,7 @@ export type GetStatusResponse = Message<"airavata.v1.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_airavata_v1_admin, 4);
+  messageDesc(file_airavata_v1_admin, 6);
 
 /**
  * @generated from message airavata.v1.SwapVariantRequest
@@ -283,7 +407,7 @@ export type SwapVariantRequest = Message<"airavata.v1.SwapVariantRequest"> & {
  * Use `create(SwapVariantRequestSchema)` to create a new message.
  */
 export const SwapVariantRequestSchema: GenMessage<SwapVariantRequest> = /*@__PURE__*/
-  messageDesc(file_airavata_v1_admin, 5);
+  messageDesc(file_airavata_v1_admin, 7);
 
 /**
  * @generated from message airavata.v1.SwapProgress
@@ -343,7 +467,7 @@ export type SwapProgress = Message<"airavata.v1.SwapProgress"> & {
  * Use `create(SwapProgressSchema)` to create a new message.
  */
 export const SwapProgressSchema: GenMessage<SwapProgress> = /*@__PURE__*/
-  messageDesc(file_airavata_v1_admin, 6);
+  messageDesc(file_airavata_v1_admin, 8);
 
 /**
  * SwapPolicy says what happens to calls still running on the old variant.
@@ -479,6 +603,19 @@ export const AdminService: GenService<{
     methodKind: "server_streaming";
     input: typeof SwapVariantRequestSchema;
     output: typeof SwapProgressSchema;
+  },
+  /**
+   * Evaluate measures variants side by side, one at a time, each in an engine
+   * process of its own: size, bits per weight, load time, memory, time to
+   * first token, decode speed and perplexity on a text. One result streams
+   * per variant as soon as it is measured.
+   *
+   * @generated from rpc airavata.v1.AdminService.Evaluate
+   */
+  evaluate: {
+    methodKind: "server_streaming";
+    input: typeof EvaluateRequestSchema;
+    output: typeof EvaluateResultSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_airavata_v1_admin, 0);
