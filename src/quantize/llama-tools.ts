@@ -4,7 +4,7 @@
  * cached by commit. Only the target asked for is built.
  */
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, rmSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync } from "node:fs";
 import os from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -31,9 +31,13 @@ export function bundledSource(): { bundle: string; commit: string } {
     if (up === dir) throw new Error("node-llama-cpp's llama.cpp source bundle (llama/gitRelease.bundle) was not found");
     dir = up;
   }
-  const heads = spawnSync("git", ["bundle", "list-heads", bundle], { encoding: "utf8" });
-  if (heads.status !== 0) throw new Error(`cannot read ${bundle}: ${heads.stderr.trim()}`);
-  const commit = heads.stdout.trim().split(/\s+/)[0]!;
+  // A git bundle starts with text lines: a signature, then "<sha> <ref>" per head.
+  const handle = openSync(bundle, "r");
+  const head = Buffer.alloc(512);
+  readSync(handle, head, 0, head.length, 0);
+  closeSync(handle);
+  const commit = /^([0-9a-f]{40}) /m.exec(head.toString("latin1"))?.[1];
+  if (!commit) throw new Error(`${bundle} is not a git bundle`);
   return { bundle, commit };
 }
 
