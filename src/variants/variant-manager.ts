@@ -100,7 +100,7 @@ export class VariantManager {
   ): Promise<Serving> {
     const { log } = this.options;
     const failures: string[] = [];
-    for (const id of ids) {
+    for (const [index, id] of ids.entries()) {
       try {
         const catalog = await this.catalog();
         const entry = catalog.get(id);
@@ -119,7 +119,7 @@ export class VariantManager {
         failures.push(reason);
         log.warn(
           { variant: id, reason },
-          ids.length > 1 ? "variant failed; trying the next in the fallback order" : "variant failed",
+          index < ids.length - 1 ? "variant failed; trying the next in the fallback order" : "variant failed; no fallback left",
         );
       }
     }

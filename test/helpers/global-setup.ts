@@ -15,11 +15,16 @@ export default async function setup(): Promise<void> {
   // llama.cpp version), so the build never competes with timing-sensitive tests.
   const started = Date.now();
   let announced = false;
+  let lastPercent = -1;
   await ensureLlamaTool("llama-quantize", {
     onProgress: (line) => {
       if (!announced) console.log("building llama-quantize from node-llama-cpp's llama.cpp source (cached afterwards)…");
       announced = true;
-      if (/^\[\s*\d*[05]%\]/.test(line)) console.log(`  ${line}`);
+      const percent = Number(/^\[\s*(\d+)%\]/.exec(line)?.[1] ?? -1);
+      if (percent >= lastPercent + 10) {
+        lastPercent = percent;
+        console.log(`  ${line}`);
+      }
     },
   });
   if (announced) console.log(`llama-quantize built in ${((Date.now() - started) / 1000).toFixed(0)} s`);

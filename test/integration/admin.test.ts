@@ -152,6 +152,31 @@ describe("SwapVariant", () => {
     expect(await sample(server.baseUrl, "airavata_variant_swaps_total", { result: "ok" })).toBeGreaterThanOrEqual(1);
   });
 
+  it("under a steady stream of calls, swaps A → B → A fail none of them", async () => {
+    const outcomes: { code: string; variant: string | undefined }[] = [];
+    let swapping = true;
+    // Four clients calling back to back, as a load tool would, for as long as the swaps take.
+    const workers = [1, 2, 3, 4].map(async (n) => {
+      const c = new AiravataClient(server.address);
+      while (swapping) {
+        const o = await c.generate({ prompt: "नमस्ते", temperature: 0, maxNewTokens: 20 + n * 10 });
+        outcomes.push({ code: o.codeName, variant: o.trailers["airavata-variant"] });
+      }
+      c.close();
+    });
+    const start = (await admin.getStatus({}, auth)).activeVariant;
+    const other = start === "tiny.q4_0" ? "tiny.q8_0" : "tiny.q4_0";
+    for (const id of [other, start]) {
+      const { error } = await swap(id);
+      expect(error).toBeUndefined();
+    }
+    swapping = false;
+    await Promise.all(workers);
+    expect(outcomes.length).toBeGreaterThan(20);
+    expect(outcomes.filter((o) => o.code !== "OK")).toEqual([]);
+    expect(new Set(outcomes.map((o) => o.variant))).toEqual(new Set([start, other]));
+  });
+
   it("with the CANCEL policy, running calls end CANCELLED with their trailers; new ones run on the new variant", async () => {
     const running = [1, 2].map(() => client.generate(LONG));
     await new Promise((r) => setTimeout(r, 100));
