@@ -7,10 +7,13 @@ import type { EngineProcess } from "../engine/engine-client.js";
 import type { FinishReason, GenerationInput, SamplingSettings } from "../engine/protocol.js";
 import type { RequestMetrics } from "../metrics/request-metrics.js";
 import { ServiceError } from "../errors.js";
+import { AsyncQueue } from "../util/async-queue.js";
 import type { Lease, SlotScheduler } from "./slot-scheduler.js";
 
 export type InferenceEvent =
-  { type: "text"; text: string; tokens: number[] } | { type: "done"; text: string; tokens: number[]; finishReason: FinishReason };
+  | { type: "queued"; position: number }
+  | { type: "text"; text: string; tokens: number[] }
+  | { type: "done"; text: string; tokens: number[]; finishReason: FinishReason };
 
 export class Inference {
   /** Controllers of the calls admitted here (queued or running), for cancelAll. */
@@ -61,13 +64,29 @@ export class Inference {
     signal.addEventListener("abort", onAbort, { once: true });
     if (signal.aborted) onAbort();
     this.calls.add(controller);
-    let lease: Lease;
+    let lease: Lease | undefined;
+    // While queued, each change of place is passed on as an event.
+    const positions = new AsyncQueue<number>();
+    const acquired = this.scheduler.acquire(controller.signal, (position) => positions.push(position));
+    void acquired.then(
+      () => positions.end(),
+      () => positions.end(),
+    );
     try {
-      lease = await this.scheduler.acquire(controller.signal);
-    } catch (error) {
-      this.calls.delete(controller);
-      signal.removeEventListener("abort", onAbort);
-      throw error;
+      for await (const position of positions) yield { type: "queued", position };
+      lease = await acquired;
+    } finally {
+      if (lease === undefined) {
+        // Refused, cancelled or left while queued: leave the queue, and give
+        // back a slot granted in the meantime.
+        controller.abort();
+        acquired.then(
+          (granted) => granted.release(),
+          () => {},
+        );
+        this.calls.delete(controller);
+        signal.removeEventListener("abort", onAbort);
+      }
     }
     metrics.admitted();
     const events = this.engine.generate(lease.slot, input, sampling, controller.signal)[Symbol.asyncIterator]();

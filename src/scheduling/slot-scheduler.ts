@@ -13,6 +13,8 @@ export interface Lease {
 
 interface Waiter {
   grant(slot: number): void;
+  /** Told its place in the queue (1 = next) on entry and whenever it moves up. */
+  onPosition?(position: number): void;
 }
 
 export class SlotScheduler {
@@ -38,7 +40,7 @@ export class SlotScheduler {
    * Resolves with a slot when one is free. Rejects with `resource_exhausted`
    * when the queue is full, and with the signal's reason if it fires first.
    */
-  acquire(signal: AbortSignal): Promise<Lease> {
+  acquire(signal: AbortSignal, onPosition?: (position: number) => void): Promise<Lease> {
     if (signal.aborted) return Promise.reject(signal.reason);
     const slot = this.free.shift();
     if (slot !== undefined) return Promise.resolve(this.lease(slot));
@@ -57,15 +59,25 @@ export class SlotScheduler {
           signal.removeEventListener("abort", onAbort);
           resolve(this.lease(granted));
         },
+        onPosition,
       };
       const onAbort = () => {
         const at = this.queue.indexOf(waiter);
-        if (at !== -1) this.queue.splice(at, 1);
+        if (at !== -1) {
+          this.queue.splice(at, 1);
+          this.announcePositions(at);
+        }
         reject(signal.reason);
       };
       signal.addEventListener("abort", onAbort, { once: true });
       this.queue.push(waiter);
+      onPosition?.(this.queue.length);
     });
+  }
+
+  /** Tells every waiter from index `from` on its new place. */
+  private announcePositions(from: number): void {
+    for (let i = from; i < this.queue.length; i++) this.queue[i]!.onPosition?.(i + 1);
   }
 
   private lease(slot: number): Lease {
@@ -76,8 +88,12 @@ export class SlotScheduler {
         if (released) return;
         released = true;
         const next = this.queue.shift();
-        if (next) next.grant(slot);
-        else this.free.push(slot);
+        if (next) {
+          next.grant(slot);
+          this.announcePositions(0);
+        } else {
+          this.free.push(slot);
+        }
       },
     };
   }

@@ -18,6 +18,7 @@ export const EXPOSED_HEADERS = [
   ...connectCors.exposedHeaders,
   "x-request-id",
   "grpc-retry-pushback-ms",
+  "airavata-queue-position",
   ...[
     "variant",
     "prompt-tokens",

@@ -120,11 +120,20 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
       const requestLog = log.child({ requestId, method: "Generate", protocol: ctx.protocolName });
       let code: string | undefined;
       const call = callSignal(ctx);
+      let sentQueueHeader = false;
       try {
         const inference = deps.inference();
         metrics.variant = inference.variant;
         const { input, sampling } = validateGenerateRequest(req);
         for await (const event of inference.generate(input, sampling, call.signal, metrics)) {
+          if (event.type === "queued") {
+            if (!sentQueueHeader) {
+              ctx.responseHeader.set("airavata-queue-position", String(event.position));
+              sentQueueHeader = true;
+            }
+            yield { queuePosition: event.position };
+            continue;
+          }
           if (event.type === "text") {
             yield { text: event.text, tokenIds: event.tokens } satisfies Partial<GenerateResponse>;
             continue;
