@@ -1,0 +1,184 @@
+/**
+ * `npm run bench`: token-level latency and throughput at several concurrency
+ * levels, for the service over gRPC (the project's grpc-js client) and for
+ * node-llama-cpp in-process (the no-RPC limit), on the same GGUF, in one run,
+ * rounds alternating between the two. Writes bench/results/bench.{json,md,svg}.
+ *   npm run bench -- [--model models/synthetic/small.q4_0.gguf] [--concurrency 1,2,4,8] [--tokens 128] [--rounds 3] [--threads N]
+ */
+import { execFile, spawn } from "node:child_process";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import { createInterface } from "node:readline";
+import { promisify } from "node:util";
+import { Command } from "commander";
+import { AiravataClient } from "../clients/grpc-client.js";
+import { defaultThreads } from "../src/config.js";
+import { type RunStats, type StreamTrace, summarize } from "./stream-stats.js";
+
+const exec = promisify(execFile);
+const opts = new Command("bench")
+  .option("--model <path>", "GGUF model", "models/synthetic/small.q4_0.gguf")
+  .option("--concurrency <list>", "concurrent streams", "1,2,4,8")
+  .option("--tokens <n>", "tokens per stream", "128")
+  .option("--rounds <n>", "rounds per target and level", "3")
+  .option("--threads <n>", "decode threads for both targets", String(defaultThreads()))
+  .option("--out <dir>", "results folder", "bench/results")
+  .parse()
+  .opts<{ model: string; concurrency: string; tokens: string; rounds: string; threads: string; out: string }>();
+if (!existsSync(opts.model)) {
+  console.error(`no model at ${opts.model}: run \`npm run models -- --shape small --types q4_0\` first`);
+  process.exit(1);
+}
+const levels = opts.concurrency.split(",").map(Number);
+const slots = Math.max(...levels);
+const contextSize = Number(opts.tokens) + 64;
+
+async function inProcessRound(): Promise<Map<number, StreamTrace[]>> {
+  const { stdout } = await exec(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      "bench/in-process-traces.ts",
+      opts.model,
+      opts.threads,
+      String(slots),
+      String(contextSize),
+      opts.tokens,
+      opts.concurrency,
+    ],
+    { env: { ...process.env, UV_THREADPOOL_SIZE: "1" }, maxBuffer: 256 * 2 ** 20 },
+  );
+  const out = new Map<number, StreamTrace[]>();
+  for (const line of stdout.trim().split("\n")) {
+    const { concurrency, traces } = JSON.parse(line) as { concurrency: number; traces: StreamTrace[] };
+    out.set(concurrency, traces);
+  }
+  return out;
+}
+
+async function serviceRound(): Promise<Map<number, StreamTrace[]>> {
+  const child = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      "src/main.ts",
+      "--model",
+      opts.model,
+      "--port",
+      "0",
+      "--gpu",
+      "cpu",
+      "--threads",
+      opts.threads,
+      "--parallel",
+      String(slots),
+      "--context-size",
+      String(contextSize),
+    ],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  );
+  const port = await new Promise<number>((resolve, reject) => {
+    let listening = 0;
+    createInterface({ input: child.stdout! }).on("line", (line) => {
+      const entry = JSON.parse(line) as { msg: string; port?: number };
+      if (entry.msg === "listening") listening = entry.port!;
+      if (entry.msg.startsWith("model loaded")) resolve(listening);
+    });
+    child.once("exit", (code) => reject(new Error(`server exited with ${code}`)));
+  });
+  const client = new AiravataClient(`127.0.0.1:${port}`);
+  await client.generate({ prompt: "नमस्ते", raw: true, maxNewTokens: 1 });
+  const out = new Map<number, StreamTrace[]>();
+  for (const c of levels) {
+    const traces = await Promise.all(
+      Array.from({ length: c }, async (_, i) => {
+        const trace: StreamTrace = { sentAt: performance.now(), tokenTimes: [] };
+        const outcome = await client.generate(
+          { prompt: `भारत की राजधानी क्या है? (${i})`, maxNewTokens: Number(opts.tokens), temperature: 0, repeatPenalty: 1 },
+          (r) => {
+            const now = performance.now();
+            for (let k = 0; k < r.tokenIds.length; k++) trace.tokenTimes.push(now);
+          },
+        );
+        if (outcome.codeName !== "OK") throw new Error(`${outcome.codeName}: ${outcome.message}`);
+        return trace;
+      }),
+    );
+    out.set(c, traces);
+  }
+  client.close();
+  child.kill("SIGTERM");
+  await new Promise((r) => child.once("exit", r));
+  return out;
+}
+
+const collected: Record<string, Map<number, StreamTrace[][]>> = { service: new Map(), "in-process": new Map() };
+for (let round = 0; round < Number(opts.rounds); round++) {
+  const order = round % 2 === 0 ? (["in-process", "service"] as const) : (["service", "in-process"] as const);
+  for (const target of order) {
+    const result = target === "service" ? await serviceRound() : await inProcessRound();
+    for (const [c, traces] of result) {
+      const list = collected[target]!.get(c) ?? [];
+      list.push(traces);
+      collected[target]!.set(c, list);
+    }
+    process.stderr.write(`round ${round + 1}: ${target} done\n`);
+  }
+}
+
+const table: { target: string; concurrency: number; stats: RunStats }[] = [];
+for (const target of ["service", "in-process"]) {
+  for (const c of levels) table.push({ target, concurrency: c, stats: summarize(collected[target]!.get(c)!) });
+}
+const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
+const command = `npm run bench -- --model ${opts.model} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds} --threads ${opts.threads}`;
+mkdirSync(opts.out, { recursive: true });
+writeFileSync(
+  `${opts.out}/bench.json`,
+  `${JSON.stringify({ date: new Date().toISOString(), machine, command, slots, table }, null, 2)}\n`,
+);
+const f = (n: number) => n.toFixed(1);
+const md = [
+  "# Token-level bench",
+  "",
+  `- date: ${new Date().toISOString()}`,
+  `- machine: ${machine}`,
+  `- model: ${opts.model}; ${opts.tokens} greedy tokens per stream; ${slots} slots; ${opts.threads} decode threads`,
+  `- command: \`${command}\``,
+  `- service: gRPC (grpc-js) → server process → engine process; in-process: the same engine code called directly`,
+  "",
+  "| target | streams | TTFT p50/p95/p99 ms | ITL p50/p95/p99 ms | TPOT p50/p95 ms | e2e p50/p95/p99 ms | tok/s per stream | tok/s aggregate |",
+  "|---|---:|---:|---:|---:|---:|---:|---:|",
+  ...table.map(
+    ({ target, concurrency, stats: s }) =>
+      `| ${target} | ${concurrency} | ${f(s.ttftMs.p50)} / ${f(s.ttftMs.p95)} / ${f(s.ttftMs.p99)} | ${f(s.interTokenMs.p50)} / ${f(s.interTokenMs.p95)} / ${f(s.interTokenMs.p99)} | ` +
+      `${f(s.timePerOutputTokenMs.p50)} / ${f(s.timePerOutputTokenMs.p95)} | ${f(s.e2eMs.p50)} / ${f(s.e2eMs.p95)} / ${f(s.e2eMs.p99)} | ${f(s.perStreamTokensPerSecond)} | ${f(s.aggregateTokensPerSecond)} |`,
+  ),
+  "",
+].join("\n");
+writeFileSync(`${opts.out}/bench.md`, md);
+// Aggregate tokens/s against concurrency, one line per target.
+const maxY = Math.max(...table.map((r) => r.stats.aggregateTokensPerSecond)) * 1.1;
+const W = 560;
+const H = 320;
+const x = (c: number) => 60 + (levels.indexOf(c) / Math.max(1, levels.length - 1)) * (W - 100);
+const y = (v: number) => H - 40 - (v / maxY) * (H - 80);
+const colors: Record<string, string> = { service: "#4a7ab5", "in-process": "#d0803a" };
+const lines = ["service", "in-process"].map((target, t) => {
+  const pts = table
+    .filter((r) => r.target === target)
+    .map((r) => `${x(r.concurrency).toFixed(1)},${y(r.stats.aggregateTokensPerSecond).toFixed(1)}`);
+  return `<polyline fill="none" stroke="${colors[target]}" stroke-width="2" points="${pts.join(" ")}"/><text x="${W - 150}" y="${30 + t * 16}" fill="${colors[target]}">${target}</text>`;
+});
+const axes = levels.map((c) => `<text x="${x(c)}" y="${H - 20}" text-anchor="middle">${c}</text>`).join("");
+writeFileSync(
+  `${opts.out}/bench.svg`,
+  `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>` +
+    `<text x="60" y="20" font-weight="bold">aggregate output tokens/s by concurrent streams</text>` +
+    `<line x1="60" y1="${H - 40}" x2="${W - 40}" y2="${H - 40}" stroke="#999"/><line x1="60" y1="40" x2="60" y2="${H - 40}" stroke="#999"/>` +
+    `<text x="52" y="${y(maxY / 1.1) + 4}" text-anchor="end">${(maxY / 1.1).toFixed(0)}</text><text x="52" y="${H - 36}" text-anchor="end">0</text>` +
+    `${axes}${lines.join("")}</svg>\n`,
+);
+console.log(md);
