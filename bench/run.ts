@@ -5,14 +5,14 @@
  * rounds alternating between the two. Writes bench/results/bench.{json,md,svg}.
  *   npm run bench -- [--model models/synthetic/small.q4_0.gguf] [--concurrency 1,2,4,8] [--tokens 128] [--rounds 3] [--threads N]
  */
-import { execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
-import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
 import { defaultThreads } from "../src/config.js";
+import { startBenchServer } from "./server-process.js";
 import { type RunStats, type StreamTrace, summarize } from "./stream-stats.js";
 
 const exec = promisify(execFile);
@@ -58,36 +58,19 @@ async function inProcessRound(): Promise<Map<number, StreamTrace[]>> {
 }
 
 async function serviceRound(): Promise<Map<number, StreamTrace[]>> {
-  const child = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      "src/main.ts",
-      "--model",
-      opts.model,
-      "--port",
-      "0",
-      "--gpu",
-      "cpu",
-      "--threads",
-      opts.threads,
-      "--parallel",
-      String(slots),
-      "--context-size",
-      String(contextSize),
-    ],
-    { stdio: ["ignore", "pipe", "inherit"] },
-  );
-  const port = await new Promise<number>((resolve, reject) => {
-    let listening = 0;
-    createInterface({ input: child.stdout! }).on("line", (line) => {
-      const entry = JSON.parse(line) as { msg: string; port?: number };
-      if (entry.msg === "listening") listening = entry.port!;
-      if (entry.msg.startsWith("model loaded")) resolve(listening);
-    });
-    child.once("exit", (code) => reject(new Error(`server exited with ${code}`)));
-  });
+  const server = await startBenchServer([
+    "--model",
+    opts.model,
+    "--gpu",
+    "cpu",
+    "--threads",
+    opts.threads,
+    "--parallel",
+    String(slots),
+    "--context-size",
+    String(contextSize),
+  ]);
+  const port = server.port;
   const client = new AiravataClient(`127.0.0.1:${port}`);
   await client.generate({ prompt: "नमस्ते", raw: true, maxNewTokens: 1 });
   const out = new Map<number, StreamTrace[]>();
@@ -109,8 +92,7 @@ async function serviceRound(): Promise<Map<number, StreamTrace[]>> {
     out.set(c, traces);
   }
   client.close();
-  child.kill("SIGTERM");
-  await new Promise((r) => child.once("exit", r));
+  await server.stop();
   return out;
 }
 

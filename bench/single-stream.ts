@@ -5,13 +5,13 @@
  *   tsx bench/single-stream.ts [--model models/synthetic/small.q4_0.gguf] [--threads 1,2,3,4] [--rounds 3] [--tokens 128]
  * Writes bench/results/single-stream.{json,md}.
  */
-import { execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
-import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
+import { startBenchServer } from "./server-process.js";
 
 const exec = promisify(execFile);
 const opts = new Command("single-stream")
@@ -58,36 +58,19 @@ async function inProcess(threads: number): Promise<Run[]> {
 }
 
 async function service(threads: number): Promise<Run[]> {
-  const child = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      "src/main.ts",
-      "--model",
-      opts.model,
-      "--port",
-      "0",
-      "--threads",
-      String(threads),
-      "--parallel",
-      String(SEQUENCES),
-      "--context-size",
-      String(CONTEXT),
-      "--gpu",
-      "cpu",
-    ],
-    { stdio: ["ignore", "pipe", "inherit"] },
-  );
-  const port = await new Promise<number>((resolve, reject) => {
-    let listening = 0;
-    createInterface({ input: child.stdout! }).on("line", (line) => {
-      const entry = JSON.parse(line) as { msg: string; port?: number };
-      if (entry.msg === "listening") listening = entry.port!;
-      if (entry.msg.startsWith("model loaded")) resolve(listening);
-    });
-    child.once("exit", (code) => reject(new Error(`server exited with ${code}`)));
-  });
+  const server = await startBenchServer([
+    "--model",
+    opts.model,
+    "--threads",
+    String(threads),
+    "--parallel",
+    String(SEQUENCES),
+    "--context-size",
+    String(CONTEXT),
+    "--gpu",
+    "cpu",
+  ]);
+  const port = server.port;
   const client = new AiravataClient(`127.0.0.1:${port}`);
   const runs: Run[] = [];
   for (let i = 0; i < Number(opts.runs); i++) {
@@ -101,8 +84,7 @@ async function service(threads: number): Promise<Run[]> {
     runs.push({ ttftMs: outcome.metrics.timeToFirstTokenMs, decodeTokensPerSecond: outcome.metrics.decodeTokensPerSecond });
   }
   client.close();
-  child.kill("SIGTERM");
-  await new Promise((r) => child.once("exit", r));
+  await server.stop();
   return runs;
 }
 

@@ -8,16 +8,17 @@ import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import { ServiceError } from "../errors.js";
 import { AsyncQueue } from "../util/async-queue.js";
-import type {
-  DeviceMemory,
-  EngineInfo,
-  MemoryEstimate,
-  EngineOptions,
-  FinishReason,
-  FromEngine,
-  GenerationInput,
-  SamplingSettings,
-  ToEngine,
+import {
+  type DeviceMemory,
+  type EngineInfo,
+  type EngineOptions,
+  type FinishReason,
+  type FromEngine,
+  type GenerationInput,
+  greedySampling,
+  type MemoryEstimate,
+  type SamplingSettings,
+  type ToEngine,
 } from "./protocol.js";
 
 export type GenerationEvent =
@@ -39,17 +40,6 @@ interface Pending {
   estimate?: { resolve(estimate: MemoryEstimate): void; reject(error: unknown): void };
   perplexity?: { resolve(result: { perplexity: number; scoredTokens: number }): void; reject(error: unknown): void };
 }
-
-const WARM_UP: SamplingSettings = {
-  maxNewTokens: 1,
-  temperature: 0,
-  topK: 1,
-  topP: 1,
-  minP: 0,
-  repeatPenalty: 1,
-  seed: 0,
-  stop: [],
-};
 
 /** How the engine entry runs: from TypeScript sources under tsx, or built JavaScript. */
 function engineEntry(): { path: string; execArgv: string[] } {
@@ -212,7 +202,7 @@ export class EngineProcess {
 
   /** One greedy token on sequence 0: the model decodes before it takes calls. */
   async warm(): Promise<void> {
-    for await (const _event of this.generate(0, { kind: "raw", text: "नमस्ते" }, WARM_UP, new AbortController().signal)) {
+    for await (const _event of this.generate(0, { kind: "raw", text: "नमस्ते" }, greedySampling(1), new AbortController().signal)) {
       // a decode ran; the token itself does not matter
     }
   }

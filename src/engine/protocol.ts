@@ -27,6 +27,11 @@ export interface SamplingSettings {
   stop: string[];
 }
 
+/** Greedy decoding of up to `maxNewTokens` tokens, no penalties: for warm-ups and measurements. */
+export function greedySampling(maxNewTokens: number): SamplingSettings {
+  return { maxNewTokens, temperature: 0, topK: 1, topP: 1, minP: 0, repeatPenalty: 1, seed: 0, stop: [] };
+}
+
 export interface EngineInfo {
   backend: "cuda" | "vulkan" | "metal" | "cpu";
   /** GPU names, or the CPU's description. */

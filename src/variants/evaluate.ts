@@ -7,7 +7,7 @@
 import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
 import { EngineProcess } from "../engine/engine-client.js";
-import type { SamplingSettings } from "../engine/protocol.js";
+import { greedySampling } from "../engine/protocol.js";
 import type { CatalogEntry } from "./catalog.js";
 import { inspectGguf } from "./gguf-inspect.js";
 import type { EngineSettings } from "./variant-manager.js";
@@ -75,16 +75,7 @@ export async function evaluateVariant(
     engine = await EngineProcess.start({ ...engineOptions, modelPath: entry.path, sequences: 1, contextSize }, log);
     const needs = await engine.estimate(entry.path);
     await engine.warm();
-    const sampling: SamplingSettings = {
-      maxNewTokens: options.generateTokens,
-      temperature: 0,
-      topK: 1,
-      topP: 1,
-      minP: 0,
-      repeatPenalty: 1,
-      seed: 0,
-      stop: [],
-    };
+    const sampling = greedySampling(options.generateTokens);
     const started = performance.now();
     let first = 0;
     let last = 0;
