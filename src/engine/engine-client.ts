@@ -10,6 +10,8 @@ import { ServiceError } from "../errors.js";
 import { AsyncQueue } from "../util/async-queue.js";
 import {
   type DeviceMemory,
+  type EngineCall,
+  type EngineCalls,
   type EngineInfo,
   type EngineOptions,
   type FinishReason,
@@ -34,11 +36,10 @@ export type GenerationEvent =
     };
 
 interface Pending {
+  /** A generation's events. */
   events?: AsyncQueue<GenerationEvent>;
-  tokenized?: { resolve(tokens: number[]): void; reject(error: unknown): void };
-  memory?: { resolve(memory: DeviceMemory): void; reject(error: unknown): void };
-  estimate?: { resolve(estimate: MemoryEstimate): void; reject(error: unknown): void };
-  perplexity?: { resolve(result: { perplexity: number; scoredTokens: number }): void; reject(error: unknown): void };
+  /** A call's reply. */
+  reply?: { resolve(value: unknown): void; reject(error: unknown): void };
 }
 
 /** How the engine entry runs: from TypeScript sources under tsx, or built JavaScript. */
@@ -67,10 +68,7 @@ export class EngineProcess {
       const error = new ServiceError("unavailable", "the engine process stopped; the call was not completed");
       for (const entry of this.pending.values()) {
         entry.events?.fail(error);
-        entry.tokenized?.reject(error);
-        entry.memory?.reject(error);
-        entry.estimate?.reject(error);
-        entry.perplexity?.reject(error);
+        entry.reply?.reject(error);
       }
       this.pending.clear();
       for (const listener of this.exitListeners) listener(code, signal);
@@ -162,41 +160,30 @@ export class EngineProcess {
   }
 
   tokenize(text: string, special: boolean): Promise<number[]> {
-    if (this.exited) return Promise.reject(new ServiceError("unavailable", "the engine process is not running"));
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { tokenized: { resolve, reject } });
-      this.send({ type: "tokenize", id, text, special });
-    });
+    return this.call("tokenize", { text, special });
   }
 
   /** The device memory as the engine sees it now. */
   memory(): Promise<DeviceMemory> {
-    if (this.exited) return Promise.reject(new ServiceError("unavailable", "the engine process is not running"));
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { memory: { resolve, reject } });
-      this.send({ type: "memory", id });
-    });
+    return this.call("memory", {});
   }
 
   /** What a model would need with this engine's settings. */
   estimate(modelPath: string): Promise<MemoryEstimate> {
-    if (this.exited) return Promise.reject(new ServiceError("unavailable", "the engine process is not running"));
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { estimate: { resolve, reject } });
-      this.send({ type: "estimate", id, modelPath });
-    });
+    return this.call("estimate", { modelPath });
   }
 
   /** Perplexity of the first `maxTokens` tokens of `text` (sequence 0 must be idle). */
-  perplexity(text: string, maxTokens: number): Promise<{ perplexity: number; scoredTokens: number }> {
+  perplexity(text: string, maxTokens: number): Promise<EngineCalls["perplexity"]["result"]> {
+    return this.call("perplexity", { text, maxTokens });
+  }
+
+  private call<M extends keyof EngineCalls>(method: M, args: EngineCalls[M]["args"]): Promise<EngineCalls[M]["result"]> {
     if (this.exited) return Promise.reject(new ServiceError("unavailable", "the engine process is not running"));
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { perplexity: { resolve, reject } });
-      this.send({ type: "perplexity", id, text, maxTokens });
+      this.pending.set(id, { reply: { resolve: resolve as (value: unknown) => void, reject } });
+      this.send({ type: "call", id, call: { method, args } as EngineCall });
     });
   }
 
@@ -229,31 +216,17 @@ export class EngineProcess {
         this.pending.delete(message.id);
         break;
       }
-      case "failed":
+      case "failed": {
+        // An internal error's cause (a stack) is logged here and never travels further.
         if (message.kind === "internal") this.log.error({ cause: message.message }, "engine error");
-        entry.events?.fail(
-          new ServiceError(message.kind, message.kind === "internal" ? "internal engine error" : message.message),
-        );
-        entry.tokenized?.reject(new ServiceError(message.kind, message.message));
-        entry.memory?.reject(new ServiceError(message.kind, message.message));
-        entry.estimate?.reject(new ServiceError(message.kind, message.message));
-        entry.perplexity?.reject(new ServiceError(message.kind, message.message));
+        const error = new ServiceError(message.kind, message.kind === "internal" ? "internal engine error" : message.message);
+        entry.events?.fail(error);
+        entry.reply?.reject(error);
         this.pending.delete(message.id);
         break;
-      case "tokenized":
-        entry.tokenized?.resolve(message.tokens);
-        this.pending.delete(message.id);
-        break;
-      case "perplexity":
-        entry.perplexity?.resolve({ perplexity: message.perplexity, scoredTokens: message.scoredTokens });
-        this.pending.delete(message.id);
-        break;
-      case "estimate":
-        entry.estimate?.resolve(message.estimate);
-        this.pending.delete(message.id);
-        break;
-      case "memory":
-        entry.memory?.resolve(message.memory);
+      }
+      case "result":
+        entry.reply?.resolve(message.value);
         this.pending.delete(message.id);
         break;
     }

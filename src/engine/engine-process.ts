@@ -5,7 +5,7 @@
  * pool, and one pool thread keeps its decodes on one thread.
  */
 import { LlamaEngine } from "./llama-engine.js";
-import type { EngineOptions, FromEngine, ToEngine } from "./protocol.js";
+import type { EngineCall, EngineCalls, EngineOptions, FromEngine, ToEngine } from "./protocol.js";
 import { ServiceError } from "../errors.js";
 
 function send(message: FromEngine): void {
@@ -31,36 +31,8 @@ process.on("message", (message: ToEngine) => {
     case "cancel":
       running.get(message.id)?.abort();
       break;
-    case "tokenize":
-      try {
-        send({ type: "tokenized", id: message.id, tokens: engine.tokenize(message.text, message.special) });
-      } catch (error) {
-        send({ type: "failed", id: message.id, kind: "internal", message: String(error) });
-      }
-      break;
-    case "memory":
-      engine.memory().then(
-        (memory) => send({ type: "memory", id: message.id, memory }),
-        (error: unknown) => send({ type: "failed", id: message.id, kind: "internal", message: String(error) }),
-      );
-      break;
-    case "estimate":
-      engine.estimate(message.modelPath).then(
-        (estimate) => send({ type: "estimate", id: message.id, estimate }),
-        (error: unknown) => send({ type: "failed", id: message.id, kind: "failed_precondition", message: String(error) }),
-      );
-      break;
-    case "perplexity":
-      engine.perplexity(message.text, message.maxTokens).then(
-        (r) => send({ type: "perplexity", id: message.id, ...r }),
-        (error: unknown) =>
-          send({
-            type: "failed",
-            id: message.id,
-            kind: error instanceof ServiceError ? error.kind : "internal",
-            message: error instanceof Error ? error.message : String(error),
-          }),
-      );
+    case "call":
+      void call(message.id, message.call);
       break;
     case "shutdown":
       void shutdown();
@@ -68,6 +40,35 @@ process.on("message", (message: ToEngine) => {
   }
 });
 process.on("disconnect", () => void shutdown());
+
+/** How an error travels back: a domain error keeps its kind; anything else is internal, with its stack. */
+function failure(id: number, error: unknown): FromEngine {
+  if (error instanceof ServiceError) return { type: "failed", id, kind: error.kind, message: error.message };
+  return {
+    type: "failed",
+    id,
+    kind: "internal",
+    message: error instanceof Error ? (error.stack ?? error.message) : String(error),
+  };
+}
+
+const calls: {
+  [M in keyof EngineCalls]: (args: EngineCalls[M]["args"]) => EngineCalls[M]["result"] | Promise<EngineCalls[M]["result"]>;
+} = {
+  tokenize: ({ text, special }) => engine.tokenize(text, special),
+  memory: () => engine.memory(),
+  estimate: ({ modelPath }) => engine.estimate(modelPath),
+  perplexity: ({ text, maxTokens }) => engine.perplexity(text, maxTokens),
+};
+
+async function call(id: number, { method, args }: EngineCall): Promise<void> {
+  try {
+    const handler = calls[method] as (args: unknown) => unknown;
+    send({ type: "result", id, value: await handler(args) });
+  } catch (error) {
+    send(failure(id, error));
+  }
+}
 
 async function generate(message: Extract<ToEngine, { type: "generate" }>): Promise<void> {
   const { id } = message;
@@ -80,16 +81,7 @@ async function generate(message: Extract<ToEngine, { type: "generate" }>): Promi
     });
     send({ type: "done", id, ...result });
   } catch (error) {
-    if (error instanceof ServiceError) {
-      send({ type: "failed", id, kind: error.kind, message: error.message });
-    } else {
-      send({
-        type: "failed",
-        id,
-        kind: "internal",
-        message: error instanceof Error ? (error.stack ?? error.message) : String(error),
-      });
-    }
+    send(failure(id, error));
   } finally {
     running.delete(id);
   }

@@ -27,6 +27,14 @@ import type {
 } from "./protocol.js";
 import { type Emission, TextStream } from "./text-stream.js";
 
+/** The large tokenizer arrays of a GGUF header: not needed to read a model's facts, so skipped. */
+export const TOKENIZER_ARRAY_KEYS = [
+  "tokenizer.ggml.tokens",
+  "tokenizer.ggml.scores",
+  "tokenizer.ggml.token_type",
+  "tokenizer.ggml.merges",
+];
+
 /** Tokens of the prompt and generation considered by the repeat penalty. */
 const REPEAT_WINDOW = 64;
 
@@ -104,11 +112,13 @@ export class LlamaEngine {
    * own estimates.
    */
   async estimate(modelPath: string): Promise<MemoryEstimate> {
-    const info = await readGgufFileInfo(modelPath, {
-      logWarnings: false,
-      ignoreKeys: ["tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"],
-    });
-    const insights = await GgufInsights.from(info, this.llama);
+    let insights: GgufInsights;
+    try {
+      const info = await readGgufFileInfo(modelPath, { logWarnings: false, ignoreKeys: TOKENIZER_ARRAY_KEYS });
+      insights = await GgufInsights.from(info, this.llama);
+    } catch (error) {
+      throw new ServiceError("failed_precondition", `cannot read ${modelPath}: ${(error as Error).message}`);
+    }
     const gpuLayers = this.info.backend === "cpu" ? 0 : insights.totalLayers;
     const model = await insights.estimateModelResourceRequirementsV2({ gpuLayers });
     const context = await insights.estimateContextResourceRequirementsV2({

@@ -45,13 +45,23 @@ export interface EngineInfo {
   loadMs: number;
 }
 
+/**
+ * The engine's request/reply calls: arguments and result of each. One
+ * message pair carries them all: `call` out, `result` (or `failed`) back.
+ */
+export interface EngineCalls {
+  tokenize: { args: { text: string; special: boolean }; result: number[] };
+  memory: { args: Record<string, never>; result: DeviceMemory };
+  estimate: { args: { modelPath: string }; result: MemoryEstimate };
+  perplexity: { args: { text: string; maxTokens: number }; result: { perplexity: number; scoredTokens: number } };
+}
+
+export type EngineCall = { [M in keyof EngineCalls]: { method: M; args: EngineCalls[M]["args"] } }[keyof EngineCalls];
+
 export type ToEngine =
   | { type: "generate"; id: number; slot: number; input: GenerationInput; sampling: SamplingSettings }
   | { type: "cancel"; id: number }
-  | { type: "tokenize"; id: number; text: string; special: boolean }
-  | { type: "memory"; id: number }
-  | { type: "estimate"; id: number; modelPath: string }
-  | { type: "perplexity"; id: number; text: string; maxTokens: number }
+  | { type: "call"; id: number; call: EngineCall }
   | { type: "shutdown" };
 
 export type FromEngine =
@@ -70,10 +80,7 @@ export type FromEngine =
       prefillMs: number;
     }
   | { type: "failed"; id: number; kind: ErrorKind; message: string }
-  | { type: "tokenized"; id: number; tokens: number[] }
-  | { type: "memory"; id: number; memory: DeviceMemory }
-  | { type: "estimate"; id: number; estimate: MemoryEstimate }
-  | { type: "perplexity"; id: number; perplexity: number; scoredTokens: number };
+  | { type: "result"; id: number; value: unknown };
 
 /** Memory a model would need with this engine's context settings (node-llama-cpp's estimate). */
 export interface MemoryEstimate {

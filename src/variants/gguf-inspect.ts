@@ -5,6 +5,7 @@
  */
 import { open, stat } from "node:fs/promises";
 import { GgufFileType, readGgufFileInfo } from "node-llama-cpp";
+import { TOKENIZER_ARRAY_KEYS } from "../engine/llama-engine.js";
 
 export type GgufSummary =
   | {
@@ -17,8 +18,6 @@ export type GgufSummary =
       contextLength: number | undefined;
     }
   | { usable: false; reason: string; fileSize: number };
-
-const SKIPPED_KEYS = ["tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"];
 
 /** "MOSTLY_Q4_K_M" → "Q4_K_M", "ALL_F32" → "F32". */
 export function quantizationName(fileType: number | undefined): string {
@@ -76,7 +75,7 @@ export async function inspectGguf(path: string): Promise<GgufSummary> {
   try {
     await checkFixedHeader(path, size);
     const info = await withTimeout(
-      readGgufFileInfo(path, { logWarnings: false, ignoreKeys: SKIPPED_KEYS, sourceType: "filesystem" }),
+      readGgufFileInfo(path, { logWarnings: false, ignoreKeys: TOKENIZER_ARRAY_KEYS, sourceType: "filesystem" }),
       READ_TIMEOUT_MS,
       "its header could not be read",
     );
