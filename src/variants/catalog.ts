@@ -8,6 +8,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { readdir } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { ServiceError } from "../errors.js";
+import { inspectGguf } from "./gguf-inspect.js";
 
 export interface CatalogEntry {
   id: string;
@@ -136,6 +137,14 @@ export class Catalog {
 
   list(): CatalogEntry[] {
     return [...this.entries.values()];
+  }
+
+  /** The entries named by `ids` (`not_found` for an unknown one), or, with none named, every usable downloaded one. */
+  async select(ids: readonly string[]): Promise<CatalogEntry[]> {
+    if (ids.length > 0) return ids.map((id) => this.get(id));
+    const usable: CatalogEntry[] = [];
+    for (const entry of this.list()) if ((await inspectGguf(entry.path)).usable) usable.push(entry);
+    return usable;
   }
 
   /** The entry with this id, or `not_found` naming the ids there are. */

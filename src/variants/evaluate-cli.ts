@@ -3,7 +3,7 @@
  * measured side by side on this machine, written to bench/results as
  * markdown, JSON and an SVG chart. Runs without a server.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
@@ -11,7 +11,6 @@ import { pino } from "pino";
 import { defaultThreads } from "../config.js";
 import { Catalog } from "./catalog.js";
 import { type Evaluation, defaultEvaluationText, evaluateVariant, evaluationMarkdown, evaluationSvg } from "./evaluate.js";
-import { inspectGguf } from "./gguf-inspect.js";
 
 const int = (value: string) => {
   if (!/^\d+$/.test(value)) throw new InvalidArgumentError("expected a whole number.");
@@ -42,12 +41,7 @@ const o = program.opts<{
   out: string;
 }>();
 const catalog = await Catalog.load({ modelsDir: o.modelsDir, manifestPath: o.manifest });
-const entries = [];
-if (program.args.length > 0) {
-  for (const id of program.args) entries.push(catalog.get(id));
-} else {
-  for (const entry of catalog.list()) if (existsSync(entry.path) && (await inspectGguf(entry.path)).usable) entries.push(entry);
-}
+const entries = await catalog.select(program.args);
 if (entries.length === 0) {
   console.error(`no downloaded variant in ${o.modelsDir}: npm run pull -- q4_k_m, or npm run models for the synthetic ones`);
   process.exit(1);
@@ -60,7 +54,7 @@ for (const entry of entries) {
   results.push(
     await evaluateVariant(
       entry,
-      { gpu: o.gpu, threads: o.threads, contextSize: 0, sequences: 1, batchSize: 512, maxQueue: 0 },
+      { gpu: o.gpu, threads: o.threads, batchSize: 512 },
       { text, maxTokens: o.maxTokens, generateTokens: o.generateTokens },
       log,
     ),

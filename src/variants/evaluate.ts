@@ -7,10 +7,9 @@
 import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
 import { EngineProcess } from "../engine/engine-client.js";
-import { greedySampling } from "../engine/protocol.js";
+import { type EngineOptions, greedySampling } from "../engine/protocol.js";
 import type { CatalogEntry } from "./catalog.js";
 import { inspectGguf } from "./gguf-inspect.js";
-import type { EngineSettings } from "./variant-manager.js";
 
 export const DEFAULT_EVALUATION_TEXT_PATH = new URL("../../data/evaluation.txt", import.meta.url);
 
@@ -43,13 +42,16 @@ export interface EvaluateOptions {
 
 const PROMPT = "भारत की राजधानी क्या है? Answer in one paragraph.";
 
+/**
+ * Measures `entry`. `reasonNotToLoad`, when it returns a reason, stops before
+ * an engine is started (the result then has the header's facts and that error).
+ */
 export async function evaluateVariant(
   entry: CatalogEntry,
-  engineSettings: EngineSettings,
+  engineSettings: Pick<EngineOptions, "gpu" | "threads" | "batchSize">,
   options: EvaluateOptions,
   log: Logger,
-  /** Only the facts from the file header: no engine is started. */
-  headerOnly = false,
+  reasonNotToLoad?: () => Promise<string | undefined>,
 ): Promise<Evaluation> {
   const summary = await inspectGguf(entry.path);
   const base = {
@@ -67,12 +69,12 @@ export async function evaluateVariant(
     scoredTokens: 0,
   };
   if (!summary.usable) return { ...base, error: summary.reason };
-  if (headerOnly) return base;
-  const { maxQueue: _maxQueue, ...engineOptions } = engineSettings;
+  const reason = await reasonNotToLoad?.();
+  if (reason) return { ...base, error: reason };
   const contextSize = Math.max(options.maxTokens + 8, options.generateTokens + 64, 256);
   let engine: EngineProcess | undefined;
   try {
-    engine = await EngineProcess.start({ ...engineOptions, modelPath: entry.path, sequences: 1, contextSize }, log);
+    engine = await EngineProcess.start({ ...engineSettings, modelPath: entry.path, sequences: 1, contextSize }, log);
     const needs = await engine.estimate(entry.path);
     await engine.warm();
     const sampling = greedySampling(options.generateTokens);

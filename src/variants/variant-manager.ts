@@ -335,33 +335,10 @@ export class VariantManager {
    * that would not fit in memory beside it is reported, not loaded.
    */
   async evaluate(ids: readonly string[], options: EvaluateOptions, onResult: (result: Evaluation) => void): Promise<void> {
-    const catalog = await this.catalog();
-    let entries: CatalogEntry[];
-    if (ids.length > 0) {
-      entries = ids.map((id) => catalog.get(id));
-    } else {
-      entries = [];
-      for (const entry of catalog.list()) {
-        if (existsSync(entry.path) && (await inspectGguf(entry.path)).usable) entries.push(entry);
-      }
-    }
-    for (const entry of entries) {
+    for (const entry of await (await this.catalog()).select(ids)) {
       const serving = this.serving;
-      if (serving && existsSync(entry.path) && (await inspectGguf(entry.path)).usable) {
-        const shortage = await this.memoryShortage(serving, entry).catch((error: Error) => error.message);
-        if (shortage) {
-          onResult({ ...(await evaluateVariant(entry, this.options.engine, options, this.options.log, true)), error: shortage });
-          continue;
-        }
-      }
-      if (!existsSync(entry.path)) {
-        onResult({
-          ...(await evaluateVariant(entry, this.options.engine, options, this.options.log, true)),
-          error: "not downloaded",
-        });
-        continue;
-      }
-      onResult(await evaluateVariant(entry, this.options.engine, options, this.options.log));
+      const shortage = serving ? () => this.memoryShortage(serving, entry).catch((error: Error) => error.message) : undefined;
+      onResult(await evaluateVariant(entry, this.options.engine, options, this.options.log, shortage));
     }
   }
 
