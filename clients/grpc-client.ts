@@ -87,6 +87,10 @@ const deserializer =
   (bytes: Buffer) =>
     fromBinary(desc, bytes);
 
+function callOptions(options: CallOptions): grpc.CallOptions {
+  return options.timeoutMs === undefined ? {} : { deadline: new Date(Date.now() + options.timeoutMs) };
+}
+
 /** Calls any method of the generated services over one grpc-js channel. */
 class Caller {
   readonly client: grpc.Client;
@@ -118,7 +122,7 @@ class Caller {
         deserializer(method.output),
         create(method.input, request),
         this.metadata(options),
-        options.timeoutMs === undefined ? {} : { deadline: new Date(Date.now() + options.timeoutMs) },
+        callOptions(options),
         (_error, value) => (response = value),
       );
       call.on("status", (status: grpc.StatusObject) => resolve({ ...outcomeOf(status), response }));
@@ -138,7 +142,7 @@ class Caller {
       deserializer(method.output),
       create(method.input, request),
       this.metadata(options),
-      options.timeoutMs === undefined ? {} : { deadline: new Date(Date.now() + options.timeoutMs) },
+      callOptions(options),
     );
     const onAbort = () => call.cancel();
     options.signal?.addEventListener("abort", onAbort, { once: true });

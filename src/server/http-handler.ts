@@ -9,6 +9,7 @@ import { cors as connectCors, type ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import cors from "cors";
 import type { Registry } from "prom-client";
+import { METRIC_TRAILERS, QUEUE_POSITION_HEADER } from "../services/generation-service.js";
 import { requestContextValues } from "../services/request-id.js";
 import { useSpecGrpcMessage } from "./grpc-message.js";
 import type { RequestHandler } from "./one-port.js";
@@ -18,19 +19,9 @@ export const EXPOSED_HEADERS = [
   ...connectCors.exposedHeaders,
   "x-request-id",
   "grpc-retry-pushback-ms",
-  "airavata-queue-position",
-  ...[
-    "variant",
-    "prompt-tokens",
-    "generated-tokens",
-    "queue-ms",
-    "ttft-ms",
-    "prefill-ms",
-    "decode-tokens-per-second",
-    "total-ms",
-    "finish-reason",
-    "metrics-bin",
-  ].flatMap((name) => [`airavata-${name}`, `trailer-airavata-${name}`]),
+  QUEUE_POSITION_HEADER,
+  // Connect unary responses carry trailers as `trailer-` headers.
+  ...METRIC_TRAILERS.flatMap((name) => [name, `trailer-${name}`]),
 ];
 
 export interface HttpHandlerOptions {

@@ -57,17 +57,41 @@ function metricsMessage(m: MetricsSnapshot) {
   });
 }
 
+/** Every Generate call's trailers (design §3), by name. */
+function trailerValues(m: MetricsSnapshot): Record<(typeof METRIC_TRAILERS)[number], string> {
+  return {
+    "airavata-variant": m.variant,
+    "airavata-prompt-tokens": String(m.promptTokens),
+    "airavata-generated-tokens": String(m.generatedTokens),
+    "airavata-queue-ms": m.queueMs.toFixed(2),
+    "airavata-ttft-ms": m.ttftMs.toFixed(2),
+    "airavata-prefill-ms": m.prefillMs.toFixed(2),
+    "airavata-decode-tokens-per-second": m.decodeTokensPerSecond.toFixed(2),
+    "airavata-total-ms": m.totalMs.toFixed(2),
+    "airavata-finish-reason": m.finishReason,
+    "airavata-metrics-bin": encodeBinaryHeader(metricsMessage(m), GenerationMetricsSchema),
+  };
+}
+
+/** The names of the metric trailers, for CORS to expose. */
+export const METRIC_TRAILERS = [
+  "airavata-variant",
+  "airavata-prompt-tokens",
+  "airavata-generated-tokens",
+  "airavata-queue-ms",
+  "airavata-ttft-ms",
+  "airavata-prefill-ms",
+  "airavata-decode-tokens-per-second",
+  "airavata-total-ms",
+  "airavata-finish-reason",
+  "airavata-metrics-bin",
+] as const;
+
+/** The response header that tells a queued call its place. */
+export const QUEUE_POSITION_HEADER = "airavata-queue-position";
+
 function writeTrailers(trailer: Headers, m: MetricsSnapshot): void {
-  trailer.set("airavata-variant", m.variant);
-  trailer.set("airavata-prompt-tokens", String(m.promptTokens));
-  trailer.set("airavata-generated-tokens", String(m.generatedTokens));
-  trailer.set("airavata-queue-ms", m.queueMs.toFixed(2));
-  trailer.set("airavata-ttft-ms", m.ttftMs.toFixed(2));
-  trailer.set("airavata-prefill-ms", m.prefillMs.toFixed(2));
-  trailer.set("airavata-decode-tokens-per-second", m.decodeTokensPerSecond.toFixed(2));
-  trailer.set("airavata-total-ms", m.totalMs.toFixed(2));
-  trailer.set("airavata-finish-reason", m.finishReason);
-  trailer.set("airavata-metrics-bin", encodeBinaryHeader(metricsMessage(m), GenerationMetricsSchema));
+  for (const [name, value] of Object.entries(trailerValues(m))) trailer.set(name, value);
 }
 
 /** The gRPC name of a code (CANCELLED, INVALID_ARGUMENT…), for logs and metric labels. */
@@ -128,7 +152,7 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
         for await (const event of inference.generate(input, sampling, call.signal, metrics)) {
           if (event.type === "queued") {
             if (!sentQueueHeader) {
-              ctx.responseHeader.set("airavata-queue-position", String(event.position));
+              ctx.responseHeader.set(QUEUE_POSITION_HEADER, String(event.position));
               sentQueueHeader = true;
             }
             yield { queuePosition: event.position };
