@@ -2,8 +2,9 @@
  * `npm run bench`: token-level latency and throughput at several concurrency
  * levels, for the service over gRPC (the project's grpc-js client) and for
  * node-llama-cpp in-process (the no-RPC limit), on the same GGUF, in one run,
- * rounds alternating between the two. Writes bench/results/bench.{json,md,svg}.
- *   npm run bench -- [--model models/synthetic/small.q4_0.gguf] [--concurrency 1,2,4,8] [--tokens 128] [--rounds 3] [--threads N]
+ * rounds alternating between the two, for one or more decode thread counts.
+ * Writes bench/results/bench.{json,md,svg}.
+ *   npm run bench -- [--model models/synthetic/small.q4_0.gguf] [--concurrency 1,2,4,8] [--tokens 128] [--rounds 3] [--threads 1,2]
  */
 import { execFile } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
@@ -21,7 +22,7 @@ const opts = new Command("bench")
   .option("--concurrency <list>", "concurrent streams", "1,2,4,8")
   .option("--tokens <n>", "tokens per stream", "128")
   .option("--rounds <n>", "rounds per target and level", "3")
-  .option("--threads <n>", "decode threads for both targets", String(defaultThreads()))
+  .option("--threads <list>", "decode thread counts, each for both targets", String(defaultThreads()))
   .option("--out <dir>", "results folder", "bench/results")
   .parse()
   .opts<{ model: string; concurrency: string; tokens: string; rounds: string; threads: string; out: string }>();
@@ -30,10 +31,11 @@ if (!existsSync(opts.model)) {
   process.exit(1);
 }
 const levels = opts.concurrency.split(",").map(Number);
+const threadCounts = opts.threads.split(",").map(Number);
 const slots = Math.max(...levels);
 const contextSize = Number(opts.tokens) + 64;
 
-async function inProcessRound(): Promise<Map<number, StreamTrace[]>> {
+async function inProcessRound(threads: number): Promise<Map<number, StreamTrace[]>> {
   const { stdout } = await exec(
     process.execPath,
     [
@@ -41,7 +43,7 @@ async function inProcessRound(): Promise<Map<number, StreamTrace[]>> {
       "tsx",
       "bench/in-process-traces.ts",
       opts.model,
-      opts.threads,
+      String(threads),
       String(slots),
       String(contextSize),
       opts.tokens,
@@ -57,14 +59,14 @@ async function inProcessRound(): Promise<Map<number, StreamTrace[]>> {
   return out;
 }
 
-async function serviceRound(): Promise<Map<number, StreamTrace[]>> {
+async function serviceRound(threads: number): Promise<Map<number, StreamTrace[]>> {
   const server = await startBenchServer([
     "--model",
     opts.model,
     "--gpu",
     "cpu",
     "--threads",
-    opts.threads,
+    String(threads),
     "--parallel",
     String(slots),
     "--context-size",
@@ -96,23 +98,28 @@ async function serviceRound(): Promise<Map<number, StreamTrace[]>> {
   return out;
 }
 
-const collected: Record<string, Map<number, StreamTrace[][]>> = { service: new Map(), "in-process": new Map() };
+const TARGETS = ["service", "in-process"] as const;
+/** Traces by "target threads" and concurrency, one list of streams per round. */
+const collected = new Map<string, Map<number, StreamTrace[][]>>();
 for (let round = 0; round < Number(opts.rounds); round++) {
-  const order = round % 2 === 0 ? (["in-process", "service"] as const) : (["service", "in-process"] as const);
-  for (const target of order) {
-    const result = target === "service" ? await serviceRound() : await inProcessRound();
-    for (const [c, traces] of result) {
-      const list = collected[target]!.get(c) ?? [];
-      list.push(traces);
-      collected[target]!.set(c, list);
+  for (const threads of threadCounts) {
+    const order = round % 2 === 0 ? TARGETS : ([...TARGETS].reverse() as (typeof TARGETS)[number][]);
+    for (const target of order) {
+      const result = target === "service" ? await serviceRound(threads) : await inProcessRound(threads);
+      const series = collected.get(`${target} ${threads}`) ?? new Map<number, StreamTrace[][]>();
+      for (const [c, traces] of result) series.set(c, [...(series.get(c) ?? []), traces]);
+      collected.set(`${target} ${threads}`, series);
+      process.stderr.write(`round ${round + 1}: ${target}, ${threads} threads done\n`);
     }
-    process.stderr.write(`round ${round + 1}: ${target} done\n`);
   }
 }
 
-const table: { target: string; concurrency: number; stats: RunStats }[] = [];
-for (const target of ["service", "in-process"]) {
-  for (const c of levels) table.push({ target, concurrency: c, stats: summarize(collected[target]!.get(c)!) });
+const table: { target: string; threads: number; concurrency: number; stats: RunStats }[] = [];
+for (const threads of threadCounts) {
+  for (const target of TARGETS) {
+    for (const c of levels)
+      table.push({ target, threads, concurrency: c, stats: summarize(collected.get(`${target} ${threads}`)!.get(c)!) });
+  }
 }
 const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
 const command = `npm run bench -- --model ${opts.model} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds} --threads ${opts.threads}`;
@@ -127,32 +134,37 @@ const md = [
   "",
   `- date: ${new Date().toISOString()}`,
   `- machine: ${machine}`,
-  `- model: ${opts.model}; ${opts.tokens} greedy tokens per stream; ${slots} slots; ${opts.threads} decode threads`,
+  `- model: ${opts.model}; ${opts.tokens} greedy tokens per stream; ${slots} slots`,
   `- command: \`${command}\``,
   `- service: gRPC (grpc-js) → server process → engine process; in-process: the same engine code called directly`,
   "",
-  "| target | streams | TTFT p50/p95/p99 ms | ITL p50/p95/p99 ms | TPOT p50/p95 ms | e2e p50/p95/p99 ms | tok/s per stream | tok/s aggregate |",
-  "|---|---:|---:|---:|---:|---:|---:|---:|",
+  "| target | threads | streams | TTFT p50/p95/p99 ms | ITL p50/p95/p99 ms | TPOT p50/p95 ms | e2e p50/p95/p99 ms | tok/s per stream | tok/s aggregate |",
+  "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   ...table.map(
-    ({ target, concurrency, stats: s }) =>
-      `| ${target} | ${concurrency} | ${f(s.ttftMs.p50)} / ${f(s.ttftMs.p95)} / ${f(s.ttftMs.p99)} | ${f(s.interTokenMs.p50)} / ${f(s.interTokenMs.p95)} / ${f(s.interTokenMs.p99)} | ` +
+    ({ target, threads, concurrency, stats: s }) =>
+      `| ${target} | ${threads} | ${concurrency} | ${f(s.ttftMs.p50)} / ${f(s.ttftMs.p95)} / ${f(s.ttftMs.p99)} | ${f(s.interTokenMs.p50)} / ${f(s.interTokenMs.p95)} / ${f(s.interTokenMs.p99)} | ` +
       `${f(s.timePerOutputTokenMs.p50)} / ${f(s.timePerOutputTokenMs.p95)} | ${f(s.e2eMs.p50)} / ${f(s.e2eMs.p95)} / ${f(s.e2eMs.p99)} | ${f(s.perStreamTokensPerSecond)} | ${f(s.aggregateTokensPerSecond)} |`,
   ),
   "",
 ].join("\n");
 writeFileSync(`${opts.out}/bench.md`, md);
-// Aggregate tokens/s against concurrency, one line per target.
+// Aggregate tokens/s against concurrency, one line per target and thread count.
 const maxY = Math.max(...table.map((r) => r.stats.aggregateTokensPerSecond)) * 1.1;
 const W = 560;
 const H = 320;
 const x = (c: number) => 60 + (levels.indexOf(c) / Math.max(1, levels.length - 1)) * (W - 100);
 const y = (v: number) => H - 40 - (v / maxY) * (H - 80);
 const colors: Record<string, string> = { service: "#4a7ab5", "in-process": "#d0803a" };
-const lines = ["service", "in-process"].map((target, t) => {
+const series = threadCounts.flatMap((threads) => TARGETS.map((target) => ({ target, threads })));
+const lines = series.map(({ target, threads }, t) => {
   const pts = table
-    .filter((r) => r.target === target)
+    .filter((r) => r.target === target && r.threads === threads)
     .map((r) => `${x(r.concurrency).toFixed(1)},${y(r.stats.aggregateTokensPerSecond).toFixed(1)}`);
-  return `<polyline fill="none" stroke="${colors[target]}" stroke-width="2" points="${pts.join(" ")}"/><text x="${W - 150}" y="${30 + t * 16}" fill="${colors[target]}">${target}</text>`;
+  const dash = threadCounts.indexOf(threads) > 0 ? ' stroke-dasharray="6 4"' : "";
+  return (
+    `<polyline fill="none" stroke="${colors[target]}" stroke-width="2"${dash} points="${pts.join(" ")}"/>` +
+    `<text x="${W - 170}" y="${30 + t * 16}" fill="${colors[target]}">${target}, ${threads} thread${threads > 1 ? "s" : ""}</text>`
+  );
 });
 const axes = levels.map((c) => `<text x="${x(c)}" y="${H - 20}" text-anchor="middle">${c}</text>`).join("");
 writeFileSync(

@@ -1,20 +1,16 @@
 /**
  * Swap time against cold load time, for the same variants: a server process
- * started on variant A (cold: spawn → health SERVING), then SwapVariant A → B
+ * started on variant A (cold: spawn → serving), then SwapVariant A → B
  * → A timed from the request to SWITCHED and to DONE, and a server started
  * cold on B. Writes bench/results/swap-time.{md,json}.
  *   tsx bench/swap-time.ts [--models-dir models/synthetic] [--a small.q4_0] [--b small.q8_0] [--rounds 2]
  */
-import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
-import { createInterface } from "node:readline";
-import { createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Command } from "commander";
 import { AdminClient } from "../clients/grpc-client.js";
 import { SwapPhase } from "../src/gen/airavata/v1/admin_pb.js";
-import { Health, HealthCheckResponse_ServingStatus as Status } from "../src/gen/grpc/health/v1/health_pb.js";
+import { startBenchServer } from "./server-process.js";
 
 const opts = new Command("swap-time")
   .option("--models-dir <dir>", "models folder", "models/synthetic")
@@ -25,29 +21,13 @@ const opts = new Command("swap-time")
   .opts<{ modelsDir: string; a: string; b: string; rounds: string }>();
 const TOKEN = "swap-time-bench-token-0123456789";
 
+/** A server on `variant`, and how long it took from spawn to serving (health turns SERVING just before the "model loaded" log line it waits for). */
 async function startServer(variant: string) {
   const started = performance.now();
-  const child = spawn(
-    process.execPath,
-    ["--import", "tsx", "src/main.ts", "--models-dir", opts.modelsDir, "--variant", variant, "--port", "0", "--gpu", "cpu"],
-    { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, AIRAVATA_ADMIN_TOKEN: TOKEN } },
-  );
-  const port = await new Promise<number>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on("line", (line) => {
-      const entry = JSON.parse(line) as { msg: string; port?: number };
-      if (entry.msg === "listening") resolve(entry.port!);
-    });
-    child.once("exit", (code) => reject(new Error(`server exited with ${code}`)));
+  const server = await startBenchServer(["--models-dir", opts.modelsDir, "--variant", variant, "--gpu", "cpu"], {
+    AIRAVATA_ADMIN_TOKEN: TOKEN,
   });
-  const health = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` }));
-  for await (const { status } of health.watch({ service: "" })) if (status === Status.SERVING) break;
-  const coldMs = performance.now() - started;
-  return { child, port, coldMs };
-}
-
-async function stop(child: ReturnType<typeof spawn>) {
-  child.kill("SIGTERM");
-  await new Promise((r) => child.once("exit", r));
+  return { ...server, coldMs: performance.now() - started };
 }
 
 const cold: Record<string, number[]> = { [opts.a]: [], [opts.b]: [] };
@@ -69,12 +49,12 @@ for (let round = 0; round < Number(opts.rounds); round++) {
   }
 }
 admin.close();
-await stop(first.child);
+await first.stop();
 for (const variant of [opts.b, opts.a]) {
   const s = await startServer(variant);
   cold[variant]!.push(s.coldMs);
   process.stderr.write(`cold start on ${variant}: ${s.coldMs.toFixed(0)} ms\n`);
-  await stop(s.child);
+  await s.stop();
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
@@ -100,7 +80,7 @@ const md = [
   `- date: ${new Date().toISOString()}`,
   `- machine: ${machine}`,
   `- command: \`${command}\``,
-  "- cold start: server process spawned → health SERVING (includes starting Node and the engine process, loading, warming)",
+  "- cold start: server process spawned → serving (includes starting Node and the engine process, loading, warming)",
   "- swap: SwapVariant request → SWITCHED (new calls go to the new variant) and → DONE (old one released); no load running",
   "",
   "| variant | cold start ms | swap to it: request → switched ms | request → done ms |",
