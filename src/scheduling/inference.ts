@@ -58,7 +58,6 @@ export class Inference {
     signal: AbortSignal,
     metrics: RequestMetrics,
   ): AsyncGenerator<InferenceEvent> {
-    metrics.variant = this.variant;
     const controller = new AbortController();
     const onAbort = () => controller.abort(signal.reason);
     signal.addEventListener("abort", onAbort, { once: true });

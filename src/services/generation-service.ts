@@ -162,10 +162,8 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
             yield { text: event.text, tokenIds: event.tokens } satisfies Partial<GenerateResponse>;
             continue;
           }
-          if (event.finishReason === "cancelled") {
-            metrics.finishReason = abortReason(call.signal);
-            throw call.signal.reason ?? new ConnectError("cancelled", Code.Canceled);
-          }
+          // Stopped by the call's own signal: the catch below reports how.
+          if (event.finishReason === "cancelled") throw call.signal.reason ?? new ConnectError("cancelled", Code.Canceled);
           metrics.end();
           code = "OK";
           yield {

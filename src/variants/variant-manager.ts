@@ -14,9 +14,11 @@ import { ServiceError } from "../errors.js";
 import { Inference } from "../scheduling/inference.js";
 import { SlotScheduler } from "../scheduling/slot-scheduler.js";
 import { Catalog, type CatalogEntry, type CatalogOptions } from "./catalog.js";
-import { downloadVariant, isRemote } from "./download.js";
+import { type DownloadProgress, downloadVariant, isRemote } from "./download.js";
 import { type Evaluation, type EvaluateOptions, evaluateVariant } from "./evaluate.js";
 import { type GgufSummary, inspectGguf } from "./gguf-inspect.js";
+
+type UsableSummary = Extract<GgufSummary, { usable: true }>;
 
 export type EngineSettings = Omit<EngineOptions, "modelPath"> & { maxQueue: number };
 
@@ -24,7 +26,7 @@ export interface Serving {
   readonly entry: CatalogEntry;
   /** What this variant needs, model and context, by node-llama-cpp's estimate. */
   readonly needs: MemoryEstimate;
-  readonly summary: Extract<GgufSummary, { usable: true }>;
+  readonly summary: UsableSummary;
   readonly engine: EngineProcess;
   readonly scheduler: SlotScheduler;
   readonly inference: Inference;
@@ -102,14 +104,9 @@ export class VariantManager {
     const failures: string[] = [];
     for (const [index, id] of ids.entries()) {
       try {
-        const catalog = await this.catalog();
-        const entry = catalog.get(id);
-        if (!existsSync(entry.path)) {
-          if (!isRemote(entry)) throw new ServiceError("failed_precondition", `its file is missing: ${entry.path}`);
-          log.info({ variant: id, source: entry.source, path: entry.path }, "downloading variant");
-          await downloadVariant(entry, (p) => onDownload?.(id, p));
-        }
-        const serving = await this.load(entry, () => {});
+        const entry = (await this.catalog()).get(id);
+        const summary = await this.ensureUsable(entry, (p) => onDownload?.(id, p));
+        const serving = await this.load(entry, summary, () => {});
         this.switchTo(serving);
         if (failures.length > 0) this.startupNotes.push(`serving "${id}" after: ${failures.join("; ")}`);
         else this.startupNotes.push(`serving "${id}"`);
@@ -160,17 +157,9 @@ export class VariantManager {
       if (this.serving?.entry.path === entry.path) {
         throw new ServiceError("failed_precondition", `variant "${request.id}" is already in service`);
       }
-      if (!existsSync(entry.path)) {
-        if (!isRemote(entry))
-          throw new ServiceError("failed_precondition", `variant "${request.id}": its file is missing: ${entry.path}`);
-        emit({ phase: "downloading", bytesDone: 0, bytesTotal: 0, percent: 0 });
-        await downloadVariant(entry, ({ bytesDone, bytesTotal }) =>
-          emit({ phase: "downloading", bytesDone, bytesTotal, percent: bytesTotal > 0 ? (100 * bytesDone) / bytesTotal : 0 }),
-        );
-      }
-      const summary = await inspectGguf(entry.path);
-      if (!summary.usable)
-        throw new ServiceError("failed_precondition", `variant "${entry.id}" cannot be used: ${summary.reason}`);
+      const summary = await this.ensureUsable(entry, ({ bytesDone, bytesTotal }) =>
+        emit({ phase: "downloading", bytesDone, bytesTotal, percent: bytesTotal > 0 ? (100 * bytesDone) / bytesTotal : 0 }),
+      );
       const old = this.serving;
       const shortage = old ? await this.memoryShortage(old, entry) : undefined;
       if (shortage && !request.allowDowntime) {
@@ -179,6 +168,7 @@ export class VariantManager {
       const loadNext = () =>
         this.load(
           entry,
+          summary,
           (progress) => emit({ phase: "loading", percent: progress * 100 }),
           () => emit({ phase: "warming" }),
         );
@@ -196,7 +186,7 @@ export class VariantManager {
             { variant: entry.id, err: error },
             "the new variant failed to load during a downtime swap; reloading the old one",
           );
-          this.switchTo(await this.load(old.entry, () => {}));
+          this.switchTo(await this.load(old.entry, old.summary, () => {}));
           throw error;
         }
         this.switchTo(next);
@@ -259,10 +249,30 @@ export class VariantManager {
     return `variant "${entry.id}" needs about ${mb(need)} of ${kind}, and only ${mb(free)} is free beside "${current.entry.id}"`;
   }
 
-  /** Loads and warms an engine for `entry`; the engine is ended again if warming fails. */
-  private async load(entry: CatalogEntry, onProgress: (progress: number) => void, onWarming?: () => void): Promise<Serving> {
+  /**
+   * The facts of `entry`'s file, downloading it first when it is missing and
+   * remote; `failed_precondition` when it is missing and local, or unusable.
+   */
+  private async ensureUsable(entry: CatalogEntry, onDownload: (progress: DownloadProgress) => void): Promise<UsableSummary> {
+    if (!existsSync(entry.path)) {
+      if (!isRemote(entry))
+        throw new ServiceError("failed_precondition", `variant "${entry.id}": its file is missing: ${entry.path}`);
+      this.options.log.info({ variant: entry.id, source: entry.source, path: entry.path }, "downloading variant");
+      onDownload({ bytesDone: 0, bytesTotal: 0 });
+      await downloadVariant(entry, onDownload);
+    }
     const summary = await inspectGguf(entry.path);
     if (!summary.usable) throw new ServiceError("failed_precondition", `variant "${entry.id}" cannot be used: ${summary.reason}`);
+    return summary;
+  }
+
+  /** Starts and warms an engine for `entry`; the engine is ended again if warming fails. */
+  private async load(
+    entry: CatalogEntry,
+    summary: UsableSummary,
+    onProgress: (progress: number) => void,
+    onWarming?: () => void,
+  ): Promise<Serving> {
     const { maxQueue, ...engineOptions } = this.options.engine;
     let engine: EngineProcess;
     try {
