@@ -1,9 +1,10 @@
 /**
  * `npm run bench`: token-level latency and throughput at several concurrency
- * levels, for the service over gRPC (the project's grpc-js client) and for
- * node-llama-cpp in-process (the no-RPC limit), on the same GGUF, in one run,
- * rounds alternating between the two, for one or more decode thread counts.
- * Writes bench/results/bench.{json,md,svg}.
+ * levels, for the service over gRPC (the project's grpc-js client), for
+ * node-llama-cpp in-process (the no-RPC limit) and for llama.cpp's own
+ * llama-server (built from node-llama-cpp's bundled source), on the same GGUF,
+ * in one run, rounds rotating the order of the targets, for one or more decode
+ * thread counts. Writes bench/results/bench.{json,md,svg}.
  *   npm run bench -- [--model models/synthetic/small.q4_0.gguf] [--concurrency 1,2,4,8] [--tokens 128] [--rounds 3] [--threads 1,2]
  */
 import { execFile } from "node:child_process";
@@ -13,6 +14,7 @@ import { promisify } from "node:util";
 import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
 import { defaultThreads } from "../src/config.js";
+import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
 import { startBenchServer } from "./server-process.js";
 import { type RunStats, type StreamTrace, summarize } from "./stream-stats.js";
 
@@ -24,8 +26,17 @@ const opts = new Command("bench")
   .option("--rounds <n>", "rounds per target and level", "3")
   .option("--threads <list>", "decode thread counts, each for both targets", String(defaultThreads()))
   .option("--out <dir>", "results folder", "bench/results")
+  .option("--no-llama-server", "leave llama-server out (it is built from source on first use: minutes)")
   .parse()
-  .opts<{ model: string; concurrency: string; tokens: string; rounds: string; threads: string; out: string }>();
+  .opts<{
+    model: string;
+    concurrency: string;
+    tokens: string;
+    rounds: string;
+    threads: string;
+    out: string;
+    llamaServer: boolean;
+  }>();
 if (!existsSync(opts.model)) {
   console.error(`no model at ${opts.model}: run \`npm run models -- --shape small --types q4_0\` first`);
   process.exit(1);
@@ -34,6 +45,8 @@ const levels = opts.concurrency.split(",").map(Number);
 const threadCounts = opts.threads.split(",").map(Number);
 const slots = Math.max(...levels);
 const contextSize = Number(opts.tokens) + 64;
+const prompt = (i: number) => `भारत की राजधानी क्या है? (${i})`;
+const llamaServer = opts.llamaServer ? await llamaServerBinary((line) => process.stderr.write(`${line}\n`)) : undefined;
 
 async function inProcessRound(threads: number): Promise<Map<number, StreamTrace[]>> {
   const { stdout } = await exec(
@@ -81,7 +94,7 @@ async function serviceRound(threads: number): Promise<Map<number, StreamTrace[]>
       Array.from({ length: c }, async (_, i) => {
         const trace: StreamTrace = { sentAt: performance.now(), tokenTimes: [] };
         const outcome = await client.generate(
-          { prompt: `भारत की राजधानी क्या है? (${i})`, maxNewTokens: Number(opts.tokens), temperature: 0, repeatPenalty: 1 },
+          { prompt: prompt(i), maxNewTokens: Number(opts.tokens), temperature: 0, repeatPenalty: 1 },
           (r) => {
             const now = performance.now();
             for (let k = 0; k < r.tokenIds.length; k++) trace.tokenTimes.push(now);
@@ -98,14 +111,35 @@ async function serviceRound(threads: number): Promise<Map<number, StreamTrace[]>
   return out;
 }
 
-const TARGETS = ["service", "in-process"] as const;
+async function llamaServerRound(threads: number): Promise<Map<number, StreamTrace[]>> {
+  const server = await startLlamaServer(llamaServer!, { model: opts.model, threads, slots, contextSize });
+  await llamaServerTrace(server.port, "नमस्ते", 1);
+  const out = new Map<number, StreamTrace[]>();
+  for (const c of levels) {
+    out.set(
+      c,
+      await Promise.all(Array.from({ length: c }, (_, i) => llamaServerTrace(server.port, prompt(i), Number(opts.tokens)))),
+    );
+  }
+  await server.stop();
+  return out;
+}
+
+const TARGETS = llamaServer ? (["service", "in-process", "llama-server"] as const) : (["service", "in-process"] as const);
+type Target = (typeof TARGETS)[number];
+const ROUNDS: Record<Target, (threads: number) => Promise<Map<number, StreamTrace[]>>> = {
+  service: serviceRound,
+  "in-process": inProcessRound,
+  "llama-server": llamaServerRound,
+};
 /** Traces by "target threads" and concurrency, one list of streams per round. */
 const collected = new Map<string, Map<number, StreamTrace[][]>>();
 for (let round = 0; round < Number(opts.rounds); round++) {
   for (const threads of threadCounts) {
-    const order = round % 2 === 0 ? TARGETS : ([...TARGETS].reverse() as (typeof TARGETS)[number][]);
+    // Each round starts with a different target, so no target always runs on a warmer machine.
+    const order = TARGETS.map((_, i) => TARGETS[(i + round) % TARGETS.length]!);
     for (const target of order) {
-      const result = target === "service" ? await serviceRound(threads) : await inProcessRound(threads);
+      const result = await ROUNDS[target](threads);
       const series = collected.get(`${target} ${threads}`) ?? new Map<number, StreamTrace[][]>();
       for (const [c, traces] of result) series.set(c, [...(series.get(c) ?? []), traces]);
       collected.set(`${target} ${threads}`, series);
@@ -129,6 +163,30 @@ writeFileSync(
   `${JSON.stringify({ date: new Date().toISOString(), machine, command, slots, table }, null, 2)}\n`,
 );
 const f = (n: number) => n.toFixed(1);
+
+/** The service and in-process over llama-server, per thread count and concurrency (the issue's targets). */
+function againstLlamaServer(): string[] {
+  const row = (target: string, threads: number, c: number) =>
+    table.find((r) => r.target === target && r.threads === threads && r.concurrency === c)!.stats;
+  const lines = [
+    "Over llama-server (same threads, streams and GGUF; tok/s aggregate, TTFT p50):",
+    "",
+    "| threads | streams | service tok/s ÷ llama-server | in-process tok/s ÷ llama-server | service TTFT ÷ llama-server |",
+    "|---:|---:|---:|---:|---:|",
+  ];
+  for (const threads of threadCounts) {
+    for (const c of levels) {
+      const base = row("llama-server", threads, c);
+      const service = row("service", threads, c);
+      const inProcess = row("in-process", threads, c);
+      lines.push(
+        `| ${threads} | ${c} | ${(service.aggregateTokensPerSecond / base.aggregateTokensPerSecond).toFixed(2)} | ` +
+          `${(inProcess.aggregateTokensPerSecond / base.aggregateTokensPerSecond).toFixed(2)} | ${(service.ttftMs.p50 / base.ttftMs.p50).toFixed(2)} |`,
+      );
+    }
+  }
+  return lines;
+}
 const md = [
   "# Token-level bench",
   "",
@@ -136,7 +194,8 @@ const md = [
   `- machine: ${machine}`,
   `- model: ${opts.model}; ${opts.tokens} greedy tokens per stream; ${slots} slots`,
   `- command: \`${command}\``,
-  `- service: gRPC (grpc-js) → server process → engine process; in-process: the same engine code called directly`,
+  `- service: gRPC (grpc-js) → server process → engine process; in-process: the same engine code called directly;` +
+    ` llama-server: llama.cpp's server built from node-llama-cpp's bundled source, streaming HTTP, no prompt cache`,
   "",
   "| target | threads | streams | TTFT p50/p95/p99 ms | ITL p50/p95/p99 ms | TPOT p50/p95 ms | e2e p50/p95/p99 ms | tok/s per stream | tok/s aggregate |",
   "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -146,6 +205,8 @@ const md = [
       `${f(s.timePerOutputTokenMs.p50)} / ${f(s.timePerOutputTokenMs.p95)} | ${f(s.e2eMs.p50)} / ${f(s.e2eMs.p95)} / ${f(s.e2eMs.p99)} | ${f(s.perStreamTokensPerSecond)} | ${f(s.aggregateTokensPerSecond)} |`,
   ),
   "",
+  ...(llamaServer ? againstLlamaServer() : ["llama-server was not part of this run."]),
+  "",
 ].join("\n");
 writeFileSync(`${opts.out}/bench.md`, md);
 // Aggregate tokens/s against concurrency, one line per target and thread count.
@@ -154,7 +215,7 @@ const W = 560;
 const H = 320;
 const x = (c: number) => 60 + (levels.indexOf(c) / Math.max(1, levels.length - 1)) * (W - 100);
 const y = (v: number) => H - 40 - (v / maxY) * (H - 80);
-const colors: Record<string, string> = { service: "#4a7ab5", "in-process": "#d0803a" };
+const colors: Record<string, string> = { service: "#4a7ab5", "in-process": "#d0803a", "llama-server": "#5a9a4a" };
 const series = threadCounts.flatMap((threads) => TARGETS.map((target) => ({ target, threads })));
 const lines = series.map(({ target, threads }, t) => {
   const pts = table

@@ -107,7 +107,9 @@ export async function ensureLlamaTool(target: string, options: BuildOptions = {}
       "-DGGML_NATIVE=ON",
       "-DLLAMA_BUILD_TESTS=OFF",
       "-DLLAMA_BUILD_EXAMPLES=OFF",
-      "-DLLAMA_BUILD_SERVER=OFF",
+      // On, so llama-server can be built (the bench compares against it); only the target asked for is built.
+      "-DLLAMA_BUILD_SERVER=ON",
+      "-DLLAMA_BUILD_UI=OFF",
       // One self-contained binary per tool: no shared libraries to find at run time.
       "-DBUILD_SHARED_LIBS=OFF",
     ],

@@ -1,0 +1,149 @@
+/**
+ * llama.cpp's own server as a bench target: built from the llama.cpp source
+ * that node-llama-cpp's package carries (the same commit the service runs),
+ * started on the same GGUF with the same threads, slots and context per slot,
+ * and called over its streaming HTTP API with the same chat-formatted prompts.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { createServer } from "node:net";
+import { formatAiravataChat } from "../src/engine/chat-format.js";
+import { ensureLlamaTool } from "../src/quantize/llama-tools.js";
+import type { StreamTrace } from "./stream-stats.js";
+
+export interface LlamaServer {
+  port: number;
+  stop(): Promise<void>;
+}
+
+/**
+ * The llama-server binary, building it on first use (minutes, then cached);
+ * `undefined` with the reason printed when it cannot be built here (no
+ * compiler, no cmake), so the rest of the bench still runs.
+ */
+export async function llamaServerBinary(log: (line: string) => void): Promise<string | undefined> {
+  try {
+    let last = 0;
+    return await ensureLlamaTool("llama-server", {
+      onProgress: (line) => {
+        // One line every few seconds is enough to show the build is alive.
+        if (performance.now() - last > 5000 || !line.startsWith("[")) {
+          last = performance.now();
+          log(line);
+        }
+      },
+    });
+  } catch (error) {
+    log(`llama-server is skipped: ${(error as Error).message}`);
+    return undefined;
+  }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export interface LlamaServerOptions {
+  model: string;
+  threads: number;
+  slots: number;
+  /** Tokens per slot, as the service's --context-size. */
+  contextSize: number;
+}
+
+export async function startLlamaServer(binary: string, options: LlamaServerOptions): Promise<LlamaServer> {
+  const port = await freePort();
+  const args = [
+    ["--model", options.model],
+    ["--host", "127.0.0.1"],
+    ["--port", String(port)],
+    ["--threads", String(options.threads)],
+    ["--threads-batch", String(options.threads)],
+    ["--parallel", String(options.slots)],
+    ["--ctx-size", String(options.contextSize * options.slots)],
+    ["--n-gpu-layers", "0"],
+    ["--cont-batching"],
+    ["--no-webui"],
+  ].flat();
+  const child: ChildProcess = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  child.stderr!.on("data", (data: Buffer) => (stderr = (stderr + data.toString()).slice(-4000)));
+  const exited = new Promise<never>((_, reject) =>
+    child.once("exit", (code) => reject(new Error(`llama-server exited with ${code}:\n${stderr}`))),
+  );
+  const deadline = performance.now() + 60_000;
+  for (;;) {
+    if (performance.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new Error(`llama-server did not become healthy in 60 s:\n${stderr}`);
+    }
+    const healthy = await Promise.race([
+      fetch(`http://127.0.0.1:${port}/health`).then(
+        (r) => r.ok,
+        () => false,
+      ),
+      exited,
+    ]);
+    if (healthy) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    port,
+    stop: async () => {
+      const gone = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      await gone;
+    },
+  };
+}
+
+/**
+ * One streamed completion, each token's arrival time recorded (token ids come
+ * with every event). Greedy, a fixed number of tokens (EOS ignored, as the
+ * service's runs never stop early on the synthetic model's chat script), no
+ * prompt cache: every request evaluates its whole prompt, as the service does.
+ */
+export async function llamaServerTrace(port: number, content: string, tokens: number): Promise<StreamTrace> {
+  const trace: StreamTrace = { sentAt: performance.now(), tokenTimes: [] };
+  const response = await fetch(`http://127.0.0.1:${port}/completion`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      prompt: formatAiravataChat([{ role: "user", content }]),
+      n_predict: tokens,
+      temperature: 0,
+      repeat_penalty: 1,
+      ignore_eos: true,
+      cache_prompt: false,
+      return_tokens: true,
+      stream: true,
+    }),
+  });
+  if (!response.ok || !response.body) throw new Error(`llama-server answered ${response.status}: ${await response.text()}`);
+  const decoder = new TextDecoder();
+  let buffered = "";
+  const reader = response.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    const now = performance.now();
+    buffered += decoder.decode(value, { stream: true });
+    const events = buffered.split("\n\n");
+    buffered = events.pop()!;
+    for (const event of events) {
+      const data = event.replace(/^data: /, "");
+      if (!data.startsWith("{")) continue;
+      // `tokens_predicted` counts every token so far; the ids of tokens that end inside a character
+      // (byte fallback) are left out of `tokens`, so count by the running total.
+      const { tokens_predicted: predicted } = JSON.parse(data) as { tokens_predicted?: number };
+      while (predicted !== undefined && trace.tokenTimes.length < predicted) trace.tokenTimes.push(now);
+    }
+  }
+  return trace;
+}
