@@ -15,6 +15,7 @@ const engine = await LlamaEngine.load({
   contextSize: Number(contextSize),
   sequences: Number(sequences),
   batchSize: 512,
+  batching: "measured",
 });
 const sampling = {
   maxNewTokens: Number(tokens),

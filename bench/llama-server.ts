@@ -5,6 +5,7 @@
  * and called over its streaming HTTP API with the same chat-formatted prompts.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { type IncomingMessage, request } from "node:http";
 import { createServer } from "node:net";
 import { formatAiravataChat } from "../src/engine/chat-format.js";
 import { ensureLlamaTool } from "../src/quantize/llama-tools.js";
@@ -72,6 +73,10 @@ export async function startLlamaServer(binary: string, options: LlamaServerOptio
     ["--no-webui"],
   ].flat();
   const child: ChildProcess = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe"] });
+  // Never outlive the bench, even when it fails.
+  const kill = () => child.kill("SIGKILL");
+  process.once("exit", kill);
+  child.once("exit", () => process.off("exit", kill));
   let stderr = "";
   child.stderr!.on("data", (data: Buffer) => (stderr = (stderr + data.toString()).slice(-4000)));
   const exited = new Promise<never>((_, reject) =>
@@ -111,36 +116,45 @@ export async function startLlamaServer(binary: string, options: LlamaServerOptio
  */
 export async function llamaServerTrace(port: number, content: string, tokens: number): Promise<StreamTrace> {
   const trace: StreamTrace = { sentAt: performance.now(), tokenTimes: [] };
-  const response = await fetch(`http://127.0.0.1:${port}/completion`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({
-      prompt: formatAiravataChat([{ role: "user", content }]),
-      n_predict: tokens,
-      temperature: 0,
-      repeat_penalty: 1,
-      ignore_eos: true,
-      cache_prompt: false,
-      return_tokens: true,
-      stream: true,
-    }),
+  const body = JSON.stringify({
+    prompt: formatAiravataChat([{ role: "user", content }]),
+    n_predict: tokens,
+    temperature: 0,
+    repeat_penalty: 1,
+    ignore_eos: true,
+    cache_prompt: false,
+    stream: true,
   });
-  if (!response.ok || !response.body) throw new Error(`llama-server answered ${response.status}: ${await response.text()}`);
+  // A connection per request (no keep-alive pool): a pooled connection that the server closed while
+  // idle would fail the next request.
+  const response = await new Promise<IncomingMessage>((resolve, reject) => {
+    const req = request(
+      {
+        host: "127.0.0.1",
+        port,
+        path: "/completion",
+        method: "POST",
+        agent: false,
+        headers: { "content-type": "application/json" },
+      },
+      resolve,
+    );
+    req.once("error", reject);
+    req.end(body);
+  });
+  if (response.statusCode !== 200) throw new Error(`llama-server answered ${response.statusCode}`);
   const decoder = new TextDecoder();
   let buffered = "";
-  const reader = response.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
+  for await (const chunk of response) {
     const now = performance.now();
-    buffered += decoder.decode(value, { stream: true });
+    buffered += decoder.decode(chunk as Buffer, { stream: true });
     const events = buffered.split("\n\n");
     buffered = events.pop()!;
     for (const event of events) {
       const data = event.replace(/^data: /, "");
       if (!data.startsWith("{")) continue;
-      // `tokens_predicted` counts every token so far; the ids of tokens that end inside a character
-      // (byte fallback) are left out of `tokens`, so count by the running total.
+      // `tokens_predicted` counts every token so far (the ids of tokens that end inside a character are
+      // left out of an event's `tokens`), so count by the running total.
       const { tokens_predicted: predicted } = JSON.parse(data) as { tokens_predicted?: number };
       while (predicted !== undefined && trace.tokenTimes.length < predicted) trace.tokenTimes.push(now);
     }

@@ -7,8 +7,8 @@
  * thread counts. Writes bench/results/bench.{json,md,svg}.
  *   npm run bench -- [--model models/synthetic/small.q4_0.gguf] [--concurrency 1,2,4,8] [--tokens 128] [--rounds 3] [--threads 1,2]
  */
-import { execFile } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { execFile, execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { promisify } from "node:util";
 import { Command } from "commander";
@@ -16,7 +16,7 @@ import { AiravataClient } from "../clients/grpc-client.js";
 import { defaultThreads } from "../src/config.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
 import { startBenchServer } from "./server-process.js";
-import { type RunStats, type StreamTrace, summarize } from "./stream-stats.js";
+import { median, type RunStats, type StreamTrace, summarize } from "./stream-stats.js";
 
 const exec = promisify(execFile);
 const opts = new Command("bench")
@@ -26,7 +26,11 @@ const opts = new Command("bench")
   .option("--rounds <n>", "rounds per target and level", "3")
   .option("--threads <list>", "decode thread counts, each for both targets", String(defaultThreads()))
   .option("--out <dir>", "results folder", "bench/results")
-  .option("--no-llama-server", "leave llama-server out (it is built from source on first use: minutes)")
+  .option(
+    "--targets <list>",
+    "service, in-process, llama-server (built from source on first use: minutes)",
+    "service,in-process,llama-server",
+  )
   .parse()
   .opts<{
     model: string;
@@ -35,7 +39,7 @@ const opts = new Command("bench")
     rounds: string;
     threads: string;
     out: string;
-    llamaServer: boolean;
+    targets: string;
   }>();
 if (!existsSync(opts.model)) {
   console.error(`no model at ${opts.model}: run \`npm run models -- --shape small --types q4_0\` first`);
@@ -46,7 +50,14 @@ const threadCounts = opts.threads.split(",").map(Number);
 const slots = Math.max(...levels);
 const contextSize = Number(opts.tokens) + 64;
 const prompt = (i: number) => `भारत की राजधानी क्या है? (${i})`;
-const llamaServer = opts.llamaServer ? await llamaServerBinary((line) => process.stderr.write(`${line}\n`)) : undefined;
+const ALL_TARGETS = ["service", "in-process", "llama-server"] as const;
+type Target = (typeof ALL_TARGETS)[number];
+const wanted = opts.targets.split(",");
+for (const t of wanted) if (!(ALL_TARGETS as readonly string[]).includes(t)) throw new Error(`unknown target ${t}`);
+const llamaServer = wanted.includes("llama-server")
+  ? await llamaServerBinary((line) => process.stderr.write(`${line}\n`))
+  : undefined;
+const TARGETS = ALL_TARGETS.filter((t) => wanted.includes(t) && (t !== "llama-server" || llamaServer));
 
 async function inProcessRound(threads: number): Promise<Map<number, StreamTrace[]>> {
   const { stdout } = await exec(
@@ -72,6 +83,27 @@ async function inProcessRound(threads: number): Promise<Map<number, StreamTrace[
   return out;
 }
 
+const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
+/** CPU time (user + system) a process has used, ms. */
+function cpuMs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "latin1").split(") ")[1]!.split(" ");
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+}
+
+/** What the hops cost per token in a service round: the server process's CPU time, and the engine → server hop. */
+interface HopCost {
+  serverCpuUsPerToken: number;
+  engineHopUs: number;
+}
+const hopCosts = new Map<number, HopCost[]>();
+
+/** The service's engine-hop histogram (sum, count) from /metrics. */
+async function hopSeconds(port: number): Promise<{ sum: number; count: number }> {
+  const scraped = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const sample = (name: string) => Number(new RegExp(`^${name}\\{[^}]*\\} (\\S+)$`, "m").exec(scraped)?.[1] ?? 0);
+  return { sum: sample("airavata_engine_hop_seconds_sum"), count: sample("airavata_engine_hop_seconds_count") };
+}
+
 async function serviceRound(threads: number): Promise<Map<number, StreamTrace[]>> {
   const server = await startBenchServer([
     "--model",
@@ -89,6 +121,8 @@ async function serviceRound(threads: number): Promise<Map<number, StreamTrace[]>
   const client = new AiravataClient(`127.0.0.1:${port}`);
   await client.generate({ prompt: "नमस्ते", raw: true, maxNewTokens: 1 });
   const out = new Map<number, StreamTrace[]>();
+  const hopBefore = await hopSeconds(port);
+  const cpuBefore = cpuMs(server.child.pid!);
   for (const c of levels) {
     const traces = await Promise.all(
       Array.from({ length: c }, async (_, i) => {
@@ -106,6 +140,15 @@ async function serviceRound(threads: number): Promise<Map<number, StreamTrace[]>
     );
     out.set(c, traces);
   }
+  const serverCpu = cpuMs(server.child.pid!) - cpuBefore;
+  const tokens = [...out.values()].flat().reduce((n, t) => n + t.tokenTimes.length, 0);
+  const hopAfter = await hopSeconds(port);
+  // The histogram holds each call's mean hop; every call of the levels streams the same number of tokens.
+  const hop = (hopAfter.sum - hopBefore.sum) / (hopAfter.count - hopBefore.count);
+  hopCosts.set(threads, [
+    ...(hopCosts.get(threads) ?? []),
+    { serverCpuUsPerToken: (serverCpu * 1000) / tokens, engineHopUs: hop * 1e6 },
+  ]);
   client.close();
   await server.stop();
   return out;
@@ -125,8 +168,6 @@ async function llamaServerRound(threads: number): Promise<Map<number, StreamTrac
   return out;
 }
 
-const TARGETS = llamaServer ? (["service", "in-process", "llama-server"] as const) : (["service", "in-process"] as const);
-type Target = (typeof TARGETS)[number];
 const ROUNDS: Record<Target, (threads: number) => Promise<Map<number, StreamTrace[]>>> = {
   service: serviceRound,
   "in-process": inProcessRound,
@@ -160,14 +201,15 @@ const command = `npm run bench -- --model ${opts.model} --concurrency ${opts.con
 mkdirSync(opts.out, { recursive: true });
 writeFileSync(
   `${opts.out}/bench.json`,
-  `${JSON.stringify({ date: new Date().toISOString(), machine, command, slots, table }, null, 2)}\n`,
+  `${JSON.stringify({ date: new Date().toISOString(), machine, command, slots, table, hopCosts: Object.fromEntries(hopCosts) }, null, 2)}\n`,
 );
 const f = (n: number) => n.toFixed(1);
 
 /** The service and in-process over llama-server, per thread count and concurrency (the issue's targets). */
 function againstLlamaServer(): string[] {
   const row = (target: string, threads: number, c: number) =>
-    table.find((r) => r.target === target && r.threads === threads && r.concurrency === c)!.stats;
+    table.find((r) => r.target === target && r.threads === threads && r.concurrency === c)?.stats;
+  const ratio = (a: number | undefined, b: number) => (a === undefined ? "–" : (a / b).toFixed(2));
   const lines = [
     "Over llama-server (same threads, streams and GGUF; tok/s aggregate, TTFT p50):",
     "",
@@ -176,17 +218,40 @@ function againstLlamaServer(): string[] {
   ];
   for (const threads of threadCounts) {
     for (const c of levels) {
-      const base = row("llama-server", threads, c);
+      const base = row("llama-server", threads, c)!;
       const service = row("service", threads, c);
       const inProcess = row("in-process", threads, c);
       lines.push(
-        `| ${threads} | ${c} | ${(service.aggregateTokensPerSecond / base.aggregateTokensPerSecond).toFixed(2)} | ` +
-          `${(inProcess.aggregateTokensPerSecond / base.aggregateTokensPerSecond).toFixed(2)} | ${(service.ttftMs.p50 / base.ttftMs.p50).toFixed(2)} |`,
+        `| ${threads} | ${c} | ${ratio(service?.aggregateTokensPerSecond, base.aggregateTokensPerSecond)} | ` +
+          `${ratio(inProcess?.aggregateTokensPerSecond, base.aggregateTokensPerSecond)} | ${ratio(service?.ttftMs.p50, base.ttftMs.p50)} |`,
       );
     }
   }
   return lines;
 }
+/** The per-token cost of the service's two hops, against the time a token takes to decode. */
+function hopCostLines(): string[] {
+  const lines = [
+    "Per-token cost of the hops (service rounds, medians over rounds; decode time per token: TPOT p50 of one in-process stream):",
+    "",
+    "| threads | engine → server hop µs (mean per call) | server process CPU µs per token | decode ms per token | hop ÷ decode | server CPU ÷ decode |",
+    "|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const threads of threadCounts) {
+    const costs = hopCosts.get(threads) ?? [];
+    const hop = median(costs.map((c) => c.engineHopUs));
+    const cpu = median(costs.map((c) => c.serverCpuUsPerToken));
+    const decode = table.find((r) => r.target === "in-process" && r.threads === threads && r.concurrency === levels[0])?.stats
+      .timePerOutputTokenMs.p50;
+    const pct = (us: number) => (decode === undefined ? "–" : `${((us / 1000 / decode) * 100).toFixed(1)}%`);
+    lines.push(
+      `| ${threads} | ${f(hop)} | ${f(cpu)} | ${decode === undefined ? "–" : decode.toFixed(2)} | ${pct(hop)} | ${pct(cpu)} |`,
+    );
+  }
+  lines.push("");
+  return lines;
+}
+
 const md = [
   "# Token-level bench",
   "",
@@ -205,8 +270,9 @@ const md = [
       `${f(s.timePerOutputTokenMs.p50)} / ${f(s.timePerOutputTokenMs.p95)} | ${f(s.e2eMs.p50)} / ${f(s.e2eMs.p95)} / ${f(s.e2eMs.p99)} | ${f(s.perStreamTokensPerSecond)} | ${f(s.aggregateTokensPerSecond)} |`,
   ),
   "",
-  ...(llamaServer ? againstLlamaServer() : ["llama-server was not part of this run."]),
+  ...(TARGETS.includes("llama-server") ? againstLlamaServer() : ["llama-server was not part of this run."]),
   "",
+  ...(TARGETS.includes("service") ? hopCostLines() : []),
 ].join("\n");
 writeFileSync(`${opts.out}/bench.md`, md);
 // Aggregate tokens/s against concurrency, one line per target and thread count.

@@ -16,6 +16,10 @@ export async function startBenchServer(args: string[], env: Record<string, strin
     stdio: ["ignore", "pipe", "inherit"],
     env: { ...process.env, ...env },
   });
+  // Never outlive the bench, even when it fails.
+  const kill = () => child.kill("SIGKILL");
+  process.once("exit", kill);
+  child.once("exit", () => process.off("exit", kill));
   const port = await new Promise<number>((resolve, reject) => {
     let listening = 0;
     createInterface({ input: child.stdout! }).on("line", (line) => {

@@ -54,6 +54,7 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
       contextSize: config.contextSize,
       sequences: config.parallel,
       batchSize: config.batchSize,
+      batching: config.batching,
       maxQueue: config.maxQueue,
     },
     memoryBudget: config.memoryBudget,

@@ -29,6 +29,8 @@ export interface Config {
   /** Parallel sequences (slots); "auto" chooses by backend. */
   parallel: number | "auto";
   batchSize: number;
+  /** How many waiting requests decode together: by measured step cost, or all of them. */
+  batching: "measured" | "full";
   maxQueue: number;
   maxMessageBytes: number;
   tls: { cert: Buffer; key: Buffer } | undefined;
@@ -152,6 +154,15 @@ export function buildCommand(): Command {
         .argParser(integer(1, 1 << 16)),
     )
     .addOption(
+      new Option(
+        "--batching <policy>",
+        '"measured": time a decode step of each size at load and decode together as many waiting requests as is cheapest per token; "full": always all of them',
+      )
+        .env("AIRAVATA_BATCHING")
+        .choices(["measured", "full"])
+        .default("measured"),
+    )
+    .addOption(
       new Option("--max-queue <n>", "requests that may wait for a slot; more are refused with RESOURCE_EXHAUSTED")
         .env("AIRAVATA_MAX_QUEUE")
         .default(64)
@@ -232,6 +243,7 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
     contextSize: o.contextSize,
     parallel: o.parallel,
     batchSize: o.batchSize,
+    batching: o.batching,
     maxQueue: o.maxQueue,
     maxMessageBytes: o.maxMessageBytes,
     tls: o.tlsCert ? { cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey) } : undefined,

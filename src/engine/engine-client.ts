@@ -21,11 +21,13 @@ import {
   type MemoryEstimate,
   type SamplingSettings,
   type ToEngine,
+  wallClockMs,
 } from "./protocol.js";
 
 export type GenerationEvent =
   | { type: "started"; promptTokens: number }
-  | { type: "chunk"; text: string; tokens: number[] }
+  /** `hopMs`: from the engine's send to the server's receipt of this chunk. */
+  | { type: "chunk"; text: string; tokens: number[]; hopMs: number }
   | {
       type: "done";
       finishReason: FinishReason;
@@ -207,7 +209,7 @@ export class EngineProcess {
         entry.events?.push({ type: "started", promptTokens: message.promptTokens });
         break;
       case "chunk":
-        entry.events?.push({ type: "chunk", text: message.text, tokens: message.tokens });
+        entry.events?.push({ type: "chunk", text: message.text, tokens: message.tokens, hopMs: wallClockMs() - message.sentAt });
         break;
       case "done": {
         const { id: _, ...done } = message;

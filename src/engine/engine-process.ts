@@ -5,7 +5,14 @@
  * pool, and one pool thread keeps its decodes on one thread.
  */
 import { LlamaEngine } from "./llama-engine.js";
-import type { EngineCall, EngineCalls, EngineOptions, FromEngine, ToEngine } from "./protocol.js";
+import {
+  type EngineCall,
+  type EngineCalls,
+  type EngineOptions,
+  type FromEngine,
+  type ToEngine,
+  wallClockMs,
+} from "./protocol.js";
 import { ServiceError } from "../errors.js";
 
 function send(message: FromEngine): void {
@@ -77,7 +84,7 @@ async function generate(message: Extract<ToEngine, { type: "generate" }>): Promi
   try {
     const result = await engine.generate(message.slot, message.input, message.sampling, controller.signal, {
       started: (promptTokens) => send({ type: "started", id, promptTokens }),
-      chunk: ({ text, tokens }) => send({ type: "chunk", id, text, tokens }),
+      chunk: ({ text, tokens }) => send({ type: "chunk", id, text, tokens, sentAt: wallClockMs() }),
     });
     send({ type: "done", id, ...result });
   } catch (error) {

@@ -16,15 +16,17 @@ import {
 } from "node-llama-cpp";
 import { ServiceError } from "../errors.js";
 import { formatAiravataChat } from "./chat-format.js";
-import type {
-  DeviceMemory,
+import {
+  type DeviceMemory,
   EngineInfo,
   EngineOptions,
   MemoryEstimate,
   FinishReason,
-  GenerationInput,
-  SamplingSettings,
+  type GenerationInput,
+  greedySampling,
+  type SamplingSettings,
 } from "./protocol.js";
+import { cheapestGroup, DecodeGate } from "./decode-gate.js";
 import { type Emission, TextStream } from "./text-stream.js";
 
 /** The large tokenizer arrays of a GGUF header: not needed to read a model's facts, so skipped. */
@@ -37,6 +39,9 @@ export const TOKENIZER_ARRAY_KEYS = [
 
 /** Tokens of the prompt and generation considered by the repeat penalty. */
 const REPEAT_WINDOW = 64;
+
+/** Tokens each sequence generates while decode steps are timed at load. */
+const MEASURED_STEPS = 10;
 
 export interface GenerationEvents {
   started(promptTokens: number): void;
@@ -51,6 +56,7 @@ export interface GenerationResult extends Emission {
 
 export class LlamaEngine {
   private disposed = false;
+  private readonly gate = new DecodeGate();
 
   private constructor(
     private readonly llama: Llama,
@@ -90,14 +96,53 @@ export class LlamaEngine {
         sequences: sequenceCount,
         threads: context.currentThreads,
         gpuLayers: model.gpuLayers,
-        loadMs: performance.now() - started,
+        loadMs: 0,
+        stepMs: [],
       };
-      return new LlamaEngine(llama, model, context, sequences, info, options.batchSize);
+      const engine = new LlamaEngine(llama, model, context, sequences, info, options.batchSize);
+      if (options.batching === "measured" && sequenceCount > 1) {
+        const stepMs = await engine.measureSteps();
+        engine.gate.groupSize = (ready) => cheapestGroup(stepMs, ready);
+        info.stepMs = stepMs;
+      }
+      info.loadMs = performance.now() - started;
+      return engine;
     } catch (error) {
       await model?.dispose();
       await llama.dispose();
       throw error;
     }
+  }
+
+  /**
+   * Times a decode step of each size from 1 to the sequence count: that many
+   * greedy generations at once, released together a step at a time. The
+   * median of each size's steps (the first, which meets the prompts, left
+   * out). Costs about a second on a small CPU.
+   */
+  private async measureSteps(): Promise<number[]> {
+    const samples: number[][] = [];
+    this.gate.onStep = (size, ms) => (samples[size] ??= []).push(ms);
+    const input: GenerationInput = { kind: "chat", messages: [{ role: "user", content: "नमस्ते" }] };
+    const quiet = { started: () => {}, chunk: () => {} };
+    const signal = new AbortController().signal;
+    try {
+      for (let size = 1; size <= this.sequences.length; size++) {
+        this.gate.groupSize = () => size;
+        await Promise.all(
+          Array.from({ length: size }, (_, slot) => this.generate(slot, input, greedySampling(MEASURED_STEPS), signal, quiet)),
+        );
+      }
+    } finally {
+      this.gate.onStep = undefined;
+      this.gate.groupSize = (ready) => ready;
+    }
+    // Index = tokens in the step; 0 where a size got no step (a generation ended early).
+    return Array.from({ length: this.sequences.length + 1 }, (_, size) => {
+      const ms = samples[size] ?? [];
+      const kept = ms.length > 1 ? ms.slice(1).sort((a, b) => a - b) : ms;
+      return kept.length === 0 ? 0 : Math.round(kept[Math.floor(kept.length / 2)]! * 100) / 100;
+    });
   }
 
   async memory(): Promise<DeviceMemory> {
@@ -194,6 +239,7 @@ export class LlamaEngine {
     let prefillMs = 0;
     let generated = 0;
     let finishReason: FinishReason = "stop";
+    let stepping = false;
     await sequence.clearHistory();
     try {
       if (signal.aborted) {
@@ -211,7 +257,11 @@ export class LlamaEngine {
               : { penalty: sampling.repeatPenalty, punishTokens: () => history.slice(-REPEAT_WINDOW) },
         });
         for await (const token of tokens) {
-          if (generated === 0) prefillMs = performance.now() - started;
+          if (generated === 0) {
+            prefillMs = performance.now() - started;
+            this.gate.enter();
+            stepping = true;
+          }
           generated++;
           history.push(token);
           const emission = stream.push(token);
@@ -228,9 +278,12 @@ export class LlamaEngine {
             finishReason = "cancelled";
             break;
           }
+          // Queue the next token together with the other running sequences (see DecodeGate).
+          await this.gate.turn();
         }
       }
     } finally {
+      if (stepping) this.gate.leave();
       await sequence.clearHistory();
     }
     return { ...stream.end(), finishReason, generatedTokens: generated, prefillMs };

@@ -43,6 +43,8 @@ export interface EngineInfo {
   threads: number;
   gpuLayers: number;
   loadMs: number;
+  /** Measured ms of a decode step by the tokens in it (index = tokens); empty with batching "full". */
+  stepMs: number[];
 }
 
 /**
@@ -69,7 +71,8 @@ export type FromEngine =
   | { type: "load-failed"; message: string }
   | { type: "load-progress"; progress: number }
   | { type: "started"; id: number; promptTokens: number }
-  | { type: "chunk"; id: number; text: string; tokens: number[] }
+  /** `sentAt`: `wallClockMs()` in the engine when sent, so the server can time the hop. */
+  | { type: "chunk"; id: number; text: string; tokens: number[]; sentAt: number }
   | {
       type: "done";
       id: number;
@@ -81,6 +84,14 @@ export type FromEngine =
     }
   | { type: "failed"; id: number; kind: ErrorKind; message: string }
   | { type: "result"; id: number; value: unknown };
+
+/**
+ * Milliseconds on a clock both processes share (the system clock at process
+ * start plus the monotonic clock since), precise to microseconds.
+ */
+export function wallClockMs(): number {
+  return performance.timeOrigin + performance.now();
+}
 
 /** Memory a model would need with this engine's context settings (node-llama-cpp's estimate). */
 export interface MemoryEstimate {
@@ -105,4 +116,10 @@ export interface EngineOptions {
   /** Parallel sequences; "auto" is 4 on CPU and 8 on a GPU. */
   sequences: number | "auto";
   batchSize: number;
+  /**
+   * How many waiting sequences decode together: "measured" times a decode
+   * step of each size at load and picks the cheapest per token; "full"
+   * always decodes every waiting sequence together.
+   */
+  batching: "measured" | "full";
 }

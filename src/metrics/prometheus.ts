@@ -39,6 +39,13 @@ export class ServiceMetrics {
     buckets: LATENCY_BUCKETS,
     registers: [this.registry],
   });
+  private readonly engineHop = new Histogram({
+    name: "airavata_engine_hop_seconds",
+    help: "Mean time a request's streamed chunks took from the engine process to the server process.",
+    labelNames: ["variant"],
+    buckets: [0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05],
+    registers: [this.registry],
+  });
   private readonly promptTokens = new Counter({
     name: "airavata_prompt_tokens_total",
     help: "Prompt tokens processed.",
@@ -114,5 +121,6 @@ export class ServiceMetrics {
     this.generationTokens.inc(variant, m.generatedTokens);
     if (m.generatedTokens > 0) this.ttft.observe(variant, m.ttftMs / 1000);
     if (m.decodeTokensPerSecond > 0) this.interToken.observe(variant, 1 / m.decodeTokensPerSecond);
+    if (m.engineHopMs > 0) this.engineHop.observe(variant, m.engineHopMs / 1000);
   }
 }

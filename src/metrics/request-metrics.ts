@@ -14,6 +14,8 @@ export interface MetricsSnapshot {
   decodeTokensPerSecond: number;
   totalMs: number;
   finishReason: FinishReason;
+  /** Mean time a chunk took from the engine process to the server process (0: no chunks). */
+  engineHopMs: number;
 }
 
 export class RequestMetrics {
@@ -28,6 +30,8 @@ export class RequestMetrics {
   private firstTokenAt: number | undefined;
   private lastTokenAt: number | undefined;
   private tokensSeen = 0;
+  private hopMsTotal = 0;
+  private hops = 0;
   private endAt: number | undefined;
 
   /** The call got a slot. */
@@ -35,9 +39,13 @@ export class RequestMetrics {
     this.slotAt ??= performance.now();
   }
 
-  /** A chunk reached the server: `tokens` new tokens, with or without text. */
-  chunk(tokens: number, hasText: boolean): number {
+  /** A chunk reached the server: `tokens` new tokens, with or without text, `hopMs` after the engine sent it. */
+  chunk(tokens: number, hasText: boolean, hopMs?: number): number {
     const now = performance.now();
+    if (hopMs !== undefined) {
+      this.hopMsTotal += hopMs;
+      this.hops++;
+    }
     if (hasText) this.firstTextAt ??= now;
     if (tokens > 0) {
       this.firstTokenAt ??= now;
@@ -70,6 +78,7 @@ export class RequestMetrics {
       decodeTokensPerSecond: decodeSeconds > 0 ? (this.generatedTokens - 1) / decodeSeconds : 0,
       totalMs: end - this.receivedAt,
       finishReason: this.finishReason,
+      engineHopMs: this.hops > 0 ? this.hopMsTotal / this.hops : 0,
     };
   }
 }

@@ -101,7 +101,7 @@ export class Inference {
         if (event.type === "started") {
           metrics.promptTokens = event.promptTokens;
         } else if (event.type === "chunk") {
-          metrics.chunk(event.tokens.length, event.text !== "");
+          metrics.chunk(event.tokens.length, event.text !== "", event.hopMs);
           yield { type: "text", text: event.text, tokens: event.tokens };
         } else {
           metrics.chunk(event.tokens.length, event.text !== "");

@@ -74,7 +74,10 @@ export async function evaluateVariant(
   const contextSize = Math.max(options.maxTokens + 8, options.generateTokens + 64, 256);
   let engine: EngineProcess | undefined;
   try {
-    engine = await EngineProcess.start({ ...engineSettings, modelPath: entry.path, sequences: 1, contextSize }, log);
+    engine = await EngineProcess.start(
+      { ...engineSettings, modelPath: entry.path, sequences: 1, contextSize, batching: "full" },
+      log,
+    );
     const needs = await engine.estimate(entry.path);
     await engine.warm();
     const sampling = greedySampling(options.generateTokens);

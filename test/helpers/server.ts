@@ -28,6 +28,7 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     contextSize: 512,
     parallel: 2,
     batchSize: 512,
+    batching: "measured",
     maxQueue: 8,
     maxMessageBytes: 64 * 1024,
     tls: undefined,

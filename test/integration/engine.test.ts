@@ -14,6 +14,7 @@ beforeAll(async () => {
     contextSize: 1024,
     sequences: 2,
     batchSize: 512,
+    batching: "measured",
   });
 });
 afterAll(async () => {
