@@ -41,6 +41,29 @@ describe("continuous batching", () => {
     client.close();
   });
 
+  it("a call that arrives while three others stream gets its first token while they still stream", async () => {
+    const s = await server({ parallel: 4, contextSize: 2048 });
+    const client = new AiravataClient(s.address);
+    const long = { prompt: "नमस्ते", temperature: 0, maxNewTokens: 600 };
+    const ended: number[] = [];
+    let joined: Promise<unknown> | undefined;
+    let firstTokenAt = 0;
+    let seen = 0;
+    const onToken = () => {
+      // Once the three are well into decoding, a fourth call comes in.
+      if (++seen === 60) joined = client.generate({ ...long, maxNewTokens: 5 }, () => (firstTokenAt ||= performance.now()));
+    };
+    const three = await Promise.all(
+      [0, 1, 2].map(() => client.generate(long, onToken).then((o) => (ended.push(performance.now()), o))),
+    );
+    await joined;
+    expect(three.map((o) => o.codeName)).toEqual(["OK", "OK", "OK"]);
+    expect(firstTokenAt).toBeGreaterThan(0);
+    // It joined the running steps: its first token came before the first of the three ended.
+    expect(firstTokenAt).toBeLessThan(Math.min(...ended));
+    client.close();
+  });
+
   it("cancelling one of three streams mid-decode leaves the other two unchanged, and frees its slot", async () => {
     const s = await server({ parallel: 3, contextSize: 2048, maxQueue: 0 });
     const client = new AiravataClient(s.address);
@@ -64,11 +87,12 @@ describe("continuous batching", () => {
 
 describe("admission", () => {
   it("one slot, a queue of two: the fourth call is refused at once; the queued run in order, their places counting down", async () => {
-    const s = await server({ parallel: 1, maxQueue: 2, contextSize: 1024 });
+    const s = await server({ parallel: 1, maxQueue: 2, contextSize: 2048 });
     const client = new AiravataClient(s.address);
     const order: number[] = [];
     const long = { prompt: "नमस्ते", temperature: 0, maxNewTokens: 600 };
-    const first = client.generate(long).then((o) => (order.push(1), o));
+    // Long enough to still hold the slot when the fourth call comes, on a fast machine too.
+    const first = client.generate({ ...long, maxNewTokens: 1800 }).then((o) => (order.push(1), o));
     await new Promise((r) => setTimeout(r, 150));
     const places: Record<number, number[]> = { 2: [], 3: [] };
     const second = generateOver("grpc-h2", s.baseUrl, long, {
@@ -150,6 +174,11 @@ describe("/metrics", () => {
     expect(await sample(s.baseUrl, "airavata_prompt_tokens_total", v)).toBe(prompt);
     expect(await sample(s.baseUrl, "airavata_e2e_request_latency_seconds_count", v)).toBe(4);
     expect(await sample(s.baseUrl, "airavata_time_to_first_token_seconds_count", v)).toBe(2);
+    // The engine → server hop of each call that streamed, timed: a positive mean below a second.
+    expect(await sample(s.baseUrl, "airavata_engine_hop_seconds_count", v)).toBe(2);
+    const hop = await sample(s.baseUrl, "airavata_engine_hop_seconds_sum", v);
+    expect(hop).toBeGreaterThan(0);
+    expect(hop).toBeLessThan(2);
     expect(await sample(s.baseUrl, "airavata_num_requests_running", v)).toBe(0);
   });
 });

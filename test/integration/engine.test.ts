@@ -38,6 +38,15 @@ describe("LlamaEngine", () => {
     expect(engine.info).toMatchObject({ backend: "cpu", threads: 1, sequences: 2, contextSize: 1024, gpuLayers: 0 });
   });
 
+  it("timed a decode step of each size at load (batching measured)", () => {
+    // Index = tokens in the step: 1 and 2 measured, each a positive time under a second.
+    expect(engine.info.stepMs).toHaveLength(3);
+    for (const ms of engine.info.stepMs.slice(1)) {
+      expect(ms).toBeGreaterThan(0);
+      expect(ms).toBeLessThan(1000);
+    }
+  });
+
   it("stops within one token of the signal, and the sequence is reusable", async () => {
     const controller = new AbortController();
     let seen = 0;
