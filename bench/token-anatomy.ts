@@ -1,0 +1,62 @@
+/**
+ * Where one stream's time per token goes inside the engine: node-llama-cpp's
+ * native decode and sampling calls timed from JavaScript (a Proxy on the
+ * context's addon object; the times include the hop to the libuv thread and
+ * back), against the interval between tokens. The rest is JavaScript:
+ * node-llama-cpp's generator, locks and dispatch, and the engine's own work.
+ *   UV_THREADPOOL_SIZE=1 tsx bench/token-anatomy.ts [model] [threads] [rounds] [sequences in the context]
+ */
+import { LlamaEngine } from "../src/engine/llama-engine.js";
+import { greedySampling } from "../src/engine/protocol.js";
+import { median } from "./stream-stats.js";
+
+const [model = "models/synthetic/small.Q4_K_M.gguf", threads = "1", rounds = "3", sequences = "1"] = process.argv.slice(2);
+const engine = await LlamaEngine.load({
+  modelPath: model,
+  gpu: "cpu",
+  threads: Number(threads),
+  contextSize: 192,
+  sequences: Number(sequences),
+  batchSize: 512,
+  batching: "full",
+});
+// node-llama-cpp keeps its native context object on `_ctx`; timing wrappers go around two of its methods.
+type Native = Record<string | symbol, unknown>;
+const context = (engine as unknown as { context: { _ctx: Native } }).context;
+const timed: Record<string, number[]> = { decodeBatch: [], sampleToken: [] };
+const native = context._ctx;
+context._ctx = new Proxy(native, {
+  get(target, key) {
+    const value = target[key];
+    if (typeof value !== "function") return value;
+    const method = value as (...args: unknown[]) => unknown;
+    if (key !== "decodeBatch" && key !== "sampleToken") return method.bind(target);
+    return (...args: unknown[]) => {
+      const started = performance.now();
+      return (method.apply(target, args) as Promise<unknown>).then((result) => {
+        timed[key]!.push(performance.now() - started);
+        return result;
+      });
+    };
+  },
+});
+for (let round = 0; round < Number(rounds); round++) {
+  timed.decodeBatch = [];
+  timed.sampleToken = [];
+  const arrivals: number[] = [];
+  await engine.generate(
+    0,
+    { kind: "chat", messages: [{ role: "user", content: "भारत की राजधानी क्या है?" }] },
+    greedySampling(128),
+    new AbortController().signal,
+    { started: () => {}, chunk: () => arrivals.push(performance.now()) },
+  );
+  const interval = median(arrivals.slice(1).map((t, i) => t - arrivals[i]!));
+  const decode = median(timed.decodeBatch.slice(1)); // the first decode is the prompt's
+  const sample = median(timed.sampleToken);
+  console.log(
+    `token every ${interval.toFixed(3)} ms: decodeBatch ${decode.toFixed(3)}, sampleToken ${sample.toFixed(3)}, ` +
+      `the rest ${(interval - decode - sample).toFixed(3)} (medians, ${threads} thread${threads === "1" ? "" : "s"})`,
+  );
+}
+await engine.dispose();
