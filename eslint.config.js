@@ -2,7 +2,7 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["src/gen/**", "node_modules/**", "dist/**", ".cache/**", "models/**"] },
+  { ignores: ["src/gen/**", "node_modules/**", "**/dist/**", ".cache/**", "models/**"] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

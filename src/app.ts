@@ -6,6 +6,7 @@
 import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
+import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import type { Config } from "./config.js";
 import { ServiceError } from "./errors.js";
@@ -23,6 +24,9 @@ import { createHttpHandler } from "./server/http-handler.js";
 import { createOnePortServer } from "./server/one-port.js";
 import { idForFile } from "./variants/catalog.js";
 import { VariantManager } from "./variants/variant-manager.js";
+
+/** Where `npm run build:web` puts the browser playground. */
+const WEB_ROOT = fileURLToPath(new URL("../clients/web/dist", import.meta.url));
 
 export const VERSION = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string })
   .version;
@@ -101,6 +105,7 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
     maxMessageBytes: config.maxMessageBytes,
     shutdownSignal: shutdownController.signal,
     registry: metrics.registry,
+    webRoot: WEB_ROOT,
     routes(router) {
       router.service(GenerationService, generation);
       router.service(AdminService, admin);

@@ -1,14 +1,16 @@
 /**
  * The one request handler behind every protocol: CORS for configured
- * origins, `GET /metrics` for Prometheus, a landing page at `/`, and every
- * RPC through connect-node's adapter.
+ * origins, `GET /metrics` for Prometheus, the browser playground's files at
+ * `/`, and every RPC through connect-node's adapter.
  */
+import { existsSync } from "node:fs";
 import type http from "node:http";
 import type http2 from "node:http2";
 import { cors as connectCors, type ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import cors from "cors";
 import type { Registry } from "prom-client";
+import sirv from "sirv";
 import { METRIC_TRAILERS, QUEUE_POSITION_HEADER } from "../services/generation-service.js";
 import { requestContextValues } from "../services/request-id.js";
 import { useSpecGrpcMessage } from "./grpc-message.js";
@@ -30,6 +32,8 @@ export interface HttpHandlerOptions {
   maxMessageBytes: number;
   shutdownSignal: AbortSignal;
   registry: Registry;
+  /** The built playground (clients/web/dist); a short landing page when it is not built. */
+  webRoot: string;
 }
 
 type Req = http.IncomingMessage | http2.Http2ServerRequest;
@@ -37,7 +41,13 @@ type Res = http.ServerResponse | http2.Http2ServerResponse;
 
 const LANDING = `<!doctype html><meta charset="utf-8"><title>airavata-serve</title>
 <h1>airavata-serve</h1><p>gRPC, gRPC-Web and Connect on this address: see <code>airavata.v1.GenerationService</code>
-(server reflection is on). Prometheus metrics at <a href="/metrics">/metrics</a>.</p>`;
+(server reflection is on). Prometheus metrics at <a href="/metrics">/metrics</a>.</p>
+<p>The browser playground is not built: run <code>npm run build:web</code> (<code>npm start</code> does it).</p>`;
+
+/** RPC paths are `/package.Service/Method`; everything else GET is a file. */
+function isRpcPath(path: string | undefined): boolean {
+  return /^\/[\w.]+\.[A-Z]\w*\/\w+$/.test(path ?? "");
+}
 
 export function createHttpHandler(options: HttpHandlerOptions): RequestHandler {
   const rpc = connectNodeAdapter({
@@ -57,6 +67,9 @@ export function createHttpHandler(options: HttpHandlerOptions): RequestHandler {
         })
       : undefined;
 
+  // Static files only from the build folder (sirv refuses paths that leave it), never listed.
+  const files = existsSync(options.webRoot) ? sirv(options.webRoot, { etag: true, dotfiles: false }) : undefined;
+
   const serve = (req: Req, res: Res) => {
     const path = (req.url ?? "/").split("?")[0];
     if (req.method === "GET" && path === "/metrics") {
@@ -72,9 +85,18 @@ export function createHttpHandler(options: HttpHandlerOptions): RequestHandler {
       );
       return;
     }
-    if (req.method === "GET" && path === "/") {
-      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
-      res.end(LANDING);
+    if ((req.method === "GET" || req.method === "HEAD") && !isRpcPath(path)) {
+      const notFound = () => {
+        if (path === "/") {
+          res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+          res.end(LANDING);
+        } else {
+          res.writeHead(404, { "content-type": "text/plain" });
+          res.end("not found\n");
+        }
+      };
+      if (files) files(req as http.IncomingMessage, res as http.ServerResponse, notFound);
+      else notFound();
       return;
     }
     const contentType = req.headers["content-type"] ?? "";

@@ -114,7 +114,16 @@ function abortReason(signal: AbortSignal): EngineFinishReason {
  */
 function callSignal(ctx: HandlerContext): { signal: AbortSignal; dispose(): void } {
   const controller = new AbortController();
-  const onAbort = () => controller.abort(ctx.signal.reason);
+  // A client that goes away over HTTP/1.1 (a browser's Stop, a closed tab) aborts the handler with
+  // a plain socket error: that is a cancel, not an internal error.
+  const onAbort = () => {
+    const reason: unknown = ctx.signal.reason;
+    controller.abort(
+      reason instanceof ConnectError
+        ? reason
+        : new ConnectError("the client cancelled the call", Code.Canceled, undefined, undefined, reason),
+    );
+  };
   ctx.signal.addEventListener("abort", onAbort, { once: true });
   if (ctx.signal.aborted) onAbort();
   const timeoutMs = ctx.timeoutMs();

@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync } from "node:fs";
 import { ensureLlamaTool } from "../../src/quantize/llama-tools.js";
 import { SHAPES, writeSyntheticModel } from "../../src/synthetic/model.js";
@@ -28,4 +29,6 @@ export default async function setup(): Promise<void> {
     },
   });
   if (announced) console.log(`llama-quantize built in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+  // The browser playground the service serves at `/` (seconds).
+  execFileSync(process.execPath, ["node_modules/vite/bin/vite.js", "build", "clients/web"], { stdio: "inherit" });
 }

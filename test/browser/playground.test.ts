@@ -1,0 +1,165 @@
+/**
+ * The playground in real Chromium (Debian's `chromium`, driven by
+ * playwright-core), against the service on a real port with the real engine:
+ * what a person sees in the page.
+ */
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { type Browser, chromium, type Page } from "playwright-core";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { eventually, sample } from "../helpers/metrics.js";
+import { modelPath } from "../helpers/models.js";
+import { ROOT, startTestServer, type TestServer } from "../helpers/server.js";
+
+const TOKEN = "browser-admin-token-0123456789";
+const ARTIFACTS = join(ROOT, "test-results");
+const GREETING = "नमस्ते! मैं एक छोटा परीक्षण मॉडल हूँ।";
+
+/** Debian's package puts it at /usr/bin/chromium; CHROMIUM_PATH names another. */
+function chromiumPath(): string {
+  const candidates = [process.env.CHROMIUM_PATH, "/usr/bin/chromium", "/usr/bin/chromium-browser"].filter(
+    (p): p is string => p !== undefined,
+  );
+  const found = candidates.find((p) => existsSync(p));
+  if (!found) throw new Error("Chromium is not installed: apt-get install chromium (.ci/run does it), or set CHROMIUM_PATH");
+  return found;
+}
+
+let server: TestServer;
+let browser: Browser;
+let page: Page;
+
+beforeAll(async () => {
+  process.env.HF_ENDPOINT = "https://airavata-test.invalid";
+  const modelsDir = mkdtempSync(join(tmpdir(), "airavata-browser-"));
+  copyFileSync(modelPath("q4_0"), join(modelsDir, "tiny.q4_0.gguf"));
+  copyFileSync(modelPath("q8_0"), join(modelsDir, "tiny.q8_0.gguf"));
+  server = await startTestServer({
+    modelPath: undefined,
+    variant: "tiny.q4_0",
+    modelsDir,
+    adminToken: TOKEN,
+    contextSize: 4096,
+    parallel: 2,
+  });
+  mkdirSync(ARTIFACTS, { recursive: true });
+  browser = await chromium.launch({ executablePath: chromiumPath(), args: ["--no-sandbox"] });
+});
+afterAll(async () => {
+  await browser?.close();
+  await server?.app.shutdown();
+  delete process.env.HF_ENDPOINT;
+});
+beforeEach(async () => {
+  page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+  await page.goto(`${server.baseUrl}/`);
+});
+
+/** Records every distinct text the output shows, from the page itself, as it changes. */
+async function watchOutput(): Promise<void> {
+  await page.evaluate(() => {
+    const output = document.querySelector("#output")!;
+    const seen: string[] = [];
+    (window as unknown as { seen: string[] }).seen = seen;
+    new MutationObserver(() => seen.push(output.textContent ?? "")).observe(output, {
+      childList: true,
+      characterData: true,
+      subtree: true,
+    });
+  });
+}
+const seenTexts = () => page.evaluate(() => (window as unknown as { seen: string[] }).seen);
+
+async function setSampling(values: Record<string, string>): Promise<void> {
+  await page.click("summary");
+  for (const [name, value] of Object.entries(values)) await page.fill(`input[name="${name}"]`, value);
+}
+
+describe("playground", () => {
+  for (const protocol of ["connect", "grpc-web"] as const) {
+    it(`streams a Hindi prompt's answer in several steps, then shows the call's metrics (${protocol})`, async () => {
+      await page.check(`input[name="protocol"][value="${protocol}"]`);
+      await page.fill("#prompt", "भारत की राजधानी क्या है?");
+      await setSampling({ maxNewTokens: "400", temperature: "0" });
+      await watchOutput();
+      await page.click("#run");
+      await page.waitForSelector('#state[data-state="streaming"]');
+      if (protocol === "connect") await page.screenshot({ path: join(ARTIFACTS, "playground-streaming.png"), fullPage: true });
+      await page.waitForSelector('#state[data-state="done"]');
+      const text = await page.textContent("#output");
+      expect(text!.startsWith(GREETING)).toBe(true);
+      // The text grew in steps the page could see, each extending the one before.
+      const seen = (await seenTexts()).filter((t) => t !== "");
+      expect(new Set(seen).size).toBeGreaterThanOrEqual(3);
+      for (let i = 1; i < seen.length; i++) expect(seen[i]!.startsWith(seen[i - 1]!)).toBe(true);
+      expect(seen.at(-1)).toBe(text);
+      // Metrics from the trailers.
+      expect(await page.textContent('[data-metric="variant"]')).toBe("tiny.q4_0");
+      expect(await page.textContent('[data-metric="tokens"]')).toMatch(/^\d+ prompt · 400 generated$/);
+      expect(await page.textContent('[data-metric="finish"]')).toBe("max new tokens reached");
+      expect(await page.textContent('[data-metric="ttft"]')).toMatch(/^\d+\.\d ms$/);
+      expect(await page.textContent('[data-metric="tps"]')).toMatch(/^\d+\.\d tokens\/s$/);
+      await page.close();
+    });
+  }
+
+  it("Stop cancels the call: the text stops growing and the server counts a cancelled call", async () => {
+    await page.fill("#prompt", "नमस्ते");
+    await setSampling({ maxNewTokens: "3000", temperature: "0" });
+    await page.click("#run");
+    await page.waitForFunction(() => (document.querySelector("#output")?.textContent ?? "").length > 50);
+    await page.click("#stop");
+    await page.waitForSelector('#state[data-state="stopped"]');
+    const stoppedAt = await page.textContent("#output");
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await page.textContent("#output")).toBe(stoppedAt);
+    expect(await page.isEnabled("#run")).toBe(true);
+    // The server hears of the cancel a moment after the page.
+    const cancelled = () =>
+      sample(server.baseUrl, "airavata_requests_total", { variant: "tiny.q4_0", code: "CANCELLED", finish_reason: "cancelled" });
+    expect(await eventually(cancelled, 1)).toBe(1);
+    await page.close();
+  });
+
+  it("shows a refused request as a sentence with the reason", async () => {
+    await page.fill("#prompt", "नमस्ते");
+    await setSampling({ maxNewTokens: "100000" });
+    await page.click("#run");
+    await page.waitForSelector('#state[data-state="failed"]');
+    expect(await page.textContent("#error")).toMatch(
+      /^The request was refused: prompt \(\d+ tokens\) \+ max_new_tokens \(100000\)/,
+    );
+    await page.close();
+  });
+
+  it("admin panel: refuses without the token, lists variants and status, swaps with live progress to done", async () => {
+    await page.click("#list");
+    await page.waitForSelector("#admin-error:not([hidden])");
+    expect(await page.textContent("#admin-error")).toMatch(/^Admin access refused: /);
+
+    await page.fill("#token", TOKEN);
+    await page.click("#list");
+    await page.waitForSelector('#variants tr[data-variant="tiny.q8_0"]');
+    expect(await page.textContent('tr[data-variant="tiny.q4_0"] td:nth-child(5)')).toBe("active");
+    await page.click("#status");
+    await page.waitForSelector("#status-view:not([hidden])");
+    expect(await page.textContent("#status-view")).toContain("tiny.q4_0");
+
+    // Watch the phases the page shows while the swap runs.
+    await page.evaluate(() => {
+      const label = document.querySelector<HTMLElement>("#swap-phase")!;
+      const phases: string[] = [];
+      (window as unknown as { phases: string[] }).phases = phases;
+      new MutationObserver(() => phases.push(label.dataset.phase ?? "")).observe(label, { attributes: true });
+    });
+    await page.click('tr[data-variant="tiny.q8_0"] button');
+    await page.waitForSelector('#swap-phase[data-phase="done"]');
+    const phases = await page.evaluate(() => (window as unknown as { phases: string[] }).phases);
+    expect(phases).toEqual(expect.arrayContaining(["checking", "loading", "switched", "done"]));
+    expect(await page.getAttribute("#swap-progress", "value")).toBe("100");
+    await page.waitForSelector('tr[data-variant="tiny.q8_0"] td:nth-child(5):text("active")');
+    await page.screenshot({ path: join(ARTIFACTS, "playground-after-swap.png"), fullPage: true });
+    await page.close();
+  });
+});
