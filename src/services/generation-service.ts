@@ -171,8 +171,13 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
             yield { text: event.text, tokenIds: event.tokens } satisfies Partial<GenerateResponse>;
             continue;
           }
-          // Stopped by the call's own signal: the catch below reports how.
-          if (event.finishReason === "cancelled") throw call.signal.reason ?? new ConnectError("cancelled", Code.Canceled);
+          if (event.finishReason === "cancelled") {
+            // Tokens the engine held back (part of a character, a possible stop string) still go
+            // out, so the tokens a client received add up to the generated-tokens trailer.
+            if (event.text !== "" || event.tokens.length > 0) yield { text: event.text, tokenIds: event.tokens };
+            // Stopped by the call's own signal: the catch below reports how.
+            throw call.signal.reason ?? new ConnectError("cancelled", Code.Canceled);
+          }
           metrics.end();
           code = "OK";
           yield {
