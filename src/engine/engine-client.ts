@@ -21,7 +21,7 @@ import {
   type MemoryEstimate,
   type SamplingSettings,
   type ToEngine,
-  wallClockMs,
+  sharedClockMs,
 } from "./protocol.js";
 
 export type GenerationEvent =
@@ -209,7 +209,12 @@ export class EngineProcess {
         entry.events?.push({ type: "started", promptTokens: message.promptTokens });
         break;
       case "chunk":
-        entry.events?.push({ type: "chunk", text: message.text, tokens: message.tokens, hopMs: wallClockMs() - message.sentAt });
+        entry.events?.push({
+          type: "chunk",
+          text: message.text,
+          tokens: message.tokens,
+          hopMs: sharedClockMs() - message.sentAt,
+        });
         break;
       case "done": {
         const { id: _, ...done } = message;

@@ -11,7 +11,7 @@ import {
   type EngineOptions,
   type FromEngine,
   type ToEngine,
-  wallClockMs,
+  sharedClockMs,
 } from "./protocol.js";
 import { ServiceError } from "../errors.js";
 
@@ -84,7 +84,7 @@ async function generate(message: Extract<ToEngine, { type: "generate" }>): Promi
   try {
     const result = await engine.generate(message.slot, message.input, message.sampling, controller.signal, {
       started: (promptTokens) => send({ type: "started", id, promptTokens }),
-      chunk: ({ text, tokens }) => send({ type: "chunk", id, text, tokens, sentAt: wallClockMs() }),
+      chunk: ({ text, tokens }) => send({ type: "chunk", id, text, tokens, sentAt: sharedClockMs() }),
     });
     send({ type: "done", id, ...result });
   } catch (error) {

@@ -71,7 +71,7 @@ export type FromEngine =
   | { type: "load-failed"; message: string }
   | { type: "load-progress"; progress: number }
   | { type: "started"; id: number; promptTokens: number }
-  /** `sentAt`: `wallClockMs()` in the engine when sent, so the server can time the hop. */
+  /** `sentAt`: `sharedClockMs()` in the engine when sent, so the server can time the hop. */
   | { type: "chunk"; id: number; text: string; tokens: number[]; sentAt: number }
   | {
       type: "done";
@@ -86,11 +86,13 @@ export type FromEngine =
   | { type: "result"; id: number; value: unknown };
 
 /**
- * Milliseconds on a clock both processes share (the system clock at process
- * start plus the monotonic clock since), precise to microseconds.
+ * Milliseconds on a clock every process on the machine shares: the system's
+ * monotonic clock (`performance.timeOrigin` is not: each process reads the
+ * wall clock once at start, so two processes can disagree by a fraction of a
+ * millisecond, as much as the hop being timed).
  */
-export function wallClockMs(): number {
-  return performance.timeOrigin + performance.now();
+export function sharedClockMs(): number {
+  return Number(process.hrtime.bigint()) / 1e6;
 }
 
 /** Memory a model would need with this engine's context settings (node-llama-cpp's estimate). */
