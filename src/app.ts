@@ -63,6 +63,9 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
     },
     memoryBudget: config.memoryBudget,
     log,
+    engineWatchdogMs: config.engineWatchdogMs,
+    maxRestarts: config.engineMaxRestarts,
+    onEngineEvent: (variant, event) => metrics.countEngineEvent(variant, event),
     onServingChange(serving) {
       if (!accepting) return;
       health.setAll(serving ? ServingStatus.SERVING : ServingStatus.NOT_SERVING);

@@ -36,6 +36,10 @@ export interface Config {
   tls: { cert: Buffer; key: Buffer } | undefined;
   corsOrigins: string[];
   gracePeriodMs: number;
+  /** An engine process that answers no ping for this long is killed and restarted. */
+  engineWatchdogMs: number;
+  /** Engine failures within five minutes beyond which it is not restarted again (a crash loop). */
+  engineMaxRestarts: number;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
 }
 
@@ -192,6 +196,18 @@ export function buildCommand(): Command {
         .argParser(integer(0, 3600)),
     )
     .addOption(
+      new Option("--engine-watchdog <seconds>", "kill and restart an engine process that answers no ping for this long")
+        .env("AIRAVATA_ENGINE_WATCHDOG")
+        .default(15)
+        .argParser(integer(1, 3600)),
+    )
+    .addOption(
+      new Option("--engine-max-restarts <n>", "engine failures within five minutes after which it is not restarted again")
+        .env("AIRAVATA_ENGINE_MAX_RESTARTS")
+        .default(5)
+        .argParser(integer(0, 1000)),
+    )
+    .addOption(
       new Option("--log-level <level>", "log level")
         .env("AIRAVATA_LOG_LEVEL")
         .choices(["fatal", "error", "warn", "info", "debug", "trace", "silent"])
@@ -249,6 +265,8 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
     tls: o.tlsCert ? { cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey) } : undefined,
     corsOrigins,
     gracePeriodMs: o.gracePeriod * 1000,
+    engineWatchdogMs: o.engineWatchdog * 1000,
+    engineMaxRestarts: o.engineMaxRestarts,
     logLevel: o.logLevel,
   });
 }

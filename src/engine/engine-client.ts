@@ -57,6 +57,7 @@ export class EngineProcess {
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
   private exited = false;
+  private watchdog: NodeJS.Timeout | undefined;
   private readonly exitListeners: ((code: number | null, signal: NodeJS.Signals | null) => void)[] = [];
 
   private constructor(
@@ -67,6 +68,7 @@ export class EngineProcess {
     child.on("message", (message: FromEngine) => this.onMessage(message));
     child.on("exit", (code, signal) => {
       this.exited = true;
+      clearInterval(this.watchdog);
       const error = new ServiceError("unavailable", "the engine process stopped; the call was not completed");
       for (const entry of this.pending.values()) {
         entry.events?.fail(error);
@@ -114,6 +116,33 @@ export class EngineProcess {
 
   onExit(listener: (code: number | null, signal: NodeJS.Signals | null) => void): void {
     this.exitListeners.push(listener);
+  }
+
+  /**
+   * Pings the engine every `timeoutMs / 4`; when no answer has come for
+   * `timeoutMs` (a hung or stopped process: its main thread only routes
+   * messages, decodes run on another thread), kills it, so its calls fail
+   * and its exit listeners run as for a crash.
+   */
+  watch(timeoutMs: number, onHang: (silentMs: number) => void): void {
+    let answeredAt = Date.now();
+    this.watchdog = setInterval(
+      () => {
+        const silent = Date.now() - answeredAt;
+        if (silent >= timeoutMs) {
+          clearInterval(this.watchdog);
+          onHang(silent);
+          this.child.kill("SIGKILL");
+          return;
+        }
+        this.call("ping", {}).then(
+          () => (answeredAt = Date.now()),
+          () => {},
+        );
+      },
+      Math.max(50, Math.floor(timeoutMs / 4)),
+    );
+    this.watchdog.unref();
   }
 
   /**

@@ -62,6 +62,7 @@ function failure(id: number, error: unknown): FromEngine {
 const calls: {
   [M in keyof EngineCalls]: (args: EngineCalls[M]["args"]) => EngineCalls[M]["result"] | Promise<EngineCalls[M]["result"]>;
 } = {
+  ping: () => true,
   tokenize: ({ text, special }) => engine.tokenize(text, special),
   memory: () => engine.memory(),
   estimate: ({ modelPath }) => engine.estimate(modelPath),

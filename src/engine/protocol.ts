@@ -52,6 +52,8 @@ export interface EngineInfo {
  * message pair carries them all: `call` out, `result` (or `failed`) back.
  */
 export interface EngineCalls {
+  /** Answered at once by a live engine: the watchdog's heartbeat. */
+  ping: { args: Record<string, never>; result: true };
   tokenize: { args: { text: string; special: boolean }; result: number[] };
   memory: { args: Record<string, never>; result: DeviceMemory };
   estimate: { args: { modelPath: string }; result: MemoryEstimate };

@@ -65,6 +65,12 @@ export class ServiceMetrics {
     registers: [this.registry],
   });
 
+  private readonly engineEvents = new Counter({
+    name: "airavata_engine_events_total",
+    help: "Engine process failures and restarts: crashed, hung (killed by the watchdog), restarted, restart_failed, crash_loop (restarts given up).",
+    labelNames: ["variant", "event"],
+    registers: [this.registry],
+  });
   private readonly swaps = new Counter({
     name: "airavata_variant_swaps_total",
     help: "Variant swaps by result.",
@@ -100,6 +106,10 @@ export class ServiceMetrics {
       },
     });
     collectDefaultMetrics({ register: this.registry });
+  }
+
+  countEngineEvent(variant: string, event: string): void {
+    this.engineEvents.inc({ variant, event });
   }
 
   countSwap(result: "ok" | "failed"): void {

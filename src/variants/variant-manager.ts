@@ -67,15 +67,31 @@ export interface VariantManagerOptions {
   log: Logger;
   /** Called when the variant in service changes, or its engine dies (with undefined). */
   onServingChange?(serving: Serving | undefined): void;
+  /** A live engine that answers no ping for this long is killed (and restarted). */
+  engineWatchdogMs: number;
+  /** More engine failures than this within RESTART_WINDOW_MS is a crash loop: no more restarts. */
+  maxRestarts: number;
+  /** Told of each engine failure and restart, for the metrics. */
+  onEngineEvent?(variant: string, event: EngineEvent): void;
 }
 
+export type EngineEvent = "crashed" | "hung" | "restarted" | "restart_failed" | "crash_loop";
+
 const DRAIN_POLL_MS = 100;
+const RESTART_WINDOW_MS = 5 * 60_000;
+const RESTART_FIRST_DELAY_MS = 250;
+const RESTART_MAX_DELAY_MS = 30_000;
 
 export class VariantManager {
   private serving: Serving | undefined;
   private swappingTo: string | undefined;
   private readonly retiring = new Set<EngineProcess>();
-  /** What happened at startup, for GetStatus. */
+  /** Engines the watchdog killed, to tell a hang from a crash. */
+  private readonly hung = new WeakSet<EngineProcess>();
+  /** When engines failed lately (crashes, hangs, failed restarts). */
+  private failures: number[] = [];
+  private disposed = false;
+  /** What happened at startup (and to the engine since), for GetStatus. */
   readonly startupNotes: string[] = [];
 
   constructor(private readonly options: VariantManagerOptions) {}
@@ -298,13 +314,60 @@ export class VariantManager {
     }
     const scheduler = new SlotScheduler(engine.info.sequences, maxQueue);
     const serving: Serving = { entry, needs, summary, engine, scheduler, inference: new Inference(engine, scheduler, entry.id) };
+    engine.watch(this.options.engineWatchdogMs, (silentMs) => {
+      this.hung.add(engine);
+      this.options.log.error({ variant: entry.id, pid: engine.pid, silentMs }, "engine process not answering; killing it");
+    });
     engine.onExit((code, signal) => {
-      if (this.serving === serving) {
-        this.options.log.error({ variant: entry.id, code, signal }, "engine process of the variant in service exited");
-        this.options.onServingChange?.(undefined);
-      }
+      if (this.serving !== serving || this.disposed) return;
+      const hung = this.hung.has(engine);
+      this.options.log.error({ variant: entry.id, code, signal, hung }, "engine process of the variant in service exited");
+      this.options.onServingChange?.(undefined);
+      void this.recover(serving, hung ? "hung" : "crashed");
     });
     return serving;
+  }
+
+  /**
+   * Restarts the dead engine of the variant in service on the same variant,
+   * after a delay that doubles with each failure (0.25 s … 30 s). More than
+   * `maxRestarts` failures within five minutes is a crash loop: it stops
+   * trying, says so in the logs and GetStatus, and health stays NOT_SERVING
+   * (a swap to another variant still works).
+   */
+  private async recover(dead: Serving, reason: "crashed" | "hung"): Promise<void> {
+    const { log, onEngineEvent } = this.options;
+    const id = dead.entry.id;
+    onEngineEvent?.(id, reason);
+    for (;;) {
+      const now = Date.now();
+      this.failures = [...this.failures.filter((t) => now - t < RESTART_WINDOW_MS), now];
+      if (this.failures.length > this.options.maxRestarts) {
+        const note = `engine of "${id}" failed ${this.failures.length} times in ${RESTART_WINDOW_MS / 60_000} minutes; not restarted (crash loop)`;
+        log.error({ variant: id, failures: this.failures.length }, note);
+        this.startupNotes.push(note);
+        onEngineEvent?.(id, "crash_loop");
+        return;
+      }
+      const delay = Math.min(RESTART_MAX_DELAY_MS, RESTART_FIRST_DELAY_MS * 2 ** (this.failures.length - 1));
+      await new Promise((r) => setTimeout(r, delay));
+      // A swap or a shutdown in the meantime decides instead.
+      if (this.serving !== dead || this.disposed) return;
+      try {
+        const next = await this.load(dead.entry, dead.summary, () => {});
+        if (this.serving !== dead || this.disposed) {
+          await next.engine.dispose();
+          return;
+        }
+        this.switchTo(next);
+        log.info({ variant: id, pid: next.engine.pid }, "engine restarted");
+        onEngineEvent?.(id, "restarted");
+        return;
+      } catch (error) {
+        log.error({ variant: id, err: error }, "engine restart failed");
+        onEngineEvent?.(id, "restart_failed");
+      }
+    }
   }
 
   private switchTo(serving: Serving): void {
@@ -353,6 +416,7 @@ export class VariantManager {
   }
 
   async dispose(): Promise<void> {
+    this.disposed = true;
     const engines = [this.serving?.engine, ...this.retiring].filter((e): e is EngineProcess => e !== undefined);
     this.serving = undefined;
     await Promise.all(engines.map((e) => e.dispose()));

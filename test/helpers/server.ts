@@ -34,6 +34,8 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     tls: undefined,
     corsOrigins: [],
     gracePeriodMs: 5000,
+    engineWatchdogMs: 15_000,
+    engineMaxRestarts: 5,
     logLevel: "silent",
     ...overrides,
   };
