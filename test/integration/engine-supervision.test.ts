@@ -95,8 +95,9 @@ describe("engine supervision", () => {
     });
     const waited = Date.now() - stoppedAt;
     expectFailedByEngine(outcomes);
-    // Not before the watchdog's time, and not much after it.
-    expect(waited).toBeGreaterThanOrEqual(1000);
+    // The watchdog's time counts from the engine's last answer (pings go every quarter of it), so
+    // the kill comes between ¾ of that time and a little over it after the stop.
+    expect(waited).toBeGreaterThanOrEqual(700);
     expect(waited).toBeLessThan(5000);
     expect(await until(status, HealthStatus.SERVING)).toBe(HealthStatus.SERVING);
     expect(server.app.variants.current!.engine.pid).not.toBe(stopped);
