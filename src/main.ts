@@ -52,7 +52,12 @@ try {
 } catch (error) {
   const reason = error instanceof Error ? error.message : String(error);
   log.fatal({ err: error }, `could not start: ${reason}`);
-  if (!config.modelPath) {
+  if ((error as NodeJS.ErrnoException).code === "EADDRINUSE") {
+    process.stderr.write(
+      `\nPort ${config.port} on ${config.host} is already in use (another airavata-serve?). ` +
+        `Stop that process, or choose another port: --port or AIRAVATA_PORT (0 picks a free one).\n`,
+    );
+  } else if (!config.modelPath) {
     process.stderr.write(
       `\nNo variant could be served: ${reason}\n` +
         `To fix it, one of:\n` +

@@ -4,12 +4,17 @@
  * restarted on the same variant and serving resumes — the server itself never
  * restarts. A crash loop stops the restarts and says so.
  */
-import { createClient } from "@connectrpc/connect";
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterEach, describe, expect, it } from "vitest";
 import { AiravataClient, type GenerateOutcome } from "../../clients/grpc-client.js";
+import { AdminService, SwapPhase, SwapPolicy } from "../../src/gen/airavata/v1/admin_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as HealthStatus } from "../../src/gen/grpc/health/v1/health_pb.js";
 import { sample } from "../helpers/metrics.js";
+import { modelPath } from "../helpers/models.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
 
 const LONG = { prompt: "नमस्ते", temperature: 0, maxNewTokens: 1500 };
@@ -60,6 +65,21 @@ function expectFailedByEngine(outcomes: GenerateOutcome[]): void {
     expect(Number(o.trailers["airavata-generated-tokens"])).toBeGreaterThan(0);
     expect(o.text.startsWith(GREETING)).toBe(true);
   }
+}
+
+/** Engine processes this test process started (the server runs in it): children running engine-process. */
+function enginePids(): number[] {
+  return readdirSync("/proc")
+    .filter((d) => /^\d+$/.test(d))
+    .flatMap((d) => {
+      try {
+        const ppid = Number(readFileSync(`/proc/${d}/stat`, "latin1").split(") ")[1]!.split(" ")[1]);
+        const cmdline = readFileSync(`/proc/${d}/cmdline`, "latin1");
+        return ppid === process.pid && cmdline.includes("engine-process") ? [Number(d)] : [];
+      } catch {
+        return []; // gone meanwhile
+      }
+    });
 }
 
 describe("engine supervision", () => {
@@ -124,6 +144,50 @@ describe("engine supervision", () => {
     expect(server.app.variants.startupNotes.at(-1)).toMatch(/engine of "tiny.q4_0" failed 2 times in 5 minutes; not restarted/);
     const refused = await client.generate({ prompt: "The", raw: true });
     expect(refused.codeName).toBe("UNAVAILABLE");
+    client.close();
+  });
+
+  it("the new engine killed during a swap: the swap fails, the old variant serves on untouched", async () => {
+    const TOKEN = "supervision-admin-token-0123456789";
+    const modelsDir = mkdtempSync(join(tmpdir(), "airavata-supervision-"));
+    copyFileSync(modelPath("q4_0"), join(modelsDir, "tiny.q4_0.gguf"));
+    copyFileSync(modelPath("q8_0"), join(modelsDir, "tiny.q8_0.gguf"));
+    process.env.HF_ENDPOINT = "https://airavata-test.invalid";
+    const { server, client, status } = await start({ modelPath: undefined, variant: "tiny.q4_0", modelsDir, adminToken: TOKEN });
+    delete process.env.HF_ENDPOINT;
+    const admin = createClient(AdminService, createGrpcTransport({ baseUrl: server.baseUrl }));
+    const auth = { headers: { authorization: `Bearer ${TOKEN}` } };
+    const serving = server.app.variants.current!.engine.pid!;
+    const running = client.generate(LONG);
+    const phases: SwapPhase[] = [];
+    let killed: number | undefined;
+    let failure: ConnectError | undefined;
+    try {
+      for await (const p of admin.swapVariant({ variantId: "tiny.q8_0", policy: SwapPolicy.DRAIN }, auth)) {
+        phases.push(p.phase);
+        if (p.phase === SwapPhase.LOADING && killed === undefined) {
+          killed = enginePids().find((pid) => pid !== serving);
+          if (killed !== undefined) process.kill(killed, "SIGKILL");
+        }
+      }
+    } catch (error) {
+      failure = ConnectError.from(error);
+    }
+    expect(killed).toBeDefined();
+    expect(failure?.rawMessage).toMatch(/variant "tiny.q8_0" failed to load: engine process exited while loading/);
+    expect(phases).not.toContain(SwapPhase.SWITCHED);
+    // The old variant never stopped: same engine, still serving, the running call completes.
+    expect(await status()).toBe(HealthStatus.SERVING);
+    expect(server.app.variants.current!.entry.id).toBe("tiny.q4_0");
+    expect(server.app.variants.current!.engine.pid).toBe(serving);
+    const done = await running;
+    expect(done.codeName).toBe("OK");
+    expect(done.trailers["airavata-variant"]).toBe("tiny.q4_0");
+    expect(await sample(server.baseUrl, "airavata_engine_events_total", { variant: "tiny.q4_0", event: "crashed" })).toBe(0);
+    // And the next swap works.
+    const again: SwapPhase[] = [];
+    for await (const p of admin.swapVariant({ variantId: "tiny.q8_0", policy: SwapPolicy.DRAIN }, auth)) again.push(p.phase);
+    expect(again.at(-1)).toBe(SwapPhase.DONE);
     client.close();
   });
 });

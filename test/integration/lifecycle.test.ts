@@ -1,4 +1,5 @@
 import { spawn } from "node:child_process";
+import { type AddressInfo, createServer } from "node:net";
 import { copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -140,6 +141,20 @@ describe("configuration", () => {
     const { code, stderr } = await run(["--model", modelPath("q4_0"), "--port", "bad"], { AIRAVATA_PORT: "1234" });
     expect(code).toBe(2);
     expect(stderr).toMatch(/'bad' is invalid/);
+  });
+
+  it("a port already in use: a clear message and exit code 1", async () => {
+    const holder = createServer();
+    await new Promise<void>((r) => holder.listen(0, "127.0.0.1", r));
+    const { port } = holder.address() as AddressInfo;
+    try {
+      const { code, stderr } = await run(["--model", modelPath("q4_0"), "--port", String(port)]);
+      expect(code).toBe(1);
+      expect(stderr).toContain(`Port ${port} on 127.0.0.1 is already in use`);
+      expect(stderr).toMatch(/--port or AIRAVATA_PORT/);
+    } finally {
+      holder.close();
+    }
   });
 
   it("offline without the default variant, it says what is missing and how to fix it", async () => {
