@@ -4,7 +4,7 @@
  * restarted on the same variant and serving resumes — the server itself never
  * restarts. A crash loop stops the restarts and says so.
  */
-import { copyFileSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConnectError, createClient } from "@connectrpc/connect";
@@ -188,6 +188,30 @@ describe("engine supervision", () => {
     const again: SwapPhase[] = [];
     for await (const p of admin.swapVariant({ variantId: "tiny.q8_0", policy: SwapPolicy.DRAIN }, auth)) again.push(p.phase);
     expect(again.at(-1)).toBe(SwapPhase.DONE);
+    client.close();
+  });
+
+  it("the model file gone when the engine must restart: restarts fail and say why; back in place, serving resumes", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "airavata-supervision-"));
+    const file = join(dir, "tiny.q4_0.gguf");
+    copyFileSync(modelPath("q4_0"), file);
+    const { server, client, status } = await start({ modelPath: file, engineMaxRestarts: 20 });
+    const v = { variant: "tiny.q4_0" };
+    // While loaded, the engine keeps its mapping of the file: removing it changes nothing.
+    rmSync(file);
+    expect((await client.generate({ prompt: "The", raw: true, temperature: 0 })).text).toBe("end of story🙏");
+    // A crash now: the restart cannot find the file.
+    process.kill(server.app.variants.current!.engine.pid!, "SIGKILL");
+    const failed = () => sample(server.baseUrl, "airavata_engine_events_total", { ...v, event: "restart_failed" });
+    expect(await until(failed, 1)).toBe(1);
+    expect(await status()).toBe(HealthStatus.NOT_SERVING);
+    // A truncated file fails the same way, without taking anything down.
+    writeFileSync(file, readFileSync(modelPath("q4_0")).subarray(0, 4096));
+    expect(await until(failed, 2)).toBe(2);
+    copyFileSync(modelPath("q4_0"), file);
+    expect(await until(status, HealthStatus.SERVING)).toBe(HealthStatus.SERVING);
+    expect(await sample(server.baseUrl, "airavata_engine_events_total", { ...v, event: "restarted" })).toBe(1);
+    expect((await client.generate({ prompt: "The", raw: true, temperature: 0 })).text).toBe("end of story🙏");
     client.close();
   });
 });
