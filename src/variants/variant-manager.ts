@@ -296,6 +296,11 @@ export class VariantManager {
     } catch (error) {
       throw new ServiceError("failed_precondition", `variant "${entry.id}" failed to load: ${(error as Error).message}`);
     }
+    if (this.disposed) {
+      // Shut down while it loaded (a swap, a restart): it never serves.
+      await engine.dispose();
+      throw new ServiceError("unavailable", "the server is shutting down");
+    }
     onWarming?.();
     try {
       await engine.warm();
@@ -311,6 +316,10 @@ export class VariantManager {
       needs = await engine.estimate(entry.path);
     } catch {
       needs = { ramBytes: summary.fileSize, vramBytes: 0 };
+    }
+    if (this.disposed) {
+      await engine.dispose();
+      throw new ServiceError("unavailable", "the server is shutting down");
     }
     const scheduler = new SlotScheduler(engine.info.sequences, maxQueue);
     const serving: Serving = { entry, needs, summary, engine, scheduler, inference: new Inference(engine, scheduler, entry.id) };

@@ -1,13 +1,13 @@
 import { spawn } from "node:child_process";
 import { type AddressInfo, createServer } from "node:net";
-import { copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
 import { AiravataClient } from "../../clients/grpc-client.js";
-import { AdminService } from "../../src/gen/airavata/v1/admin_pb.js";
+import { AdminService, SwapPhase } from "../../src/gen/airavata/v1/admin_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../../src/gen/grpc/health/v1/health_pb.js";
 import { modelPath } from "../helpers/models.js";
 import { ROOT, startServerProcess } from "../helpers/server.js";
@@ -74,6 +74,55 @@ describe("the server process", () => {
     client.close();
     expect(await server.exited).toBe(0);
     expect(server.logs.some((l) => l.msg === "stopped")).toBe(true);
+  });
+});
+
+/** Live processes whose command line mentions `text` (an engine names its model file in its own). */
+function processesMentioning(text: string): number[] {
+  return readdirSync("/proc")
+    .filter((d) => /^\d+$/.test(d))
+    .filter((d) => {
+      try {
+        return readFileSync(`/proc/${d}/cmdline`, "latin1").includes(text);
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+describe("SIGTERM during a swap", () => {
+  it("the swap, a running call like any other, ends within the grace period; exit 0; no engine process is left", async () => {
+    const TOKEN = "lifecycle-admin-token-0123456789";
+    const modelsDir = mkdtempSync(join(tmpdir(), "airavata-sigterm-swap-"));
+    copyFileSync(modelPath("q4_0"), join(modelsDir, "tiny.q4_0.gguf"));
+    copyFileSync(modelPath("q8_0"), join(modelsDir, "tiny.q8_0.gguf"));
+    const server = await startServerProcess(
+      ["--models-dir", modelsDir, "--variant", "tiny.q4_0", "--threads", "1", "--parallel", "2"],
+      { AIRAVATA_ADMIN_TOKEN: TOKEN, AIRAVATA_MODEL: "", HF_ENDPOINT: "https://airavata-test.invalid" },
+    );
+    const baseUrl = `http://127.0.0.1:${server.port}`;
+    const health = createClient(Health, createGrpcTransport({ baseUrl }));
+    for await (const { status } of health.watch({ service: "" })) if (status === Status.SERVING) break;
+    const admin = createClient(AdminService, createGrpcTransport({ baseUrl }));
+    const phases: SwapPhase[] = [];
+    let failure: ConnectError | undefined;
+    try {
+      for await (const p of admin.swapVariant({ variantId: "tiny.q8_0" }, { headers: { authorization: `Bearer ${TOKEN}` } })) {
+        phases.push(p.phase);
+        if (p.phase === SwapPhase.LOADING && !server.child.killed) server.child.kill("SIGTERM");
+      }
+    } catch (error) {
+      failure = ConnectError.from(error);
+    }
+    // Either it finished within the grace period, or the shutdown ended it as UNAVAILABLE: nothing else.
+    if (failure) expect(failure.code).toBe(Code.Unavailable);
+    else expect(phases.at(-1)).toBe(SwapPhase.DONE);
+    expect(server.child.killed).toBe(true);
+    expect(await server.exited).toBe(0);
+    // Both engines (the serving one and the one loading) went with it.
+    await new Promise((r) => setTimeout(r, 500));
+    expect(processesMentioning(modelsDir)).toEqual([]);
   });
 });
 
