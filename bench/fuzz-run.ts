@@ -1,0 +1,44 @@
+/**
+ * `npm run fuzz -- --cases 5000`: the fuzzer (bench/fuzz.ts) against a
+ * running service (--address) or one it starts on the tiny synthetic model;
+ * the report goes to bench/results/fuzz.{md,json}. Exit code 1 if any case
+ * hung or a good call failed between cases.
+ */
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { Command } from "commander";
+import { fuzzMarkdown, runFuzz } from "./fuzz.js";
+import { startBenchServer } from "./server-process.js";
+
+const opts = new Command("fuzz")
+  .option("--cases <n>", "cases to send", "5000")
+  .option("--seed <n>", "random seed (a run repeats with the same seed)", "1")
+  .option("--address <host:port>", "a running service (otherwise one is started on --model)")
+  .option("--model <path>", "GGUF model for the service this starts", "models/synthetic/tiny.q4_0.gguf")
+  .option("--out <dir>", "results folder", "bench/results")
+  .parse()
+  .opts<{ cases: string; seed: string; address?: string; model: string; out: string }>();
+
+if (!opts.address && !existsSync(opts.model)) {
+  console.error(`no model at ${opts.model}: run \`npm run models -- --shape tiny\` first, or pass --address`);
+  process.exit(1);
+}
+const server = opts.address ? undefined : await startBenchServer(["--model", opts.model, "--parallel", "4", "--max-queue", "64"]);
+const address = opts.address ?? `127.0.0.1:${server!.port}`;
+let report;
+try {
+  report = await runFuzz(address, Number(opts.cases), Number(opts.seed), (done) => {
+    if (done % 500 === 0) process.stderr.write(`${done} cases\n`);
+  });
+} finally {
+  await server?.stop();
+}
+mkdirSync(opts.out, { recursive: true });
+const where = opts.address ?? `started on ${opts.model}`;
+writeFileSync(
+  `${opts.out}/fuzz.json`,
+  `${JSON.stringify({ date: new Date().toISOString(), service: where, ...report }, null, 2)}\n`,
+);
+const md = fuzzMarkdown(report, where);
+writeFileSync(`${opts.out}/fuzz.md`, md);
+console.log(md);
+process.exit(report.hung === 0 && report.goodCallsOk === report.goodCalls ? 0 : 1);

@@ -1,0 +1,329 @@
+/**
+ * `npm run fuzz -- --cases 5000`: random and mutated requests against a
+ * running service (or one it starts on the tiny model): gRPC frames with
+ * flipped bits, cut short, lengths that lie, random bytes; Connect JSON with
+ * wrong types and values; wrong content types and paths; raw TCP garbage.
+ * Every case must end (a status, an HTTP answer or a closed connection) within
+ * its time limit, and a good call must work after every 50 cases. Writes
+ * bench/results/fuzz.{md,json}: cases tried, and how each kind ended.
+ *   npm run fuzz -- [--cases 5000] [--seed 1] [--address host:port]
+ */
+import http from "node:http";
+import http2 from "node:http2";
+import { connect } from "node:net";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { AiravataClient } from "../clients/grpc-client.js";
+import { GenerateRequestSchema, TokenizeRequestSchema } from "../src/gen/airavata/v1/generation_pb.js";
+
+export interface FuzzReport {
+  cases: number;
+  seed: number;
+  /** Count of outcomes by case kind, e.g. { "grpc-mutated": { "grpc INVALID_ARGUMENT": 12 } }. */
+  outcomes: Record<string, Record<string, number>>;
+  /** Cases that did not end within their time limit. */
+  hung: number;
+  /** Good calls made between cases, and how many worked. */
+  goodCalls: number;
+  goodCallsOk: number;
+  durationMs: number;
+}
+
+const CASE_TIMEOUT_MS = 8000;
+const GRPC_NAMES = [
+  "OK",
+  "CANCELLED",
+  "UNKNOWN",
+  "INVALID_ARGUMENT",
+  "DEADLINE_EXCEEDED",
+  "NOT_FOUND",
+  "ALREADY_EXISTS",
+  "PERMISSION_DENIED",
+  "RESOURCE_EXHAUSTED",
+  "FAILED_PRECONDITION",
+  "ABORTED",
+  "OUT_OF_RANGE",
+  "UNIMPLEMENTED",
+  "INTERNAL",
+  "UNAVAILABLE",
+  "DATA_LOSS",
+  "UNAUTHENTICATED",
+];
+
+/** A small seeded generator (mulberry32), so a run can be repeated. */
+function prng(seed: number) {
+  let a = seed >>> 0;
+  const next = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const int = (n: number) => Math.floor(next() * n);
+  const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)]!;
+  const bytes = (n: number) => Buffer.from(Array.from({ length: n }, () => int(256)));
+  return { next, int, pick, bytes };
+}
+type Rng = ReturnType<typeof prng>;
+
+const STRANGE_STRINGS = ["", " ", "नमस्ते", "ॐ🙏", "\u0000", "\uFFFD", "a".repeat(5000), "<|user|>\n", "\\u0000", "%00", "../.."];
+const STRANGE_NUMBERS = [0, -1, 1e308, -1e308, 2 ** 32, 2 ** 53, 0.5, -0.0001, 1e-300];
+
+function validRequest(rng: Rng): { path: string; bytes: Uint8Array } {
+  if (rng.next() < 0.5) {
+    return {
+      path: "/airavata.v1.GenerationService/Tokenize",
+      bytes: toBinary(
+        TokenizeRequestSchema,
+        create(TokenizeRequestSchema, { text: rng.pick(STRANGE_STRINGS), special: rng.next() < 0.5 }),
+      ),
+    };
+  }
+  const request = create(GenerateRequestSchema, {
+    prompt: rng.pick(STRANGE_STRINGS),
+    raw: rng.next() < 0.5,
+    maxNewTokens: rng.int(16),
+    temperature: rng.pick([0, 0.7, 1.5, 3]),
+    topK: rng.int(100),
+    stop: rng.next() < 0.3 ? Array.from({ length: rng.int(40) }, () => rng.pick(STRANGE_STRINGS)) : [],
+  });
+  if (rng.next() < 0.3)
+    request.messages = [
+      { $typeName: "airavata.v1.ChatMessage", role: rng.pick(["user", "system", "bot", ""]), content: rng.pick(STRANGE_STRINGS) },
+    ];
+  return { path: "/airavata.v1.GenerationService/Generate", bytes: toBinary(GenerateRequestSchema, request) };
+}
+
+function mutate(rng: Rng, bytes: Uint8Array): Buffer {
+  const b = Buffer.from(bytes);
+  switch (rng.int(5)) {
+    case 0: // flip bits
+      for (let i = 0, n = 1 + rng.int(4); i < n && b.length > 0; i++) b[rng.int(b.length)]! ^= 1 << rng.int(8);
+      return b;
+    case 1: // cut short
+      return b.subarray(0, rng.int(b.length + 1));
+    case 2: // garbage appended
+      return Buffer.concat([b, rng.bytes(1 + rng.int(32))]);
+    case 3: // a field tag that does not exist, or a wire type that does not match
+      return Buffer.concat([Buffer.from([rng.int(256), rng.int(256)]), b]);
+    default: // a length-delimited field that claims more than there is
+      return Buffer.concat([Buffer.from([0x0a, 0x80 | rng.int(128), 0x7f]), b]);
+  }
+}
+
+function frame(payload: Buffer, flag = 0, length = payload.length): Buffer {
+  const head = Buffer.alloc(5);
+  head[0] = flag;
+  head.writeUInt32BE(length, 1);
+  return Buffer.concat([head, payload]);
+}
+
+/** Mostly honest frames; sometimes a compressed flag nobody negotiated, or a length that lies. */
+function fuzzedFrame(rng: Rng, payload: Buffer): Buffer {
+  const flag = rng.next() < 0.1 ? 1 : 0;
+  const r = rng.next();
+  return frame(payload, flag, r < 0.8 ? payload.length : r < 0.9 ? payload.length + 1 + rng.int(100) : rng.int(2 ** 31));
+}
+
+/** One gRPC request over h2c; the outcome is the grpc-status name, or what went wrong at the HTTP/2 level. */
+function grpcCall(session: http2.ClientHttp2Session, path: string, body: Buffer, contentType: string): Promise<string> {
+  return new Promise((resolve) => {
+    let status: string | undefined;
+    let http = 0;
+    const req = session.request({
+      ":method": "POST",
+      ":path": path,
+      "content-type": contentType,
+      te: "trailers",
+      "grpc-timeout": "5S",
+    });
+    const read = (h: http2.IncomingHttpHeaders) => (status = (h["grpc-status"] as string | undefined) ?? status);
+    req.on("response", (h) => {
+      http = Number(h[":status"]);
+      read(h);
+    });
+    req.on("trailers", read);
+    req.on("data", () => {});
+    req.on("end", () => resolve(status !== undefined ? `grpc ${GRPC_NAMES[Number(status)] ?? status}` : `http ${http}`));
+    req.on("error", (e) => resolve(`h2 error ${(e as NodeJS.ErrnoException).code ?? e.message}`));
+    req.end(body);
+  });
+}
+
+function connectJson(port: number, rng: Rng): Promise<string> {
+  const values = [null, true, "x", "NaN", "Infinity", -1, [], {}, "नमस्ते", "a".repeat(3000), ...STRANGE_NUMBERS];
+  const fields = ["text", "special", "prompt", "maxNewTokens", "temperature", "topP", "stop", "messages", "seed", "unknownField"];
+  const body: Record<string, unknown> = {};
+  for (let i = 0, n = 1 + rng.int(4); i < n; i++) body[rng.pick(fields)] = rng.pick(values);
+  let text = JSON.stringify(body);
+  if (rng.next() < 0.2) text = text.slice(0, rng.int(text.length)); // broken JSON
+  const contentType = rng.pick([
+    "application/json",
+    "application/json",
+    "application/proto",
+    "text/plain",
+    "application/json; charset=latin1",
+  ]);
+  return new Promise((resolve) => {
+    const req = http.request(
+      {
+        host: "127.0.0.1",
+        port,
+        method: "POST",
+        path: "/airavata.v1.GenerationService/Tokenize",
+        agent: false,
+        headers: { "content-type": contentType },
+      },
+      (res) => {
+        let data = "";
+        res.on("data", (d) => (data += String(d)));
+        res.on("end", () => {
+          let code = "";
+          try {
+            code = (JSON.parse(data) as { code?: string }).code ?? "ok";
+          } catch {
+            code = "not json";
+          }
+          resolve(`http ${res.statusCode} ${code}`);
+        });
+      },
+    );
+    req.on("error", (e) => resolve(`http error ${(e as NodeJS.ErrnoException).code ?? e.message}`));
+    req.end(text);
+  });
+}
+
+function rawTcp(port: number, rng: Rng): Promise<string> {
+  const starts = [
+    Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), // the HTTP/2 preface, then garbage frames
+    Buffer.from("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n"),
+    Buffer.from("POST /airavata.v1.GenerationService/Tokenize HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n"),
+    Buffer.alloc(0),
+  ];
+  const payload = Buffer.concat([rng.pick(starts), rng.bytes(rng.int(200))]);
+  return new Promise((resolve) => {
+    const socket = connect(port, "127.0.0.1", () => socket.end(payload));
+    let first = "";
+    socket.on("data", (d) => (first ||= String(d).slice(0, 12)));
+    socket.on("close", () => resolve(first.startsWith("HTTP/1.1 ") ? `tcp answered ${first.slice(9, 12)}` : "tcp closed"));
+    socket.on("error", () => {});
+    socket.setTimeout(CASE_TIMEOUT_MS - 500, () => socket.destroy());
+  });
+}
+
+async function withTimeout(p: Promise<string>): Promise<string> {
+  let timer: NodeJS.Timeout | undefined;
+  const limit = new Promise<string>((resolve) => (timer = setTimeout(() => resolve("HUNG"), CASE_TIMEOUT_MS)));
+  try {
+    return await Promise.race([p, limit]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export async function runFuzz(
+  address: string,
+  cases: number,
+  seed: number,
+  onProgress?: (done: number) => void,
+): Promise<FuzzReport> {
+  const rng = prng(seed);
+  const port = Number(address.split(":").at(-1));
+  const started = performance.now();
+  const outcomes: Record<string, Record<string, number>> = {};
+  const count = (kind: string, outcome: string) => {
+    const byOutcome = (outcomes[kind] ??= {});
+    byOutcome[outcome] = (byOutcome[outcome] ?? 0) + 1;
+  };
+  const client = new AiravataClient(address);
+  let session = http2.connect(`http://${address}`);
+  session.on("error", () => {});
+  let hung = 0;
+  let goodCalls = 0;
+  let goodCallsOk = 0;
+  try {
+    for (let i = 0; i < cases; i++) {
+      if (session.closed || session.destroyed) {
+        session = http2.connect(`http://${address}`);
+        session.on("error", () => {});
+      }
+      const r = rng.next();
+      let kind: string;
+      let outcome: Promise<string>;
+      if (r < 0.45) {
+        kind = "grpc-mutated";
+        const { path, bytes } = validRequest(rng);
+        outcome = grpcCall(session, path, fuzzedFrame(rng, mutate(rng, bytes)), "application/grpc");
+      } else if (r < 0.55) {
+        kind = "grpc-random-bytes";
+        outcome = grpcCall(
+          session,
+          rng.pick(["/airavata.v1.GenerationService/Generate", "/airavata.v1.GenerationService/Tokenize"]),
+          rng.bytes(rng.int(300)),
+          "application/grpc",
+        );
+      } else if (r < 0.65) {
+        kind = "grpc-valid-strange-values";
+        const { path, bytes } = validRequest(rng);
+        outcome = grpcCall(session, path, frame(Buffer.from(bytes)), "application/grpc");
+      } else if (r < 0.75) {
+        kind = "wrong-path-or-type";
+        const path = rng.pick([
+          "/",
+          "/x",
+          "/airavata.v1.GenerationService/Nope",
+          "/grpc.health.v1.Health/Watch",
+          "/airavata.v1.AdminService/SwapVariant",
+          "/../../etc/passwd",
+        ]);
+        outcome = grpcCall(
+          session,
+          path,
+          fuzzedFrame(rng, rng.bytes(rng.int(20))),
+          rng.pick(["application/grpc", "application/grpc+json", "text/html", "application/grpc-web+proto", ""]),
+        );
+      } else if (r < 0.9) {
+        kind = "connect-json";
+        outcome = connectJson(port, rng);
+      } else {
+        kind = "tcp-garbage";
+        outcome = rawTcp(port, rng);
+      }
+      const result = await withTimeout(outcome);
+      if (result === "HUNG") hung++;
+      count(kind, result);
+      if ((i + 1) % 50 === 0 || i === cases - 1) {
+        goodCalls++;
+        const good = await client.generate({ prompt: "The", raw: true, temperature: 0 });
+        if (good.codeName === "OK" && good.text === "end of story🙏") goodCallsOk++;
+        onProgress?.(i + 1);
+      }
+    }
+  } finally {
+    session.close();
+    client.close();
+  }
+  return { cases, seed, outcomes, hung, goodCalls, goodCallsOk, durationMs: performance.now() - started };
+}
+
+export function fuzzMarkdown(report: FuzzReport, where: string): string {
+  const rows = Object.entries(report.outcomes).flatMap(([kind, byOutcome]) =>
+    Object.entries(byOutcome)
+      .sort((a, b) => b[1] - a[1])
+      .map(([outcome, n]) => `| ${kind} | ${outcome} | ${n} |`),
+  );
+  return [
+    "# Fuzz run",
+    "",
+    `- date: ${new Date().toISOString()}`,
+    `- service: ${where}`,
+    `- cases: ${report.cases} (seed ${report.seed}) in ${(report.durationMs / 1000).toFixed(1)} s`,
+    `- hung (no end within ${CASE_TIMEOUT_MS / 1000} s): ${report.hung}`,
+    `- good calls between cases: ${report.goodCallsOk} of ${report.goodCalls} worked`,
+    "",
+    "| kind | how it ended | cases |",
+    "|---|---|---:|",
+    ...rows,
+    "",
+  ].join("\n");
+}

@@ -1,0 +1,42 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runFuzz } from "../../bench/fuzz.js";
+import { idle, sample } from "../helpers/metrics.js";
+import { startTestServer, type TestServer } from "../helpers/server.js";
+
+let server: TestServer;
+beforeAll(async () => {
+  server = await startTestServer({ parallel: 4, maxQueue: 64 });
+});
+afterAll(async () => {
+  await server.app.shutdown();
+});
+
+/**
+ * How a garbage case may end: a gRPC status, an HTTP answer (500 only as Connect's "internal" for
+ * a body that does not parse), a closed connection. Not: a stream reset, UNKNOWN, a hang.
+ */
+const ALLOWED = [
+  /^grpc (OK|INVALID_ARGUMENT|OUT_OF_RANGE|RESOURCE_EXHAUSTED|INTERNAL|UNIMPLEMENTED|DEADLINE_EXCEEDED)$/,
+  /^http (200|400|404|415)( .+)?$/,
+  /^http 500 internal$/,
+  /^tcp (closed|answered 400)$/,
+];
+
+describe("the fuzzer's run (a short one; `npm run fuzz -- --cases 5000` for the full)", () => {
+  it("every case ends with a code within its time, good calls keep working, nothing is left running", async () => {
+    const report = await runFuzz(server.address, 600, 7);
+    expect(report.hung).toBe(0);
+    expect(report.goodCalls).toBe(12);
+    expect(report.goodCallsOk).toBe(12);
+    const seen = Object.values(report.outcomes).flatMap((byOutcome) => Object.keys(byOutcome));
+    expect(seen.filter((o) => !ALLOWED.some((pattern) => pattern.test(o)))).toEqual([]);
+    const total = Object.values(report.outcomes).reduce(
+      (n, byOutcome) => n + Object.values(byOutcome).reduce((a, b) => a + b, 0),
+      0,
+    );
+    expect(total).toBe(600);
+    await idle(server.baseUrl);
+    expect(await sample(server.baseUrl, "airavata_num_requests_running", { variant: "tiny.q4_0" })).toBe(0);
+    expect(await sample(server.baseUrl, "airavata_num_requests_waiting", { variant: "tiny.q4_0" })).toBe(0);
+  });
+});
