@@ -16,15 +16,24 @@ import {
 import { ServiceError } from "../errors.js";
 
 function send(message: FromEngine): void {
-  process.send?.(message);
+  if (process.connected) process.send?.(message);
 }
 
 const options = JSON.parse(process.argv[2] ?? "{}") as EngineOptions;
 const running = new Map<number, AbortController>();
+let shuttingDown = false;
 
-let engine: LlamaEngine;
+// The server went away (it exited, or was killed) while the model loads: nobody will ever use this
+// engine, so it ends now rather than finish loading into an orphan. Once loaded, shutdown() takes over.
+let engine: LlamaEngine | undefined;
+process.on("disconnect", () => (engine ? void shutdown() : process.exit(0)));
+// (It may have gone while this module's imports were still loading, before the listener existed.)
+if (!process.connected) process.exit(0);
+let loaded: LlamaEngine;
 try {
-  engine = await LlamaEngine.load(options, (progress) => send({ type: "load-progress", progress }));
+  loaded = await LlamaEngine.load(options, (progress) => send({ type: "load-progress", progress }));
+  engine = loaded;
+  if (!process.connected) await shutdown();
 } catch (error) {
   send({ type: "load-failed", message: error instanceof Error ? error.message : String(error) });
   process.exit(1);
@@ -46,7 +55,6 @@ process.on("message", (message: ToEngine) => {
       break;
   }
 });
-process.on("disconnect", () => void shutdown());
 
 /** How an error travels back: a domain error keeps its kind; anything else is internal, with its stack. */
 function failure(id: number, error: unknown): FromEngine {
@@ -63,10 +71,10 @@ const calls: {
   [M in keyof EngineCalls]: (args: EngineCalls[M]["args"]) => EngineCalls[M]["result"] | Promise<EngineCalls[M]["result"]>;
 } = {
   ping: () => true,
-  tokenize: ({ text, special }) => engine.tokenize(text, special),
-  memory: () => engine.memory(),
-  estimate: ({ modelPath }) => engine.estimate(modelPath),
-  perplexity: ({ text, maxTokens }) => engine.perplexity(text, maxTokens),
+  tokenize: ({ text, special }) => loaded.tokenize(text, special),
+  memory: () => loaded.memory(),
+  estimate: ({ modelPath }) => loaded.estimate(modelPath),
+  perplexity: ({ text, maxTokens }) => loaded.perplexity(text, maxTokens),
 };
 
 async function call(id: number, { method, args }: EngineCall): Promise<void> {
@@ -83,7 +91,7 @@ async function generate(message: Extract<ToEngine, { type: "generate" }>): Promi
   const controller = new AbortController();
   running.set(id, controller);
   try {
-    const result = await engine.generate(message.slot, message.input, message.sampling, controller.signal, {
+    const result = await loaded.generate(message.slot, message.input, message.sampling, controller.signal, {
       started: (promptTokens) => send({ type: "started", id, promptTokens }),
       chunk: ({ text, tokens }) => send({ type: "chunk", id, text, tokens, sentAt: sharedClockMs() }),
     });
@@ -95,13 +103,12 @@ async function generate(message: Extract<ToEngine, { type: "generate" }>): Promi
   }
 }
 
-let shuttingDown = false;
 async function shutdown(): Promise<void> {
   if (shuttingDown) return;
   shuttingDown = true;
   for (const controller of running.values()) controller.abort();
-  await engine.dispose();
+  await engine?.dispose();
   process.exit(0);
 }
 
-send({ type: "ready", info: engine.info });
+send({ type: "ready", info: loaded.info });
