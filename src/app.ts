@@ -157,9 +157,15 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
         accepting = false;
         health.setAll(ServingStatus.NOT_SERVING);
         const deadline = Date.now() + config.gracePeriodMs;
-        const busy = () => (variants.current?.inference.inFlight ?? 0) > 0;
+        // Running calls, and a swap in progress (a running call too), may finish in the grace period.
+        const busy = () => (variants.current?.inference.inFlight ?? 0) > 0 || variants.swapInProgress !== undefined;
         while (busy() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-        if (busy()) log.warn({ inFlight: variants.current?.inference.inFlight }, "grace period over: ending the remaining calls");
+        if (busy()) {
+          log.warn(
+            { inFlight: variants.current?.inference.inFlight, swappingTo: variants.swapInProgress },
+            "grace period over: ending the remaining calls",
+          );
+        }
         shutdownController.abort(new ServiceError("unavailable", "the server is shutting down; retry on another instance"));
         // Let the aborted streams write their status and trailers.
         await new Promise((r) => setTimeout(r, 100));
