@@ -125,7 +125,12 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
     );
   }
   // The server listens before the model loads, so health says NOT_SERVING meanwhile.
-  const server = createOnePortServer(handler, { tls: config.tls });
+  const server = createOnePortServer(handler, {
+    tls: config.tls,
+    maxStreamsPerConnection: config.maxStreamsPerConnection,
+    maxConnections: config.maxConnections,
+    headersTimeoutMs: config.headersTimeoutMs,
+  });
   const address = await server.listen(config.port, config.host);
   log.info(
     { host: address.address, port: address.port, tls: Boolean(config.tls), admin: Boolean(config.adminToken) },

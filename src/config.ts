@@ -36,6 +36,10 @@ export interface Config {
   tls: { cert: Buffer; key: Buffer } | undefined;
   corsOrigins: string[];
   gracePeriodMs: number;
+  /** Connection limits: HTTP/2 streams per connection, connections in all, HTTP/1.1 header time. */
+  maxStreamsPerConnection: number;
+  maxConnections: number;
+  headersTimeoutMs: number;
   /** An engine process that answers no ping for this long is killed and restarted. */
   engineWatchdogMs: number;
   /** Engine failures within five minutes beyond which it is not restarted again (a crash loop). */
@@ -196,6 +200,27 @@ export function buildCommand(): Command {
         .argParser(integer(0, 3600)),
     )
     .addOption(
+      new Option("--max-streams-per-connection <n>", "HTTP/2 streams one connection may have open at once; more are refused")
+        .env("AIRAVATA_MAX_STREAMS_PER_CONNECTION")
+        .default(100)
+        .argParser(integer(1, 10_000)),
+    )
+    .addOption(
+      new Option("--max-connections <n>", "connections open at once, all clients together; more are closed on arrival")
+        .env("AIRAVATA_MAX_CONNECTIONS")
+        .default(1024)
+        .argParser(integer(1, 1_000_000)),
+    )
+    .addOption(
+      new Option(
+        "--headers-timeout <seconds>",
+        "time an HTTP/1.1 client has to send its request headers (slow clients are cut off)",
+      )
+        .env("AIRAVATA_HEADERS_TIMEOUT")
+        .default(30)
+        .argParser(integer(1, 3600)),
+    )
+    .addOption(
       new Option("--engine-watchdog <seconds>", "kill and restart an engine process that answers no ping for this long")
         .env("AIRAVATA_ENGINE_WATCHDOG")
         .default(15)
@@ -265,6 +290,9 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
     tls: o.tlsCert ? { cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey) } : undefined,
     corsOrigins,
     gracePeriodMs: o.gracePeriod * 1000,
+    maxStreamsPerConnection: o.maxStreamsPerConnection,
+    maxConnections: o.maxConnections,
+    headersTimeoutMs: o.headersTimeout * 1000,
     engineWatchdogMs: o.engineWatchdog * 1000,
     engineMaxRestarts: o.engineMaxRestarts,
     logLevel: o.logLevel,

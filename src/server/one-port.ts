@@ -23,6 +23,10 @@ export interface OnePortOptions {
   /** HTTP/1.1 limits: whole request headers, and idle keep-alive connections. */
   headersTimeoutMs?: number;
   keepAliveTimeoutMs?: number;
+  /** HTTP/2: streams a client may have open at once on one connection (more are refused). */
+  maxStreamsPerConnection?: number;
+  /** Connections open at once, all clients together (more are closed on arrival). */
+  maxConnections?: number;
 }
 
 export interface OnePortServer {
@@ -45,7 +49,10 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortOpt
   let server: net.Server;
   let h1: http.Server | undefined;
   if (options.tls) {
-    const secure = http2.createSecureServer({ ...options.tls, allowHTTP1: true }, handler as never);
+    const secure = http2.createSecureServer(
+      { ...options.tls, allowHTTP1: true, settings: { maxConcurrentStreams: options.maxStreamsPerConnection ?? 100 } },
+      handler as never,
+    );
     secure.on("session", trackSession);
     secure.on("secureConnection", (socket) => {
       sockets.add(socket);
@@ -53,11 +60,16 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortOpt
     });
     server = secure;
   } else {
-    const h2 = http2.createServer({}, handler as never);
+    const h2 = http2.createServer(
+      { settings: { maxConcurrentStreams: options.maxStreamsPerConnection ?? 100 } },
+      handler as never,
+    );
     h2.on("session", trackSession);
     h1 = http.createServer(
       {
         headersTimeout: options.headersTimeoutMs ?? 30_000,
+        // Node checks the timeouts only this often (30 s by default): a slow client would get twice its time.
+        connectionsCheckingInterval: Math.min(1000, (options.headersTimeoutMs ?? 30_000) / 2),
         keepAliveTimeout: options.keepAliveTimeoutMs ?? 5_000,
         requestTimeout: 0,
       },
@@ -97,6 +109,8 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortOpt
     };
     server = net.createServer({ noDelay: true, allowHalfOpen: false }, route);
   }
+  // Over the limit, Node closes a new connection as it arrives.
+  if (options.maxConnections !== undefined) server.maxConnections = options.maxConnections;
 
   return {
     server,
