@@ -14,6 +14,7 @@ import { connect } from "node:net";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { AiravataClient } from "../clients/grpc-client.js";
 import { GenerateRequestSchema, TokenizeRequestSchema } from "../src/gen/airavata/v1/generation_pb.js";
+import { prng } from "../src/util/prng.js";
 
 export interface FuzzReport {
   cases: number;
@@ -49,22 +50,15 @@ const GRPC_NAMES = [
   "UNAUTHENTICATED",
 ];
 
-/** A small seeded generator (mulberry32), so a run can be repeated. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+/** Seeded random choices, so a run can be repeated. */
+function randomness(seed: number) {
+  const next = prng(seed);
   const int = (n: number) => Math.floor(next() * n);
   const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)]!;
   const bytes = (n: number) => Buffer.from(Array.from({ length: n }, () => int(256)));
   return { next, int, pick, bytes };
 }
-type Rng = ReturnType<typeof prng>;
+type Rng = ReturnType<typeof randomness>;
 
 const STRANGE_STRINGS = ["", " ", "नमस्ते", "ॐ🙏", "\u0000", "\uFFFD", "a".repeat(5000), "<|user|>\n", "\\u0000", "%00", "../.."];
 const STRANGE_NUMBERS = [0, -1, 1e308, -1e308, 2 ** 32, 2 ** 53, 0.5, -0.0001, 1e-300];
@@ -227,7 +221,7 @@ export async function runFuzz(
   seed: number,
   onProgress?: (done: number) => void,
 ): Promise<FuzzReport> {
-  const rng = prng(seed);
+  const rng = randomness(seed);
   const port = Number(address.split(":").at(-1));
   const started = performance.now();
   const outcomes: Record<string, Record<string, number>> = {};

@@ -7,14 +7,15 @@
  * thread counts. Writes bench/results/bench.{json,md,svg}.
  *   npm run bench -- [--model models/synthetic/small.q4_0.gguf] [--concurrency 1,2,4,8] [--tokens 128] [--rounds 3] [--threads 1,2]
  */
-import { execFile, execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { promisify } from "node:util";
 import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
 import { defaultThreads } from "../src/config.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
+import { cpuMs } from "./proc.js";
 import { startBenchServer } from "./server-process.js";
 import { median, type RunStats, type StreamTrace, summarize } from "./stream-stats.js";
 
@@ -81,13 +82,6 @@ async function inProcessRound(threads: number): Promise<Map<number, StreamTrace[
     out.set(concurrency, traces);
   }
   return out;
-}
-
-const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
-/** CPU time (user + system) a process has used, ms. */
-function cpuMs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "latin1").split(") ")[1]!.split(" ");
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
 }
 
 /** What the hops cost per token in a service round: the server process's CPU time, and the engine → server hop. */

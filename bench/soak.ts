@@ -4,9 +4,10 @@
  * (optionally) engine kills on a schedule; the server's and engine's memory
  * and open files sampled as it goes. The project's own grpc-js clients.
  */
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { AdminClient, AiravataClient, type CallOutcome } from "../clients/grpc-client.js";
 import { SwapPhase } from "../src/gen/airavata/v1/admin_pb.js";
+import { prng } from "../src/util/prng.js";
+import { enginePids, openFds, rssMiB } from "./proc.js";
 
 export interface SoakOptions {
   address: string;
@@ -50,69 +51,6 @@ export interface SoakReport {
 }
 
 const CALL_LIMIT_MS = 60_000;
-
-function prng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** Children of `pid` (from /proc), e.g. the server's engine processes. */
-export function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  for (const d of readdirSync("/proc")) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const ppid = Number(readFileSync(`/proc/${d}/stat`, "latin1").split(") ")[1]!.split(" ")[1]);
-      if (ppid === pid) out.push(Number(d));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
-}
-
-/** The server's engine processes (two during a swap). */
-function enginePids(serverPid: number): number[] {
-  return childrenOf(serverPid).filter((pid) => {
-    try {
-      return readFileSync(`/proc/${pid}/cmdline`, "latin1").includes("engine-process");
-    } catch {
-      return false;
-    }
-  });
-}
-
-function rssMiB(pid: number | undefined): number {
-  if (pid === undefined) return NaN;
-  try {
-    const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "latin1"))?.[1]);
-    return kb / 1024;
-  } catch {
-    return NaN;
-  }
-}
-
-function fds(pid: number | undefined): number {
-  if (pid === undefined) return NaN;
-  try {
-    return readdirSync(`/proc/${pid}/fd`).filter((fd) => {
-      try {
-        readlinkSync(`/proc/${pid}/fd/${fd}`);
-        return true;
-      } catch {
-        return false;
-      }
-    }).length;
-  } catch {
-    return NaN;
-  }
-}
 
 function slope(points: { x: number; y: number }[]): number {
   const ps = points.filter((p) => Number.isFinite(p.y));
@@ -298,9 +236,9 @@ export async function runSoak(options: SoakOptions, onProgress?: (line: string) 
       samples.push({
         atMs: Date.now() - started,
         serverRssMiB: rssMiB(options.serverPid),
-        serverFds: fds(options.serverPid),
+        serverFds: openFds(options.serverPid),
         engineRssMiB: engines.reduce((a, pid) => a + rssMiB(pid), 0),
-        engineFds: engines.reduce((a, pid) => a + fds(pid), 0),
+        engineFds: engines.reduce((a, pid) => a + openFds(pid), 0),
       });
       await new Promise((r) => setTimeout(r, Math.min(5000, options.durationMs / 20)));
     }

@@ -26,7 +26,7 @@ let shuttingDown = false;
 // The server went away (it exited, or was killed) while the model loads: nobody will ever use this
 // engine, so it ends now rather than finish loading into an orphan. Once loaded, shutdown() takes over.
 let engine: LlamaEngine | undefined;
-process.on("disconnect", () => (engine ? void shutdown() : process.exit(0)));
+process.on("disconnect", () => void shutdown());
 // (It may have gone while this module's imports were still loading, before the listener existed.)
 if (!process.connected) process.exit(0);
 let loaded: LlamaEngine;

@@ -18,12 +18,12 @@ import { ServiceError } from "../errors.js";
 import { formatAiravataChat } from "./chat-format.js";
 import {
   type DeviceMemory,
-  EngineInfo,
-  EngineOptions,
-  MemoryEstimate,
-  FinishReason,
+  type EngineInfo,
+  type EngineOptions,
+  type FinishReason,
   type GenerationInput,
   greedySampling,
+  type MemoryEstimate,
   type SamplingSettings,
 } from "./protocol.js";
 import { cheapestGroup, DecodeGate } from "./decode-gate.js";

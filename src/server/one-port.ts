@@ -46,13 +46,12 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortOpt
     session.once("close", () => sessions.delete(session));
   };
 
+  const h2Settings = { maxConcurrentStreams: options.maxStreamsPerConnection ?? 100 };
+  const headersTimeout = options.headersTimeoutMs ?? 30_000;
   let server: net.Server;
   let h1: http.Server | undefined;
   if (options.tls) {
-    const secure = http2.createSecureServer(
-      { ...options.tls, allowHTTP1: true, settings: { maxConcurrentStreams: options.maxStreamsPerConnection ?? 100 } },
-      handler as never,
-    );
+    const secure = http2.createSecureServer({ ...options.tls, allowHTTP1: true, settings: h2Settings }, handler as never);
     secure.on("session", trackSession);
     secure.on("secureConnection", (socket) => {
       sockets.add(socket);
@@ -60,16 +59,13 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortOpt
     });
     server = secure;
   } else {
-    const h2 = http2.createServer(
-      { settings: { maxConcurrentStreams: options.maxStreamsPerConnection ?? 100 } },
-      handler as never,
-    );
+    const h2 = http2.createServer({ settings: h2Settings }, handler as never);
     h2.on("session", trackSession);
     h1 = http.createServer(
       {
-        headersTimeout: options.headersTimeoutMs ?? 30_000,
+        headersTimeout,
         // Node checks the timeouts only this often (30 s by default): a slow client would get twice its time.
-        connectionsCheckingInterval: Math.min(1000, (options.headersTimeoutMs ?? 30_000) / 2),
+        connectionsCheckingInterval: Math.min(1000, headersTimeout / 2),
         keepAliveTimeout: options.keepAliveTimeoutMs ?? 5_000,
         requestTimeout: 0,
       },

@@ -19,6 +19,7 @@ import { invalidArgument } from "../errors.js";
 import { defaultEvaluationText } from "../variants/evaluate.js";
 import { createAdminCheck } from "./admin-auth.js";
 import { toConnectError } from "./connect-errors.js";
+import { AsyncQueue } from "../util/async-queue.js";
 
 const PHASES: Record<SwapPhaseName, SwapPhase> = {
   checking: SwapPhase.CHECKING,
@@ -66,34 +67,16 @@ function variantMessage(v: VariantView): MessageInitShape<typeof VariantSchema> 
  * evaluation half-way would help no one.
  */
 async function* streamOf<T>(run: (emit: (value: T) => void) => Promise<void>, log: Logger): AsyncGenerator<T> {
-  const values: T[] = [];
-  let wake: (() => void) | undefined;
-  let finished = false;
-  let failure: unknown;
-  const done = run((value) => {
-    values.push(value);
-    wake?.();
-  }).then(
-    () => undefined,
-    (error: unknown) => {
-      failure = error;
-    },
+  const queue = new AsyncQueue<T>();
+  run((value) => queue.push(value)).then(
+    () => queue.end(),
+    (error: unknown) => queue.fail(error),
   );
-  void done.finally(() => {
-    finished = true;
-    wake?.();
-  });
-  while (!finished || values.length > 0) {
-    const next = values.shift();
-    if (next !== undefined) {
-      yield next;
-      continue;
-    }
-    await new Promise<void>((resolve) => (wake = resolve));
-    wake = undefined;
+  try {
+    yield* queue;
+  } catch (error) {
+    throw toConnectError(error, log);
   }
-  await done;
-  if (failure !== undefined) throw toConnectError(failure, log);
 }
 
 export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof AdminService> {

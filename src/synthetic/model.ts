@@ -7,6 +7,7 @@
  * generation is real llama.cpp work whose greedy output tests can predict.
  */
 import { GgmlType, GgufValueType, type MetadataValue, type TensorSpec, writeGguf } from "./gguf-writer.js";
+import { prng } from "../util/prng.js";
 import { encodeF16, encodeF32, encodeQ4_0, encodeQ8_0 } from "./encode.js";
 import { buildVocabulary, BOS_ID, EOS_ID, SPACE, UNK_ID, type Vocabulary } from "./vocabulary.js";
 
@@ -98,18 +99,6 @@ export const RAW_SCRIPT = ["▁The", "▁end", "▁of", "▁story", "<0xF0>", "<
 );
 
 const FILE_TYPE: Record<WeightType, number> = { f32: 0, f16: 1, q4_0: 2, q8_0: 7 };
-
-/** Deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function uniform(n: number, scale: number, rand: () => number): Float32Array {
   const out = new Float32Array(n);

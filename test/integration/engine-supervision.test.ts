@@ -4,12 +4,13 @@
  * restarted on the same variant and serving resumes — the server itself never
  * restarts. A crash loop stops the restarts and says so.
  */
-import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterEach, describe, expect, it } from "vitest";
+import { enginePids } from "../../bench/proc.js";
 import { AiravataClient, type GenerateOutcome } from "../../clients/grpc-client.js";
 import { AdminService, SwapPhase, SwapPolicy } from "../../src/gen/airavata/v1/admin_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as HealthStatus } from "../../src/gen/grpc/health/v1/health_pb.js";
@@ -65,21 +66,6 @@ function expectFailedByEngine(outcomes: GenerateOutcome[]): void {
     expect(Number(o.trailers["airavata-generated-tokens"])).toBeGreaterThan(0);
     expect(o.text.startsWith(GREETING)).toBe(true);
   }
-}
-
-/** Engine processes this test process started (the server runs in it): children running engine-process. */
-function enginePids(): number[] {
-  return readdirSync("/proc")
-    .filter((d) => /^\d+$/.test(d))
-    .flatMap((d) => {
-      try {
-        const ppid = Number(readFileSync(`/proc/${d}/stat`, "latin1").split(") ")[1]!.split(" ")[1]);
-        const cmdline = readFileSync(`/proc/${d}/cmdline`, "latin1");
-        return ppid === process.pid && cmdline.includes("engine-process") ? [Number(d)] : [];
-      } catch {
-        return []; // gone meanwhile
-      }
-    });
 }
 
 describe("engine supervision", () => {
@@ -166,7 +152,7 @@ describe("engine supervision", () => {
       for await (const p of admin.swapVariant({ variantId: "tiny.q8_0", policy: SwapPolicy.DRAIN }, auth)) {
         phases.push(p.phase);
         if (p.phase === SwapPhase.LOADING && killed === undefined) {
-          killed = enginePids().find((pid) => pid !== serving);
+          killed = enginePids(process.pid).find((pid) => pid !== serving);
           if (killed !== undefined) process.kill(killed, "SIGKILL");
         }
       }

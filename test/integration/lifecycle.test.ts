@@ -1,11 +1,12 @@
 import { spawn } from "node:child_process";
 import { type AddressInfo, createServer } from "node:net";
-import { copyFileSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
+import { processesMentioning } from "../../bench/proc.js";
 import { AiravataClient } from "../../clients/grpc-client.js";
 import { AdminService, SwapPhase } from "../../src/gen/airavata/v1/admin_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../../src/gen/grpc/health/v1/health_pb.js";
@@ -76,20 +77,6 @@ describe("the server process", () => {
     expect(server.logs.some((l) => l.msg === "stopped")).toBe(true);
   });
 });
-
-/** Live processes whose command line mentions `text` (an engine names its model file in its own). */
-function processesMentioning(text: string): number[] {
-  return readdirSync("/proc")
-    .filter((d) => /^\d+$/.test(d))
-    .filter((d) => {
-      try {
-        return readFileSync(`/proc/${d}/cmdline`, "latin1").includes(text);
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
-}
 
 describe("SIGTERM during a swap", () => {
   it("the swap, a running call like any other, ends within the grace period; exit 0; no engine process is left", async () => {

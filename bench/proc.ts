@@ -1,0 +1,63 @@
+/**
+ * What Linux's /proc says about processes, for the benches and tests: the
+ * children of a process, the service's engine processes, their memory, open
+ * files and CPU time. A process that ends while being read is skipped.
+ */
+import { execFileSync } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
+
+/** Fields of /proc/<pid>/stat after the command name: [0] state, [1] ppid, … [11] utime, [12] stime. */
+function statFields(pid: number): string[] | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, "latin1").split(") ")[1]!.split(" ");
+  } catch {
+    return undefined;
+  }
+}
+
+function cmdline(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "latin1");
+  } catch {
+    return "";
+  }
+}
+
+/** Live processes whose command line contains `text`. */
+export function processesMentioning(text: string): number[] {
+  return readdirSync("/proc")
+    .filter((d) => /^\d+$/.test(d))
+    .map(Number)
+    .filter((pid) => cmdline(pid).includes(text));
+}
+
+/** The engine processes (two during a swap) whose parent is `serverPid`. */
+export function enginePids(serverPid: number): number[] {
+  return processesMentioning("engine-process").filter((pid) => Number(statFields(pid)?.[1]) === serverPid);
+}
+
+/** Resident memory, MiB (NaN once the process is gone). */
+export function rssMiB(pid: number): number {
+  try {
+    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "latin1"))?.[1]) / 1024;
+  } catch {
+    return NaN;
+  }
+}
+
+/** Open file descriptors (NaN once the process is gone). */
+export function openFds(pid: number): number {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return NaN;
+  }
+}
+
+let clockTicks: number | undefined;
+/** CPU time (user + system) the process has used, ms. */
+export function cpuMs(pid: number): number {
+  clockTicks ??= Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
+  const fields = statFields(pid);
+  return fields ? ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicks : NaN;
+}
