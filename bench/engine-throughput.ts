@@ -6,7 +6,8 @@
  */
 import { getLlama } from "node-llama-cpp";
 import { LlamaEngine } from "../src/engine/llama-engine.js";
-import { greedySampling } from "../src/engine/protocol.js";
+import { inProcessTraces } from "./in-process.js";
+import { summarize } from "./stream-stats.js";
 
 const [model, threads, levels = "1,4,8", tokens = "128"] = process.argv.slice(2);
 const probe = await getLlama({ gpu: false });
@@ -23,22 +24,8 @@ const engine = await LlamaEngine.load({
   batching: "full",
 });
 const tokensPerSecond: Record<number, number> = {};
-for (const c of levelList) {
-  const started = performance.now();
-  const counts = await Promise.all(
-    Array.from({ length: c }, async (_, slot) => {
-      let n = 0;
-      await engine.generate(
-        slot,
-        { kind: "chat", messages: [{ role: "user", content: `भारत की राजधानी क्या है? (${slot})` }] },
-        greedySampling(Number(tokens)),
-        new AbortController().signal,
-        { started: () => {}, chunk: (e) => (n += e.tokens.length) },
-      );
-      return n;
-    }),
-  );
-  tokensPerSecond[c] = Math.round(counts.reduce((a, b) => a + b, 0) / ((performance.now() - started) / 1000));
+for await (const { concurrency, traces } of inProcessTraces(engine, levelList, Number(tokens))) {
+  tokensPerSecond[concurrency] = Math.round(summarize([traces]).aggregateTokensPerSecond);
 }
 console.log(JSON.stringify({ binary, threads: Number(threads), tokensPerSecond }));
 await engine.dispose();
