@@ -42,6 +42,8 @@ export interface App {
 export interface StartOptions {
   /** Download progress of a variant fetched at startup. */
   onDownload?(id: string, progress: { bytesDone: number; bytesTotal: number }): void;
+  /** Aborted by a stop request during startup: a download in progress ends and removes its partial file. */
+  signal?: AbortSignal;
 }
 
 export async function startApp(config: Readonly<Config>, log: Logger, options: StartOptions = {}): Promise<App> {
@@ -139,12 +141,17 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
 
   const candidates = config.modelPath ? [idForFile(config.modelPath)] : [config.variant, ...config.fallback];
   let serving;
+  const stopStartup = () => variants.stopDownloads();
+  options.signal?.addEventListener("abort", stopStartup, { once: true });
   try {
+    if (options.signal?.aborted) stopStartup();
     serving = await variants.start(candidates, options.onDownload);
   } catch (error) {
     server.destroyAll();
     server.stopAccepting();
     throw error;
+  } finally {
+    options.signal?.removeEventListener("abort", stopStartup);
   }
   const info = serving.engine.info;
   log.info(
@@ -161,6 +168,7 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
       shuttingDown ??= (async () => {
         accepting = false;
         health.setAll(ServingStatus.NOT_SERVING);
+        variants.stopDownloads();
         const deadline = Date.now() + config.gracePeriodMs;
         // Running calls, and a swap in progress (a running call too), may finish in the grace period.
         const busy = () => (variants.current?.inference.inFlight ?? 0) > 0 || variants.swapInProgress !== undefined;

@@ -29,27 +29,47 @@ function downloadProgress() {
   };
 }
 
-try {
-  const app = await startApp(config, log, { onDownload: downloadProgress() });
-  let signals = 0;
-  const onSignal = (signal: NodeJS.Signals) => {
-    signals++;
-    if (signals > 1) {
-      log.warn({ signal }, "second signal: exiting now");
+// A stop request during startup (a download of the variant can take long) ends the startup cleanly.
+const startup = new AbortController();
+let signals = 0;
+let app: Awaited<ReturnType<typeof startApp>> | undefined;
+let stoppedBy: NodeJS.Signals | undefined;
+const onSignal = (signal: NodeJS.Signals) => {
+  signals++;
+  if (signals > 1) {
+    log.warn({ signal }, "second signal: exiting now");
+    process.exit(1);
+  }
+  if (!app) {
+    log.info({ signal }, "stopping during startup");
+    stoppedBy = signal;
+    startup.abort();
+    return;
+  }
+  log.info({ signal, gracePeriodMs: config.gracePeriodMs }, "shutting down");
+  app.shutdown().then(
+    () => process.exit(0),
+    (error: unknown) => {
+      log.error({ err: error }, "shutdown failed");
       process.exit(1);
-    }
-    log.info({ signal, gracePeriodMs: config.gracePeriodMs }, "shutting down");
-    app.shutdown().then(
-      () => process.exit(0),
-      (error: unknown) => {
-        log.error({ err: error }, "shutdown failed");
-        process.exit(1);
-      },
-    );
-  };
-  process.on("SIGTERM", onSignal);
-  process.on("SIGINT", onSignal);
+    },
+  );
+};
+process.on("SIGTERM", onSignal);
+process.on("SIGINT", onSignal);
+
+try {
+  app = await startApp(config, log, { onDownload: downloadProgress(), signal: startup.signal });
+  if (stoppedBy) {
+    // The stop came while the model loaded: start up, then shut down at once.
+    signals = 0;
+    onSignal(stoppedBy);
+  }
 } catch (error) {
+  if (startup.signal.aborted) {
+    log.info({ reason: error instanceof Error ? error.message : String(error) }, "stopped during startup");
+    process.exit(0);
+  }
   const reason = error instanceof Error ? error.message : String(error);
   log.fatal({ err: error }, `could not start: ${reason}`);
   if ((error as NodeJS.ErrnoException).code === "EADDRINUSE") {

@@ -91,6 +91,8 @@ export class VariantManager {
   /** When engines failed lately (crashes, hangs, failed restarts). */
   private failures: number[] = [];
   private disposed = false;
+  /** Aborted when the server stops: downloads in progress end and remove their partial files. */
+  private readonly stopping = new AbortController();
   /** What happened at startup (and to the engine since), for GetStatus. */
   readonly startupNotes: string[] = [];
 
@@ -128,6 +130,8 @@ export class VariantManager {
         else this.startupNotes.push(`serving "${id}"`);
         return serving;
       } catch (error) {
+        // Stopped while it downloaded: no fallback is tried.
+        if (this.stopping.signal.aborted) throw error;
         const reason = `"${id}" could not be used: ${error instanceof Error ? error.message : String(error)}`;
         failures.push(reason);
         log.warn(
@@ -275,7 +279,7 @@ export class VariantManager {
         throw new ServiceError("failed_precondition", `variant "${entry.id}": its file is missing: ${entry.path}`);
       this.options.log.info({ variant: entry.id, source: entry.source, path: entry.path }, "downloading variant");
       onDownload({ bytesDone: 0, bytesTotal: 0 });
-      await downloadVariant(entry, onDownload);
+      await downloadVariant(entry, onDownload, this.stopping.signal);
     }
     const summary = await inspectGguf(entry.path);
     if (!summary.usable) throw new ServiceError("failed_precondition", `variant "${entry.id}" cannot be used: ${summary.reason}`);
@@ -424,7 +428,21 @@ export class VariantManager {
     }
   }
 
+  /**
+   * Ends any download in progress (a swap's, or the startup's) with
+   * `UNAVAILABLE`, its partial file removed: a download may take far longer
+   * than a grace period, and a half file is of no use to anyone.
+   */
+  stopDownloads(): void {
+    if (!this.stopping.signal.aborted) {
+      this.stopping.abort(
+        new ServiceError("unavailable", "the server is shutting down; the download was stopped and its partial file removed"),
+      );
+    }
+  }
+
   async dispose(): Promise<void> {
+    this.stopDownloads();
     this.disposed = true;
     const engines = [this.serving?.engine, ...this.retiring].filter((e): e is EngineProcess => e !== undefined);
     this.serving = undefined;

@@ -1,7 +1,8 @@
 /**
  * A local HTTP file server for download tests: serves files with Range
  * support, and can cut the connection half-way through the first full
- * download of a file, the way a flaky network does.
+ * download of a file, the way a flaky network does, or hold every transfer
+ * after its first bytes until the test lets it go on.
  */
 import { readFileSync } from "node:fs";
 import http from "node:http";
@@ -11,14 +12,22 @@ export interface FileServer {
   url(name: string): string;
   /** Every request's file name and Range header, in order. */
   requests: { name: string; method: string; range: string | undefined }[];
+  /** With `holdAfterBytes`: resolves once a transfer has sent the file up to that byte and waits. */
+  holding(): Promise<void>;
+  /** Lets held transfers finish (and later ones run straight through). */
+  release(): void;
   close(): Promise<void>;
 }
 
 export async function startFileServer(
   files: Record<string, string>,
-  options: { cutFirstDownload?: boolean } = {},
+  options: { cutFirstDownload?: boolean; holdAfterBytes?: number } = {},
 ): Promise<FileServer> {
   const requests: FileServer["requests"] = [];
+  let released = options.holdAfterBytes === undefined;
+  const waiting: (() => void)[] = [];
+  let onHolding: (() => void) | undefined;
+  const holding = new Promise<void>((resolve) => (onHolding = resolve));
   const cut = new Set<string>();
   const server = http.createServer((req, res) => {
     const name = decodeURIComponent((req.url ?? "/").slice(1));
@@ -45,6 +54,15 @@ export async function startFileServer(
       return;
     }
     const slice = body.subarray(start, end + 1);
+    if (!released && end >= options.holdAfterBytes!) {
+      // Every transfer stops at the same byte of the file, whatever range it asked for.
+      const upTo = Math.max(0, options.holdAfterBytes! - start);
+      res.write(slice.subarray(0, upTo), () => {
+        onHolding!();
+        waiting.push(() => res.end(slice.subarray(upTo)));
+      });
+      return;
+    }
     if (options.cutFirstDownload && !cut.has(name) && slice.length > 1024) {
       cut.add(name);
       res.write(slice.subarray(0, Math.floor(slice.length / 2)), () => setTimeout(() => res.socket?.destroy(), 50));
@@ -57,6 +75,11 @@ export async function startFileServer(
   return {
     url: (name) => `http://127.0.0.1:${port}/${encodeURIComponent(name)}`,
     requests,
+    holding: () => holding,
+    release() {
+      released = true;
+      for (const go of waiting.splice(0)) go();
+    },
     close: () =>
       new Promise((resolve) => {
         server.closeAllConnections();
