@@ -131,6 +131,8 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
     tls: config.tls,
     maxStreamsPerConnection: config.maxStreamsPerConnection,
     maxConnections: config.maxConnections,
+    maxConnectionsPerClient: config.maxConnectionsPerClient,
+    idleTimeoutMs: config.idleTimeoutMs,
     headersTimeoutMs: config.headersTimeoutMs,
   });
   const address = await server.listen(config.port, config.host);

@@ -39,6 +39,8 @@ export interface Config {
   /** Connection limits: HTTP/2 streams per connection, connections in all, HTTP/1.1 header time. */
   maxStreamsPerConnection: number;
   maxConnections: number;
+  maxConnectionsPerClient: number;
+  idleTimeoutMs: number;
   headersTimeoutMs: number;
   /** An engine process that answers no ping for this long is killed and restarted. */
   engineWatchdogMs: number;
@@ -200,7 +202,10 @@ export function buildCommand(): Command {
         .argParser(integer(0, 3600)),
     )
     .addOption(
-      new Option("--max-streams-per-connection <n>", "HTTP/2 streams one connection may have open at once; more are refused")
+      new Option(
+        "--max-streams-per-connection <n>",
+        "HTTP/2 streams one connection may have open at once (a client opening more loses its connection)",
+      )
         .env("AIRAVATA_MAX_STREAMS_PER_CONNECTION")
         .default(100)
         .argParser(integer(1, 10_000)),
@@ -210,6 +215,21 @@ export function buildCommand(): Command {
         .env("AIRAVATA_MAX_CONNECTIONS")
         .default(1024)
         .argParser(integer(1, 1_000_000)),
+    )
+    .addOption(
+      new Option(
+        "--max-connections-per-client <n>",
+        "connections one client address may have open at once (0: no limit); more are closed on arrival",
+      )
+        .env("AIRAVATA_MAX_CONNECTIONS_PER_CLIENT")
+        .default(256)
+        .argParser(integer(0, 1_000_000)),
+    )
+    .addOption(
+      new Option("--idle-timeout <seconds>", "an HTTP/2 connection with no open stream for this long is closed (GOAWAY)")
+        .env("AIRAVATA_IDLE_TIMEOUT")
+        .default(300)
+        .argParser(integer(1, 86_400)),
     )
     .addOption(
       new Option(
@@ -292,6 +312,8 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
     gracePeriodMs: o.gracePeriod * 1000,
     maxStreamsPerConnection: o.maxStreamsPerConnection,
     maxConnections: o.maxConnections,
+    maxConnectionsPerClient: o.maxConnectionsPerClient,
+    idleTimeoutMs: o.idleTimeout * 1000,
     headersTimeoutMs: o.headersTimeout * 1000,
     engineWatchdogMs: o.engineWatchdog * 1000,
     engineMaxRestarts: o.engineMaxRestarts,

@@ -23,10 +23,14 @@ export interface OnePortOptions {
   /** HTTP/1.1 limits: whole request headers, and idle keep-alive connections. */
   headersTimeoutMs?: number;
   keepAliveTimeoutMs?: number;
-  /** HTTP/2: streams a client may have open at once on one connection (more are refused). */
+  /** HTTP/2: streams a client may have open at once on one connection (nghttp2 ends a connection that opens more). */
   maxStreamsPerConnection?: number;
   /** Connections open at once, all clients together (more are closed on arrival). */
   maxConnections?: number;
+  /** Connections open at once from one client address (more are closed on arrival); 0: no limit. */
+  maxConnectionsPerClient?: number;
+  /** An HTTP/2 connection with no open stream for this long is closed (GOAWAY). */
+  idleTimeoutMs?: number;
 }
 
 export interface OnePortServer {
@@ -41,9 +45,28 @@ export interface OnePortServer {
 export function createOnePortServer(handler: RequestHandler, options: OnePortOptions = {}): OnePortServer {
   const sessions = new Set<http2.Http2Session>();
   const sockets = new Set<Duplex>();
+  const idleTimeoutMs = options.idleTimeoutMs ?? 300_000;
   const trackSession = (session: http2.Http2Session) => {
     sessions.add(session);
-    session.once("close", () => sessions.delete(session));
+    // Idle means no open stream: a call waiting in the queue sends nothing for a while, and is not idle.
+    let open = 0;
+    let idle: NodeJS.Timeout | undefined;
+    const arm = () => {
+      clearTimeout(idle);
+      idle = setTimeout(() => session.close(), idleTimeoutMs).unref();
+    };
+    arm();
+    session.on("stream", (stream: http2.ServerHttp2Stream) => {
+      open++;
+      clearTimeout(idle);
+      stream.once("close", () => {
+        if (--open === 0 && !session.closed) arm();
+      });
+    });
+    session.once("close", () => {
+      clearTimeout(idle);
+      sessions.delete(session);
+    });
   };
 
   const h2Settings = { maxConcurrentStreams: options.maxStreamsPerConnection ?? 100 };
@@ -107,6 +130,25 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortOpt
   }
   // Over the limit, Node closes a new connection as it arrives.
   if (options.maxConnections !== undefined) server.maxConnections = options.maxConnections;
+  const perClient = options.maxConnectionsPerClient ?? 0;
+  if (perClient > 0) {
+    const open = new Map<string, number>();
+    // First in line, before a TLS handshake or the protocol sniffing spends anything on it.
+    server.prependListener("connection", (socket: net.Socket) => {
+      const client = socket.remoteAddress ?? "";
+      const count = (open.get(client) ?? 0) + 1;
+      if (count > perClient) {
+        socket.destroy();
+        return;
+      }
+      open.set(client, count);
+      socket.once("close", () => {
+        const left = open.get(client)! - 1;
+        if (left === 0) open.delete(client);
+        else open.set(client, left);
+      });
+    });
+  }
 
   return {
     server,

@@ -36,6 +36,8 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     gracePeriodMs: 5000,
     maxStreamsPerConnection: 100,
     maxConnections: 1024,
+    maxConnectionsPerClient: 256,
+    idleTimeoutMs: 300_000,
     headersTimeoutMs: 30_000,
     engineWatchdogMs: 15_000,
     engineMaxRestarts: 5,
