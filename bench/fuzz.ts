@@ -2,7 +2,8 @@
  * `npm run fuzz -- --cases 5000`: random and mutated requests against a
  * running service (or one it starts on the tiny model): gRPC frames with
  * flipped bits, cut short, lengths that lie, random bytes; Connect JSON with
- * wrong types and values; wrong content types and paths; raw TCP garbage.
+ * wrong types and values; wrong content types and paths; raw TCP garbage;
+ * HTTP/2 clients that open more streams than the server allows.
  * Every case must end (a status, an HTTP answer or a closed connection) within
  * its time limit, and a good call must work after every 50 cases. Writes
  * bench/results/fuzz.{md,json}: cases tried, and how each kind ended.
@@ -15,6 +16,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { AiravataClient } from "../clients/grpc-client.js";
 import { GenerateRequestSchema, TokenizeRequestSchema } from "../src/gen/airavata/v1/generation_pb.js";
 import { prng } from "../src/util/prng.js";
+import { FRAME, RawH2 } from "./raw-h2.js";
 
 export interface FuzzReport {
   cases: number;
@@ -205,6 +207,22 @@ function rawTcp(port: number, rng: Rng): Promise<string> {
   });
 }
 
+/** Opens 1–5 streams more than the server announced, all at once, on one connection. */
+async function pastStreamLimit(port: number, rng: Rng): Promise<string> {
+  const h2 = await RawH2.connect(port);
+  try {
+    const limit = h2.maxConcurrentStreams() ?? 100;
+    for (let i = 0; i < limit + 1 + rng.int(5); i++) h2.open("/airavata.v1.GenerationService/Tokenize");
+    await Promise.race([h2.closed, h2.until((f) => f.type === FRAME.GOAWAY, "GOAWAY", CASE_TIMEOUT_MS - 500)]);
+    if (h2.frames.some((f) => f.type === FRAME.GOAWAY)) return "h2 GOAWAY";
+    return h2.frames.some((f) => f.type === FRAME.RST_STREAM) ? "h2 RST_STREAM, closed" : "h2 closed";
+  } catch {
+    return "HUNG";
+  } finally {
+    h2.close();
+  }
+}
+
 async function withTimeout(p: Promise<string>): Promise<string> {
   let timer: NodeJS.Timeout | undefined;
   const limit = new Promise<string>((resolve) => (timer = setTimeout(() => resolve("HUNG"), CASE_TIMEOUT_MS)));
@@ -276,12 +294,15 @@ export async function runFuzz(
           fuzzedFrame(rng, rng.bytes(rng.int(20))),
           rng.pick(["application/grpc", "application/grpc+json", "text/html", "application/grpc-web+proto", ""]),
         );
-      } else if (r < 0.9) {
+      } else if (r < 0.88) {
         kind = "connect-json";
         outcome = connectJson(port, rng);
-      } else {
+      } else if (r < 0.97) {
         kind = "tcp-garbage";
         outcome = rawTcp(port, rng);
+      } else {
+        kind = "h2-past-stream-limit";
+        outcome = pastStreamLimit(port, rng);
       }
       const result = await withTimeout(outcome);
       if (result === "HUNG") hung++;

@@ -3,6 +3,7 @@
  * down again in reverse. `main.ts` adds signals and exit codes; tests start
  * the same app in-process on a free port.
  */
+import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
@@ -51,6 +52,8 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
   const health = new HealthRegistry([GenerationService.typeName, AdminService.typeName]);
   let accepting = true;
   const shutdownController = new AbortController();
+  // Every running call listens on it (connect-node links each call's signal to it): many are normal, not a leak.
+  setMaxListeners(0, shutdownController.signal);
 
   const variants = new VariantManager({
     catalog: { modelsDir: config.modelsDir, manifestPath: config.manifestPath, extraFile: config.modelPath },

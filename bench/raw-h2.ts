@@ -1,6 +1,6 @@
 /**
- * A bare HTTP/2 client that writes frames itself, for tests of what a client
- * is not supposed to do (open more streams than the server allows): Node's
+ * A bare HTTP/2 client that writes frames itself, for the tests and the fuzzer
+ * to do what a client is not supposed to do (open more streams than the server allows): Node's
  * own client holds such streams back until the server has room. It encodes
  * request headers as HPACK literals and records the server's frames by type
  * and stream, without decoding their headers.
@@ -102,6 +102,15 @@ export class RawH2 {
     const prefix = Buffer.alloc(5);
     prefix.writeUInt32BE(message.length, 1);
     this.socket.write(frame(FRAME.DATA, END_STREAM, stream, Buffer.concat([prefix, message])));
+  }
+
+  /** The server's SETTINGS_MAX_CONCURRENT_STREAMS, if it announced one. */
+  maxConcurrentStreams(): number | undefined {
+    const settings = this.frames.find((f) => f.type === FRAME.SETTINGS && (f.flags & ACK) === 0);
+    for (let at = 0; settings && at + 6 <= settings.payload.length; at += 6) {
+      if (settings.payload.readUInt16BE(at) === 0x3) return settings.payload.readUInt32BE(at + 2);
+    }
+    return undefined;
   }
 
   /** The error code of the server's RST_STREAM on `stream`, if any. */
