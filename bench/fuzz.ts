@@ -3,12 +3,16 @@
  * running service (or one it starts on the tiny model): gRPC frames with
  * flipped bits, cut short, lengths that lie, random bytes; Connect JSON with
  * wrong types and values; wrong content types and paths; raw TCP garbage;
- * HTTP/2 clients that open more streams than the server allows.
+ * HTTP/2 clients that open more streams than the server allows; and, left to
+ * run beside the other cases, connections that trickle their headers a byte
+ * at a time (slowloris) or sit idle, from another loopback address when the
+ * service is local (so they do not count against the cases' own client).
  * Every case must end (a status, an HTTP answer or a closed connection) within
  * its time limit, and a good call must work after every 50 cases. Writes
  * bench/results/fuzz.{md,json}: cases tried, and how each kind ended.
  *   npm run fuzz -- [--cases 5000] [--seed 1] [--address host:port]
  */
+import { setMaxListeners } from "node:events";
 import http from "node:http";
 import http2 from "node:http2";
 import { connect } from "node:net";
@@ -21,6 +25,8 @@ import { FRAME, RawH2 } from "./raw-h2.js";
 export interface FuzzReport {
   cases: number;
   seed: number;
+  /** How long slow and idle connections had, after the last case, to be closed by the server. */
+  lingerLimitMs: number;
   /** Count of outcomes by case kind, e.g. { "grpc-mutated": { "grpc INVALID_ARGUMENT": 12 } }. */
   outcomes: Record<string, Record<string, number>>;
   /** Cases that did not end within their time limit. */
@@ -223,6 +229,59 @@ async function pastStreamLimit(port: number, rng: Rng): Promise<string> {
   }
 }
 
+/** How long after the last case a slow or idle connection may stay open before it counts as hung (the default). */
+const LINGER_LIMIT_MS = 60_000;
+
+/**
+ * A connection that stays open beside the other cases: headers trickled a
+ * byte every 300 ms, an HTTP/2 connection that opens no stream, or one that
+ * sends nothing at all. Resolves when the server closes it, with how.
+ */
+async function lingering(port: number, localAddress: string | undefined, rng: Rng, stop: AbortSignal): Promise<string> {
+  const style = rng.pick(["slowloris", "idle-h2", "silent"] as const);
+  if (style === "idle-h2") {
+    let h2: RawH2;
+    try {
+      h2 = await RawH2.connect(port, localAddress);
+    } catch {
+      return "idle-h2 closed on arrival";
+    }
+    const ended = await Promise.race([
+      h2.closed.then(() => true),
+      new Promise<boolean>((r) => stop.addEventListener("abort", () => r(false), { once: true })),
+    ]);
+    h2.close();
+    if (!ended) return "HUNG";
+    return h2.frames.some((f) => f.type === FRAME.GOAWAY) ? "idle-h2 GOAWAY" : "idle-h2 closed";
+  }
+  return new Promise((resolve) => {
+    const socket = connect({ port, host: "127.0.0.1", localAddress });
+    let drip: NodeJS.Timeout | undefined;
+    let answer = "";
+    let opened = false;
+    socket.on("connect", () => {
+      opened = true;
+      if (style !== "slowloris") return;
+      socket.write("POST /airavata.v1.GenerationService/Tokenize HTTP/1.1\r\nHost: x\r\n");
+      drip = setInterval(() => socket.write("x"), 300);
+    });
+    socket.on("data", (d) => (answer ||= String(d).slice(0, 12)));
+    socket.on("error", () => {});
+    const onStop = () => {
+      clearInterval(drip);
+      socket.destroy();
+      resolve("HUNG");
+    };
+    stop.addEventListener("abort", onStop, { once: true });
+    socket.on("close", () => {
+      clearInterval(drip);
+      stop.removeEventListener("abort", onStop);
+      if (!opened) resolve(`${style} refused`);
+      else resolve(`${style} closed${answer.startsWith("HTTP/1.1 ") ? ` after ${answer.slice(9, 12)}` : ""}`);
+    });
+  });
+}
+
 async function withTimeout(p: Promise<string>): Promise<string> {
   let timer: NodeJS.Timeout | undefined;
   const limit = new Promise<string>((resolve) => (timer = setTimeout(() => resolve("HUNG"), CASE_TIMEOUT_MS)));
@@ -238,6 +297,7 @@ export async function runFuzz(
   cases: number,
   seed: number,
   onProgress?: (done: number) => void,
+  lingerLimitMs = LINGER_LIMIT_MS,
 ): Promise<FuzzReport> {
   const rng = randomness(seed);
   const port = Number(address.split(":").at(-1));
@@ -251,6 +311,10 @@ export async function runFuzz(
   let session = http2.connect(`http://${address}`);
   session.on("error", () => {});
   let hung = 0;
+  const local = /^(127\.0\.0\.1|localhost):/.test(address);
+  const background: Promise<void>[] = [];
+  const stopBackground = new AbortController();
+  setMaxListeners(0, stopBackground.signal); // one per lingering connection
   let goodCalls = 0;
   let goodCallsOk = 0;
   try {
@@ -261,7 +325,7 @@ export async function runFuzz(
       }
       const r = rng.next();
       let kind: string;
-      let outcome: Promise<string>;
+      let outcome: Promise<string> | undefined;
       if (r < 0.45) {
         kind = "grpc-mutated";
         const { path, bytes } = validRequest(rng);
@@ -297,16 +361,27 @@ export async function runFuzz(
       } else if (r < 0.88) {
         kind = "connect-json";
         outcome = connectJson(port, rng);
-      } else if (r < 0.97) {
+      } else if (r < 0.96) {
         kind = "tcp-garbage";
         outcome = rawTcp(port, rng);
+      } else if (r < 0.97) {
+        kind = "slow-or-idle";
+        // Runs beside the next cases; counted when the server has closed it.
+        background.push(
+          lingering(port, local ? "127.0.0.3" : undefined, rng, stopBackground.signal).then((result) => {
+            if (result === "HUNG") hung++;
+            count("slow-or-idle", result);
+          }),
+        );
       } else {
         kind = "h2-past-stream-limit";
         outcome = pastStreamLimit(port, rng);
       }
-      const result = await withTimeout(outcome);
-      if (result === "HUNG") hung++;
-      count(kind, result);
+      if (outcome) {
+        const result = await withTimeout(outcome);
+        if (result === "HUNG") hung++;
+        count(kind, result);
+      }
       if ((i + 1) % 50 === 0 || i === cases - 1) {
         goodCalls++;
         const good = await client.generate({ prompt: "The", raw: true, temperature: 0 });
@@ -314,11 +389,15 @@ export async function runFuzz(
         onProgress?.(i + 1);
       }
     }
+    const limit = setTimeout(() => stopBackground.abort(), lingerLimitMs);
+    await Promise.all(background);
+    clearTimeout(limit);
   } finally {
+    stopBackground.abort();
     session.close();
     client.close();
   }
-  return { cases, seed, outcomes, hung, goodCalls, goodCallsOk, durationMs: performance.now() - started };
+  return { cases, seed, lingerLimitMs, outcomes, hung, goodCalls, goodCallsOk, durationMs: performance.now() - started };
 }
 
 export function fuzzMarkdown(report: FuzzReport, where: string): string {
@@ -333,7 +412,7 @@ export function fuzzMarkdown(report: FuzzReport, where: string): string {
     `- date: ${new Date().toISOString()}`,
     `- service: ${where}`,
     `- cases: ${report.cases} (seed ${report.seed}) in ${(report.durationMs / 1000).toFixed(1)} s`,
-    `- hung (no end within ${CASE_TIMEOUT_MS / 1000} s): ${report.hung}`,
+    `- hung (no end within ${CASE_TIMEOUT_MS / 1000} s; a slow or idle connection not closed by the server within ${report.lingerLimitMs / 1000} s after the last case): ${report.hung}`,
     `- good calls between cases: ${report.goodCallsOk} of ${report.goodCalls} worked`,
     "",
     "| kind | how it ended | cases |",
