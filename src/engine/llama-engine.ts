@@ -81,7 +81,8 @@ export class LlamaEngine {
       const sequenceCount = options.sequences === "auto" ? (backend === "cpu" ? 4 : 8) : options.sequences;
       model = await llama.loadModel({ modelPath: options.modelPath, gpuLayers: "auto", onLoadProgress: onProgress });
       const context = await model.createContext({
-        contextSize: options.contextSize * sequenceCount,
+        // Per sequence: node-llama-cpp gives each sequence its own `contextSize` cells.
+        contextSize: options.contextSize,
         sequences: sequenceCount,
         batchSize: options.batchSize,
         threads: options.threads,
@@ -92,7 +93,8 @@ export class LlamaEngine {
         backend,
         devices,
         modelPath: options.modelPath,
-        contextSize: Math.floor(context.contextSize / sequenceCount),
+        // The configured size, not node-llama-cpp's padded one, bounds a request.
+        contextSize: Math.min(options.contextSize, context.contextSize),
         sequences: sequenceCount,
         threads: context.currentThreads,
         gpuLayers: model.gpuLayers,
@@ -167,7 +169,7 @@ export class LlamaEngine {
     const gpuLayers = this.info.backend === "cpu" ? 0 : insights.totalLayers;
     const model = await insights.estimateModelResourceRequirementsV2({ gpuLayers });
     const context = await insights.estimateContextResourceRequirementsV2({
-      contextSize: this.info.contextSize * this.info.sequences,
+      contextSize: this.info.contextSize,
       sequences: this.info.sequences,
       batchSize: this.batchSize,
       modelGpuLayers: gpuLayers,

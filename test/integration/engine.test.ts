@@ -5,17 +5,18 @@ import { modelPath } from "../helpers/models.js";
 
 // The engine in this process (no IPC), to watch exactly how many tokens a
 // cancel lets through.
+const LOAD = {
+  modelPath: modelPath("q8_0"),
+  gpu: "cpu",
+  threads: 1,
+  contextSize: 1024,
+  sequences: 2,
+  batchSize: 512,
+  batching: "measured",
+} as const;
 let engine: LlamaEngine;
 beforeAll(async () => {
-  engine = await LlamaEngine.load({
-    modelPath: modelPath("q8_0"),
-    gpu: "cpu",
-    threads: 1,
-    contextSize: 1024,
-    sequences: 2,
-    batchSize: 512,
-    batching: "measured",
-  });
+  engine = await LlamaEngine.load(LOAD);
 });
 afterAll(async () => {
   await engine.dispose();
@@ -36,6 +37,22 @@ const chat: GenerationInput = { kind: "chat", messages: [{ role: "user", content
 describe("LlamaEngine", () => {
   it("reports the backend, threads, slots and context it was given", () => {
     expect(engine.info).toMatchObject({ backend: "cpu", threads: 1, sequences: 2, contextSize: 1024, gpuLayers: 0 });
+  });
+
+  it("holds context-size cells per slot, no more: each slot adds one request's KV cache to the memory it needs", async () => {
+    // The tiny model's KV cache: 2 layers × (K + V) × 128 values × 2 bytes (F16) = 1 KiB a token.
+    const kvBytesPerToken = 2 * 2 * 128 * 2;
+    const needs: number[] = [];
+    for (const sequences of [1, 4]) {
+      const sized = await LlamaEngine.load({ ...LOAD, contextSize: 512, sequences });
+      try {
+        expect(sized.info.contextSize).toBe(512);
+        needs.push((await sized.estimate(modelPath("q8_0"))).ramBytes);
+      } finally {
+        await sized.dispose();
+      }
+    }
+    expect(needs[1]! - needs[0]!).toBe(3 * 512 * kvBytesPerToken);
   });
 
   it("timed a decode step of each size at load (batching measured)", () => {
