@@ -11,12 +11,13 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterEach, describe, expect, it } from "vitest";
 import { AiravataClient } from "../../clients/grpc-client.js";
-import { AdminService, SwapPhase, type SwapProgress } from "../../src/gen/airavata/v1/admin_pb.js";
+import { AdminService, SwapPhase } from "../../src/gen/airavata/v1/admin_pb.js";
 import { sha256File } from "../../src/variants/download.js";
+import { type AdminClient, swapTo } from "../helpers/admin.js";
 import { type FileServer, startFileServer } from "../helpers/file-server.js";
 import { modelPath } from "../helpers/models.js";
 import { ROOT, startServerProcess, startTestServer, type TestServer } from "../helpers/server.js";
@@ -74,17 +75,9 @@ async function until(check: () => boolean, what: string, timeoutMs = 30_000): Pr
   }
 }
 
-async function swap(admin: ReturnType<typeof createClient<typeof AdminService>>, variantId: string) {
-  const events: SwapProgress[] = [];
-  try {
-    for await (const e of admin.swapVariant({ variantId }, auth)) events.push(e);
-    return { events, error: undefined };
-  } catch (error) {
-    return { events, error: ConnectError.from(error) };
-  }
-}
+const swap = (admin: AdminClient, variantId: string) => swapTo(admin, variantId, auth);
 
-async function inServer(s: Setup): Promise<{ server: TestServer; admin: ReturnType<typeof createClient<typeof AdminService>> }> {
+async function inServer(s: Setup): Promise<{ server: TestServer; admin: AdminClient }> {
   const server = await startTestServer({ manifestPath: s.manifest, modelsDir: s.modelsDir, adminToken: TOKEN });
   cleanups.push(() => server.app.shutdown());
   return { server, admin: createClient(AdminService, createGrpcTransport({ baseUrl: server.baseUrl })) };

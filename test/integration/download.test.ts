@@ -3,12 +3,13 @@ import { existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AiravataClient } from "../../clients/grpc-client.js";
-import { AdminService, SwapPhase, type SwapProgress } from "../../src/gen/airavata/v1/admin_pb.js";
+import { AdminService, SwapPhase } from "../../src/gen/airavata/v1/admin_pb.js";
 import { sha256File } from "../../src/variants/download.js";
+import { type AdminClient, swapTo } from "../helpers/admin.js";
 import { type FileServer, startFileServer } from "../helpers/file-server.js";
 import { modelPath } from "../helpers/models.js";
 import { ROOT, startTestServer, type TestServer } from "../helpers/server.js";
@@ -21,7 +22,7 @@ let files: FileServer;
 let server: TestServer;
 let modelsDir: string;
 let manifest: string;
-let admin: ReturnType<typeof createClient<typeof AdminService>>;
+let admin: AdminClient;
 
 beforeAll(async () => {
   files = await startFileServer(
@@ -53,15 +54,7 @@ afterAll(async () => {
   await files.close();
 });
 
-async function swap(variantId: string) {
-  const events: SwapProgress[] = [];
-  try {
-    for await (const e of admin.swapVariant({ variantId }, auth)) events.push(e);
-    return { events, error: undefined };
-  } catch (error) {
-    return { events, error: ConnectError.from(error) };
-  }
-}
+const swap = (variantId: string) => swapTo(admin, variantId, auth);
 
 describe("downloads", () => {
   it("a swap downloads a missing variant with progress, survives a cut connection by resuming, then serves it", async () => {
