@@ -11,11 +11,14 @@
  * are queued before node-llama-cpp dispatches and go out as one batch. The
  * group's size comes from `groupSize`: everyone waiting by default; on a CPU
  * where a batch of two costs more than two single decodes, fewer (see
- * `cheapestGroup`). Generations are released in the order they arrived, so a
- * stream left out of one step goes first in the next.
+ * `cheapestGroup`). Generations are chosen in the order they arrived, so a
+ * stream left out of one step goes first in the next; the chosen ones queue
+ * their tokens in the order of their sequence ids, because llama.cpp (with a
+ * KV cache per sequence) decodes a batch in one pass only over a run of
+ * consecutive ascending ids and splits it anywhere else.
  */
 export class DecodeGate {
-  private readonly waiting: (() => void)[] = [];
+  private readonly waiting: { order: number; resolve: () => void }[] = [];
   /** Generations released (or just entered) and not yet back with their token. */
   private running = 0;
   private releaseScheduled = false;
@@ -35,11 +38,14 @@ export class DecodeGate {
     this.running++;
   }
 
-  /** Back with a token; resolves when this generation may queue its next one. */
-  turn(): Promise<void> {
+  /**
+   * Back with a token; resolves when this generation may queue its next one.
+   * `order` (the sequence id) orders the generations released together.
+   */
+  turn(order = 0): Promise<void> {
     return new Promise((resolve) => {
       this.back();
-      this.waiting.push(resolve);
+      this.waiting.push({ order, resolve });
       this.release();
     });
   }
@@ -79,7 +85,8 @@ export class DecodeGate {
   private go(size: number): void {
     this.step = { size, startedAt: performance.now() };
     this.running += size;
-    for (const resolve of this.waiting.splice(0, size)) resolve();
+    const chosen = this.waiting.splice(0, size).sort((a, b) => a.order - b.order);
+    for (const { resolve } of chosen) resolve();
   }
 }
 

@@ -281,7 +281,8 @@ export class LlamaEngine {
             break;
           }
           // Queue the next token together with the other running sequences (see DecodeGate).
-          await this.gate.turn();
+          // Slots are the sequences in the order they were made, so their ids ascend with the slot.
+          await this.gate.turn(slot);
         }
       }
     } finally {

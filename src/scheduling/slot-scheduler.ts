@@ -92,7 +92,10 @@ export class SlotScheduler {
           next.grant(slot);
           this.announcePositions(0);
         } else {
+          // Lowest first: running sequences then keep ids next to each other, which lets
+          // llama.cpp decode them as one batch (see DecodeGate).
           this.free.push(slot);
+          this.free.sort((a, b) => a - b);
         }
       },
     };

@@ -7,11 +7,11 @@ const later = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  * A member of the steps: enters with its first token, then comes back after
  * `backAfterMs[i]` for each of its next tokens; records when each release came.
  */
-async function member(gate: DecodeGate, name: string, backAfterMs: number[], log: string[]): Promise<void> {
+async function member(gate: DecodeGate, name: string, backAfterMs: number[], log: string[], order = 0): Promise<void> {
   gate.enter();
   for (const ms of backAfterMs) {
     await later(ms);
-    await gate.turn();
+    await gate.turn(order);
     log.push(name);
   }
   await later(1);
@@ -42,6 +42,18 @@ describe("DecodeGate", () => {
     expect(steps.every((s) => s === 1)).toBe(true);
     // One at a time, alternating: nobody is served twice while the other waits.
     expect(log).toEqual(["a", "b", "a", "b"]);
+  });
+
+  it("lets a group go in the order of its sequence ids, whatever order its members came back in", async () => {
+    // llama.cpp decodes a batch in one pass only over consecutive ascending sequence ids.
+    const gate = new DecodeGate();
+    const log: string[] = [];
+    await Promise.all([
+      member(gate, "seq2", [0, 0], log, 2),
+      member(gate, "seq0", [10, 10], log, 0),
+      member(gate, "seq1", [5, 5], log, 1),
+    ]);
+    expect(log).toEqual(["seq0", "seq1", "seq2", "seq0", "seq1", "seq2"]);
   });
 
   it("lets the others go on when one leaves", async () => {
