@@ -70,6 +70,8 @@ type Rng = ReturnType<typeof randomness>;
 
 const STRANGE_STRINGS = ["", " ", "नमस्ते", "ॐ🙏", "\u0000", "\uFFFD", "a".repeat(5000), "<|user|>\n", "\\u0000", "%00", "../.."];
 const STRANGE_NUMBERS = [0, -1, 1e308, -1e308, 2 ** 32, 2 ** 53, 0.5, -0.0001, 1e-300];
+/** Sampling values as a binary request carries them: sane ones, and NaN, infinities, negatives. */
+const STRANGE_FLOATS = [0, 0.7, 1, 1.5, 3, Number.NaN, Infinity, -Infinity, -1, 1e30, 1e-30];
 
 function validRequest(rng: Rng): { path: string; bytes: Uint8Array } {
   if (rng.next() < 0.5) {
@@ -87,6 +89,14 @@ function validRequest(rng: Rng): { path: string; bytes: Uint8Array } {
     maxNewTokens: rng.int(16),
     temperature: rng.pick([0, 0.7, 1.5, 3]),
     topK: rng.int(100),
+    ...(rng.next() < 0.3
+      ? {
+          temperature: rng.pick(STRANGE_FLOATS),
+          topP: rng.pick(STRANGE_FLOATS),
+          minP: rng.pick(STRANGE_FLOATS),
+          repeatPenalty: rng.pick(STRANGE_FLOATS),
+        }
+      : {}),
     stop: rng.next() < 0.3 ? Array.from({ length: rng.int(40) }, () => rng.pick(STRANGE_STRINGS)) : [],
   });
   if (rng.next() < 0.3)
