@@ -4,9 +4,10 @@
  * the report goes to bench/results/fuzz.{md,json}. Exit code 1 if any case
  * hung or a good call failed between cases.
  */
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { Command } from "commander";
 import { fuzzMarkdown, runFuzz } from "./fuzz.js";
+import { writeReport } from "./report-files.js";
 import { startBenchServer } from "./server-process.js";
 
 const opts = new Command("fuzz")
@@ -57,13 +58,6 @@ try {
 } finally {
   await server?.stop();
 }
-mkdirSync(opts.out, { recursive: true });
 const where = opts.address ?? `started on ${opts.model}`;
-writeFileSync(
-  `${opts.out}/fuzz.json`,
-  `${JSON.stringify({ date: new Date().toISOString(), service: where, ...report }, null, 2)}\n`,
-);
-const md = fuzzMarkdown(report, where);
-writeFileSync(`${opts.out}/fuzz.md`, md);
-console.log(md);
+writeReport(opts.out, "fuzz", { service: where, ...report }, fuzzMarkdown(report, where));
 process.exit(report.hung === 0 && report.goodCallsOk === report.goodCalls ? 0 : 1);

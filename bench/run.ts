@@ -14,6 +14,7 @@ import { promisify } from "node:util";
 import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
 import { defaultThreads } from "../src/config.js";
+import { lineChart } from "./chart.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
 import { cpuMs } from "./proc.js";
 import { startBenchServer } from "./server-process.js";
@@ -270,30 +271,24 @@ const md = [
 ].join("\n");
 writeFileSync(`${opts.out}/bench.md`, md);
 // Aggregate tokens/s against concurrency, one line per target and thread count.
-const maxY = Math.max(...table.map((r) => r.stats.aggregateTokensPerSecond)) * 1.1;
-const W = 560;
-const H = 320;
-const x = (c: number) => 60 + (levels.indexOf(c) / Math.max(1, levels.length - 1)) * (W - 100);
-const y = (v: number) => H - 40 - (v / maxY) * (H - 80);
 const colors: Record<string, string> = { service: "#4a7ab5", "in-process": "#d0803a", "llama-server": "#5a9a4a" };
-const series = threadCounts.flatMap((threads) => TARGETS.map((target) => ({ target, threads })));
-const lines = series.map(({ target, threads }, t) => {
-  const pts = table
-    .filter((r) => r.target === target && r.threads === threads)
-    .map((r) => `${x(r.concurrency).toFixed(1)},${y(r.stats.aggregateTokensPerSecond).toFixed(1)}`);
-  const dash = threadCounts.indexOf(threads) > 0 ? ' stroke-dasharray="6 4"' : "";
-  return (
-    `<polyline fill="none" stroke="${colors[target]}" stroke-width="2"${dash} points="${pts.join(" ")}"/>` +
-    `<text x="${W - 170}" y="${30 + t * 16}" fill="${colors[target]}">${target}, ${threads} thread${threads > 1 ? "s" : ""}</text>`
-  );
-});
-const axes = levels.map((c) => `<text x="${x(c)}" y="${H - 20}" text-anchor="middle">${c}</text>`).join("");
 writeFileSync(
   `${opts.out}/bench.svg`,
-  `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>` +
-    `<text x="60" y="20" font-weight="bold">aggregate output tokens/s by concurrent streams</text>` +
-    `<line x1="60" y1="${H - 40}" x2="${W - 40}" y2="${H - 40}" stroke="#999"/><line x1="60" y1="40" x2="60" y2="${H - 40}" stroke="#999"/>` +
-    `<text x="52" y="${y(maxY / 1.1) + 4}" text-anchor="end">${(maxY / 1.1).toFixed(0)}</text><text x="52" y="${H - 36}" text-anchor="end">0</text>` +
-    `${axes}${lines.join("")}</svg>\n`,
+  lineChart(
+    "aggregate output tokens/s by concurrent streams",
+    levels,
+    threadCounts.flatMap((threads) =>
+      TARGETS.map((target) => ({
+        label: `${target}, ${threads} thread${threads > 1 ? "s" : ""}`,
+        color: colors[target]!,
+        dashed: threadCounts.indexOf(threads) > 0,
+        values: levels.map(
+          (c) =>
+            table.find((r) => r.target === target && r.threads === threads && r.concurrency === c)?.stats
+              .aggregateTokensPerSecond ?? Number.NaN,
+        ),
+      })),
+    ),
+  ),
 );
 console.log(md);

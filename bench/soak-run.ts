@@ -7,11 +7,12 @@
  *   npm run soak -- [--minutes 30] [--workers 6] [--swap-every 30] [--kill-every 120] [--seed 1]
  */
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { Command } from "commander";
 import { SHAPES, writeSyntheticModel } from "../src/synthetic/model.js";
+import { writeReport } from "./report-files.js";
 import { startBenchServer } from "./server-process.js";
 import { runSoak, soakMarkdown } from "./soak.js";
 
@@ -54,14 +55,7 @@ try {
   await server.stop();
 }
 const where = `started on two generated tiny variants (tiny.q4_0, tiny.q8_0), ${os.availableParallelism()} cores`;
-mkdirSync(opts.out, { recursive: true });
-writeFileSync(
-  `${opts.out}/soak.json`,
-  `${JSON.stringify({ date: new Date().toISOString(), service: where, ...report }, null, 2)}\n`,
-);
-const md = soakMarkdown(report, where);
-writeFileSync(`${opts.out}/soak.md`, md);
-console.log(md);
+writeReport(opts.out, "soak", { service: where, ...report }, soakMarkdown(report, where));
 const clean =
   report.unexpected.length === 0 &&
   report.hung === 0 &&

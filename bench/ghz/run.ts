@@ -12,6 +12,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:
 import os from "node:os";
 import { join } from "node:path";
 import { Command } from "commander";
+import { lineChart } from "../chart.js";
 import { startBenchServer } from "../server-process.js";
 import { type GhzReport, INSTALL_GHZ, loadConfigs, runConfig, type RunSummary, summarizeReport } from "./report.js";
 
@@ -79,30 +80,18 @@ const md = [
   "",
 ].join("\n");
 writeFileSync(`${opts.out}/ghz.md`, md);
-// p95 latency by concurrency, one line per config (log scale on neither axis: few points).
-const W = 560;
-const H = 320;
-const maxY = Math.max(...rows.map((r) => (Number.isFinite(r.summary.p95Ms) ? r.summary.p95Ms : 0))) * 1.1 || 1;
-const x = (c: number) => 60 + (levels.indexOf(c) / Math.max(1, levels.length - 1)) * (W - 100);
-const y = (v: number) => H - 40 - (v / maxY) * (H - 80);
+// p95 latency by concurrency, one line per config.
 const colors = ["#4a7ab5", "#d0803a", "#5a9a4a", "#9a4a8a"];
-const configs = [...new Set(rows.map((r) => r.config))];
-const lines = configs.map((config, i) => {
-  const pts = rows
-    .filter((r) => r.config === config)
-    .map((r) => `${x(r.concurrency).toFixed(1)},${y(r.summary.p95Ms || 0).toFixed(1)}`);
-  return (
-    `<polyline fill="none" stroke="${colors[i % colors.length]}" stroke-width="2" points="${pts.join(" ")}"/>` +
-    `<text x="${W - 170}" y="${30 + i * 16}" fill="${colors[i % colors.length]}">${config}</text>`
-  );
-});
 writeFileSync(
   `${opts.out}/ghz.svg`,
-  `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>` +
-    `<text x="60" y="20" font-weight="bold">p95 latency (ms) by concurrency, ghz</text>` +
-    `<line x1="60" y1="${H - 40}" x2="${W - 40}" y2="${H - 40}" stroke="#999"/><line x1="60" y1="40" x2="60" y2="${H - 40}" stroke="#999"/>` +
-    `<text x="52" y="${y(maxY / 1.1) + 4}" text-anchor="end">${(maxY / 1.1).toFixed(0)}</text><text x="52" y="${H - 36}" text-anchor="end">0</text>` +
-    levels.map((c) => `<text x="${x(c)}" y="${H - 20}" text-anchor="middle">${c}</text>`).join("") +
-    `${lines.join("")}</svg>\n`,
+  lineChart(
+    "p95 latency (ms) by concurrency, ghz",
+    levels,
+    [...new Set(rows.map((r) => r.config))].map((config, i) => ({
+      label: config,
+      color: colors[i % colors.length]!,
+      values: levels.map((c) => rows.find((r) => r.config === config && r.concurrency === c)?.summary.p95Ms ?? Number.NaN),
+    })),
+  ),
 );
 console.log(md);
