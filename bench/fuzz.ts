@@ -17,9 +17,11 @@ import http from "node:http";
 import http2 from "node:http2";
 import { connect } from "node:net";
 import { create, toBinary } from "@bufbuild/protobuf";
+import { status } from "@grpc/grpc-js";
 import { AiravataClient } from "../clients/grpc-client.js";
 import { GenerateRequestSchema, TokenizeRequestSchema } from "../src/gen/airavata/v1/generation_pb.js";
 import { prng } from "../src/util/prng.js";
+import { grpcFrame, rawGrpcCall } from "./raw-grpc.js";
 import { FRAME, RawH2 } from "./raw-h2.js";
 
 export interface FuzzReport {
@@ -38,25 +40,6 @@ export interface FuzzReport {
 }
 
 const CASE_TIMEOUT_MS = 8000;
-const GRPC_NAMES = [
-  "OK",
-  "CANCELLED",
-  "UNKNOWN",
-  "INVALID_ARGUMENT",
-  "DEADLINE_EXCEEDED",
-  "NOT_FOUND",
-  "ALREADY_EXISTS",
-  "PERMISSION_DENIED",
-  "RESOURCE_EXHAUSTED",
-  "FAILED_PRECONDITION",
-  "ABORTED",
-  "OUT_OF_RANGE",
-  "UNIMPLEMENTED",
-  "INTERNAL",
-  "UNAVAILABLE",
-  "DATA_LOSS",
-  "UNAUTHENTICATED",
-];
 
 /** Seeded random choices, so a run can be repeated. */
 function randomness(seed: number) {
@@ -123,43 +106,22 @@ function mutate(rng: Rng, bytes: Uint8Array): Buffer {
   }
 }
 
-function frame(payload: Buffer, flag = 0, length = payload.length): Buffer {
-  const head = Buffer.alloc(5);
-  head[0] = flag;
-  head.writeUInt32BE(length, 1);
-  return Buffer.concat([head, payload]);
-}
-
 /** Mostly honest frames; sometimes a compressed flag nobody negotiated, or a length that lies. */
 function fuzzedFrame(rng: Rng, payload: Buffer): Buffer {
-  const flag = rng.next() < 0.1 ? 1 : 0;
+  const compressed = rng.next() < 0.1;
   const r = rng.next();
-  return frame(payload, flag, r < 0.8 ? payload.length : r < 0.9 ? payload.length + 1 + rng.int(100) : rng.int(2 ** 31));
+  return grpcFrame(payload, {
+    compressed,
+    declaredLength: r < 0.8 ? payload.length : r < 0.9 ? payload.length + 1 + rng.int(100) : rng.int(2 ** 31),
+  });
 }
 
 /** One gRPC request over h2c; the outcome is the grpc-status name, or what went wrong at the HTTP/2 level. */
 function grpcCall(session: http2.ClientHttp2Session, path: string, body: Buffer, contentType: string): Promise<string> {
-  return new Promise((resolve) => {
-    let status: string | undefined;
-    let http = 0;
-    const req = session.request({
-      ":method": "POST",
-      ":path": path,
-      "content-type": contentType,
-      te: "trailers",
-      "grpc-timeout": "5S",
-    });
-    const read = (h: http2.IncomingHttpHeaders) => (status = (h["grpc-status"] as string | undefined) ?? status);
-    req.on("response", (h) => {
-      http = Number(h[":status"]);
-      read(h);
-    });
-    req.on("trailers", read);
-    req.on("data", () => {});
-    req.on("end", () => resolve(status !== undefined ? `grpc ${GRPC_NAMES[Number(status)] ?? status}` : `http ${http}`));
-    req.on("error", (e) => resolve(`h2 error ${(e as NodeJS.ErrnoException).code ?? e.message}`));
-    req.end(body);
-  });
+  return rawGrpcCall(session, path, body, { contentType, timeout: "5S" }).then(
+    ({ http, grpc: code }) => (code !== undefined ? `grpc ${status[Number(code)] ?? code}` : `http ${http}`),
+    (e: NodeJS.ErrnoException) => `h2 error ${e.code ?? e.message}`,
+  );
 }
 
 function connectJson(port: number, rng: Rng): Promise<string> {
@@ -351,7 +313,7 @@ export async function runFuzz(
       } else if (r < 0.65) {
         kind = "grpc-valid-strange-values";
         const { path, bytes } = validRequest(rng);
-        outcome = grpcCall(session, path, frame(Buffer.from(bytes)), "application/grpc");
+        outcome = grpcCall(session, path, grpcFrame(Buffer.from(bytes)), "application/grpc");
       } else if (r < 0.75) {
         kind = "wrong-path-or-type";
         const path = rng.pick([

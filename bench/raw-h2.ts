@@ -6,6 +6,7 @@
  * and stream, without decoding their headers.
  */
 import { connect, type Socket } from "node:net";
+import { grpcFrame } from "./raw-grpc.js";
 
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 export const FRAME = { DATA: 0, HEADERS: 1, RST_STREAM: 3, SETTINGS: 4, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8 } as const;
@@ -99,9 +100,7 @@ export class RawH2 {
 
   /** Sends one gRPC message (uncompressed) and ends the stream's request side. */
   finish(stream: number, message: Uint8Array): void {
-    const prefix = Buffer.alloc(5);
-    prefix.writeUInt32BE(message.length, 1);
-    this.socket.write(frame(FRAME.DATA, END_STREAM, stream, Buffer.concat([prefix, message])));
+    this.socket.write(frame(FRAME.DATA, END_STREAM, stream, grpcFrame(Buffer.from(message))));
   }
 
   /** The server's SETTINGS_MAX_CONCURRENT_STREAMS, if it announced one. */

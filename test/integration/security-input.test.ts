@@ -7,6 +7,7 @@ import { connect } from "node:net";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { grpcFrame, type RawGrpcResult, rawGrpcCall } from "../../bench/raw-grpc.js";
 import { AiravataClient } from "../../clients/grpc-client.js";
 import { AdminService } from "../../src/gen/airavata/v1/admin_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as HealthStatus } from "../../src/gen/grpc/health/v1/health_pb.js";
@@ -42,44 +43,17 @@ async function stillServing(): Promise<void> {
   expect(ok.text).toBe("end of story🙏");
 }
 
-/** One raw gRPC call over h2c: the body bytes as given; the status from headers or trailers. */
-async function rawGrpc(
-  path: string,
-  body: Buffer,
-  contentType = "application/grpc",
-): Promise<{ http: number; grpc?: string; message?: string }> {
+/** One raw gRPC call on a connection of its own: the body bytes as given; the status from headers or trailers. */
+async function rawGrpc(path: string, body: Buffer, contentType = "application/grpc"): Promise<RawGrpcResult> {
   const session = http2.connect(baseUrl);
   try {
-    return await new Promise((resolve, reject) => {
-      const req = session.request({ ":method": "POST", ":path": path, "content-type": contentType, te: "trailers" });
-      let http = 0;
-      let grpc: string | undefined;
-      let message: string | undefined;
-      const read = (h: http2.IncomingHttpHeaders) => {
-        grpc = (h["grpc-status"] as string | undefined) ?? grpc;
-        message = (h["grpc-message"] as string | undefined) ?? message;
-      };
-      req.on("response", (headers) => {
-        http = Number(headers[":status"]);
-        read(headers);
-      });
-      req.on("trailers", read);
-      req.on("data", () => {});
-      req.on("end", () => resolve({ http, grpc, message: message === undefined ? undefined : decodeURIComponent(message) }));
-      req.on("error", reject);
-      req.end(body);
-    });
+    return await rawGrpcCall(session, path, body, { contentType });
   } finally {
     session.close();
   }
 }
 
-/** A gRPC frame: flag byte, 4-byte length, payload. */
-function frame(payload: Buffer, declaredLength = payload.length): Buffer {
-  const head = Buffer.alloc(5);
-  head.writeUInt32BE(declaredLength, 1);
-  return Buffer.concat([head, payload]);
-}
+const frame = (payload: Buffer, declaredLength?: number) => grpcFrame(payload, { declaredLength });
 
 describe("bad input on the wire", () => {
   // Bytes that do not decode as the request get INTERNAL, as grpc-go and grpc-java answer them
