@@ -3,7 +3,7 @@
  * drain (health NOT_SERVING, new calls UNAVAILABLE, running streams finish
  * within the grace period) and exit 0.
  */
-import { startApp } from "./app.js";
+import { type App, startApp } from "./app.js";
 import { loadConfig } from "./config.js";
 import { createLogger } from "./log.js";
 
@@ -32,8 +32,18 @@ function downloadProgress() {
 // A stop request during startup (a download of the variant can take long) ends the startup cleanly.
 const startup = new AbortController();
 let signals = 0;
-let app: Awaited<ReturnType<typeof startApp>> | undefined;
+let app: App | undefined;
 let stoppedBy: NodeJS.Signals | undefined;
+const shutDown = (running: App, signal: NodeJS.Signals) => {
+  log.info({ signal, gracePeriodMs: config.gracePeriodMs }, "shutting down");
+  running.shutdown().then(
+    () => process.exit(0),
+    (error: unknown) => {
+      log.error({ err: error }, "shutdown failed");
+      process.exit(1);
+    },
+  );
+};
 const onSignal = (signal: NodeJS.Signals) => {
   signals++;
   if (signals > 1) {
@@ -46,27 +56,17 @@ const onSignal = (signal: NodeJS.Signals) => {
     startup.abort();
     return;
   }
-  log.info({ signal, gracePeriodMs: config.gracePeriodMs }, "shutting down");
-  app.shutdown().then(
-    () => process.exit(0),
-    (error: unknown) => {
-      log.error({ err: error }, "shutdown failed");
-      process.exit(1);
-    },
-  );
+  shutDown(app, signal);
 };
 process.on("SIGTERM", onSignal);
 process.on("SIGINT", onSignal);
 
 try {
   app = await startApp(config, log, { onDownload: downloadProgress(), signal: startup.signal });
-  if (stoppedBy) {
-    // The stop came while the model loaded: start up, then shut down at once.
-    signals = 0;
-    onSignal(stoppedBy);
-  }
+  // The stop came while the model loaded: start up, then shut down at once.
+  if (stoppedBy) shutDown(app, stoppedBy);
 } catch (error) {
-  if (startup.signal.aborted) {
+  if (stoppedBy) {
     log.info({ reason: error instanceof Error ? error.message : String(error) }, "stopped during startup");
     process.exit(0);
   }

@@ -29,15 +29,14 @@ let engine: LlamaEngine | undefined;
 process.on("disconnect", () => void shutdown());
 // (It may have gone while this module's imports were still loading, before the listener existed.)
 if (!process.connected) process.exit(0);
-let loaded: LlamaEngine;
 try {
-  loaded = await LlamaEngine.load(options, (progress) => send({ type: "load-progress", progress }));
-  engine = loaded;
-  if (!process.connected) await shutdown();
+  engine = await LlamaEngine.load(options, (progress) => send({ type: "load-progress", progress }));
 } catch (error) {
   send({ type: "load-failed", message: error instanceof Error ? error.message : String(error) });
   process.exit(1);
 }
+if (!process.connected) await shutdown();
+const loaded = engine;
 
 process.on("message", (message: ToEngine) => {
   switch (message.type) {
