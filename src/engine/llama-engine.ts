@@ -26,7 +26,7 @@ import {
   type MemoryEstimate,
   type SamplingSettings,
 } from "./protocol.js";
-import { cheapestGroup, DecodeGate } from "./decode-gate.js";
+import { assertNativeContext, cheapestGroup, DecodeLoop, type NativeContext, type NativeSampler } from "./decode-loop.js";
 import { type Emission, TextStream } from "./text-stream.js";
 
 /** The large tokenizer arrays of a GGUF header: not needed to read a model's facts, so skipped. */
@@ -54,9 +54,36 @@ export interface GenerationResult extends Emission {
   prefillMs: number;
 }
 
+/** node-llama-cpp's internals the engine reaches: the native context and the native sampler's constructor. */
+interface NodeLlamaCppInternals {
+  context: { _ctx: unknown };
+  llama: { _bindings: { AddonSampler: new (model: unknown) => NativeSampler } };
+  model: { _model: unknown };
+}
+
+/** The native sampler's settings for a request (as node-llama-cpp's own evaluate would set them). */
+function samplerConfig(sampling: SamplingSettings): Record<string, unknown> {
+  return {
+    temperature: sampling.temperature,
+    minP: sampling.minP,
+    topK: sampling.topK,
+    topP: sampling.topP,
+    seed: Number.isFinite(sampling.seed) ? Math.max(0, Math.floor(sampling.seed)) : Math.floor(Date.now() / 1000),
+  };
+}
+
+/** The repeat penalty's part of the sampler settings, over the tokens it punishes. */
+function repeatPenaltyConfig(penalty: number, tokens: readonly number[]): Record<string, unknown> {
+  return {
+    repeatPenalty: penalty,
+    repeatPenaltyMaxTokens: Math.max(REPEAT_WINDOW, tokens.length),
+    repeatPenaltyTokens: Uint32Array.from(tokens),
+  };
+}
+
 export class LlamaEngine {
   private disposed = false;
-  private readonly gate = new DecodeGate();
+  private readonly loop: DecodeLoop;
 
   private constructor(
     private readonly llama: Llama,
@@ -65,7 +92,15 @@ export class LlamaEngine {
     private readonly sequences: LlamaContextSequence[],
     readonly info: EngineInfo,
     private readonly batchSize: number,
-  ) {}
+    private readonly native: NativeContext,
+  ) {
+    this.loop = new DecodeLoop(native, context.batchSize);
+  }
+
+  private newSampler(): NativeSampler {
+    const { AddonSampler } = (this.llama as unknown as NodeLlamaCppInternals["llama"])._bindings;
+    return new AddonSampler((this.model as unknown as NodeLlamaCppInternals["model"])._model);
+  }
 
   /** Loads the model and its context; `onProgress` sees the model load go from 0 to 1. */
   static async load(options: EngineOptions, onProgress?: (progress: number) => void): Promise<LlamaEngine> {
@@ -88,6 +123,11 @@ export class LlamaEngine {
         threads: options.threads,
       });
       const sequences = Array.from({ length: sequenceCount }, () => context.getSequence());
+      // The decode loop addresses sequence `slot` by id `slot`: node-llama-cpp gives a fresh context's ids in order.
+      sequences.forEach((sequence, slot) => {
+        const id = (sequence as unknown as { _sequenceId: unknown })._sequenceId;
+        if (id !== slot) throw new Error(`node-llama-cpp gave sequence ${slot} the id ${String(id)}`);
+      });
       const devices = backend === "cpu" ? [os.cpus()[0]?.model ?? "cpu"] : await llama.getGpuDeviceNames();
       const info: EngineInfo = {
         backend,
@@ -101,10 +141,12 @@ export class LlamaEngine {
         loadMs: 0,
         stepMs: [],
       };
-      const engine = new LlamaEngine(llama, model, context, sequences, info, options.batchSize);
+      const native = (context as unknown as NodeLlamaCppInternals["context"])._ctx;
+      assertNativeContext(native);
+      const engine = new LlamaEngine(llama, model, context, sequences, info, options.batchSize, native);
       if (options.batching === "measured" && sequenceCount > 1) {
         const stepMs = await engine.measureSteps();
-        engine.gate.groupSize = (ready) => cheapestGroup(stepMs, ready);
+        engine.loop.groupSize = (ready) => cheapestGroup(stepMs, ready);
         info.stepMs = stepMs;
       }
       info.loadMs = performance.now() - started;
@@ -124,20 +166,20 @@ export class LlamaEngine {
    */
   private async measureSteps(): Promise<number[]> {
     const samples: number[][] = [];
-    this.gate.onStep = (size, ms) => (samples[size] ??= []).push(ms);
+    this.loop.onStep = (size, ms) => (samples[size] ??= []).push(ms);
     const input: GenerationInput = { kind: "chat", messages: [{ role: "user", content: "नमस्ते" }] };
     const quiet = { started: () => {}, chunk: () => {} };
     const signal = new AbortController().signal;
     try {
       for (let size = 1; size <= this.sequences.length; size++) {
-        this.gate.groupSize = () => size;
+        this.loop.groupSize = () => size;
         await Promise.all(
           Array.from({ length: size }, (_, slot) => this.generate(slot, input, greedySampling(MEASURED_STEPS), signal, quiet)),
         );
       }
     } finally {
-      this.gate.onStep = undefined;
-      this.gate.groupSize = (ready) => ready;
+      this.loop.onStep = undefined;
+      this.loop.groupSize = (ready) => ready;
     }
     // Index = tokens in the step; 0 where a size got no step (a generation ended early).
     return Array.from({ length: this.sequences.length + 1 }, (_, size) => {
@@ -183,26 +225,48 @@ export class LlamaEngine {
    * from node-llama-cpp's full next-token distributions (temperature 1).
    */
   async perplexity(text: string, maxTokens: number): Promise<{ perplexity: number; scoredTokens: number }> {
-    const sequence = this.sequences[0]!;
+    const sequenceId = 0;
     const bos = this.model.tokens.bos;
     const limit = Math.min(maxTokens, this.info.contextSize - 1);
     const tokens = [...(bos === null ? [] : [bos]), ...this.model.tokenize(text, false)].slice(0, limit + 1);
     if (tokens.length < 2) throw new ServiceError("invalid_argument", "the evaluation text has no tokens to score");
-    await sequence.clearHistory();
+    const sampler = this.newSampler();
+    sampler.applyConfig({ temperature: 1, topK: 0, topP: 1, minP: 0, seed: 0 });
+    this.native.removeTokenCellsFromSequence(sequenceId, 0, -1);
+    let nll = 0;
+    let next = 0;
     try {
-      const options = { temperature: 1, topK: 0, topP: 1, minP: 0 };
-      const results = await sequence.controlledEvaluate(
-        tokens.map((token, i) => (i < tokens.length - 1 ? [token, { generateNext: { probabilities: true, options } }] : token)),
-      );
-      let nll = 0;
-      for (let i = 0; i < tokens.length - 1; i++) {
-        const p = results[i]?.next.probabilities?.get(tokens[i + 1]!) ?? 0;
-        nll -= Math.log(Math.max(p, 1e-30));
-      }
+      // Every token but the last goes in with its logits; each position scores the token after it.
+      await new Promise<void>((resolve, reject) => {
+        this.loop.add({
+          sequenceId,
+          pending: tokens.slice(0, -1),
+          position: 0,
+          logits: "all",
+          afterStep: async (native, indexes) => {
+            for (const index of indexes) {
+              const [, probabilities = []] = await native.sampleToken(index, sampler, true);
+              const wanted = tokens[++next];
+              let p = 0;
+              for (let i = 0; i + 1 < probabilities.length; i += 2) {
+                if (probabilities[i] === wanted) {
+                  p = probabilities[i + 1]!;
+                  break;
+                }
+              }
+              nll -= Math.log(Math.max(p, 1e-30));
+            }
+            if (next >= tokens.length - 1) resolve();
+            return next < tokens.length - 1;
+          },
+          fail: reject,
+        });
+      });
       const scored = tokens.length - 1;
       return { perplexity: Math.exp(nll / scored), scoredTokens: scored };
     } finally {
-      await sequence.clearHistory();
+      sampler.dispose();
+      this.native.removeTokenCellsFromSequence(sequenceId, 0, -1);
     }
   }
 
@@ -221,8 +285,7 @@ export class LlamaEngine {
     signal: AbortSignal,
     events: GenerationEvents,
   ): Promise<GenerationResult> {
-    const sequence = this.sequences[slot];
-    if (!sequence) throw new ServiceError("internal", `no sequence ${slot}`);
+    if (!this.sequences[slot]) throw new ServiceError("internal", `no sequence ${slot}`);
     const prompt = this.promptTokens(input);
     const limit = this.info.contextSize;
     if (prompt.length + sampling.maxNewTokens > limit) {
@@ -234,60 +297,68 @@ export class LlamaEngine {
       );
     }
     events.started(prompt.length);
+    if (signal.aborted) return { text: "", tokens: [], finishReason: "cancelled", generatedTokens: 0, prefillMs: 0 };
     const model = this.model;
     const stream = new TextStream((tokens, last) => model.detokenize(tokens as Token[], false, last as Token[]), sampling.stop);
     const history: Token[] = [...prompt];
+    const penalized = sampling.repeatPenalty !== 1;
+    const sampler = this.newSampler();
+    // The sequences were made in order on a fresh context, so each slot's sequence id is the slot.
+    const sequenceId = slot;
     const started = performance.now();
     let prefillMs = 0;
     let generated = 0;
     let finishReason: FinishReason = "stop";
-    let stepping = false;
-    await sequence.clearHistory();
+    const ended = (reason: FinishReason) => {
+      finishReason = reason;
+      return false;
+    };
+    // The native sampler takes its whole configuration each time (a setting left out is reset).
+    const configure = () =>
+      sampler.applyConfig({
+        ...samplerConfig(sampling),
+        ...(penalized ? repeatPenaltyConfig(sampling.repeatPenalty, history.slice(-REPEAT_WINDOW)) : {}),
+      });
     try {
-      if (signal.aborted) {
-        finishReason = "cancelled";
-      } else {
-        const tokens = sequence.evaluate(prompt, {
-          temperature: sampling.temperature,
-          topK: sampling.topK,
-          topP: sampling.topP,
-          minP: sampling.minP,
-          seed: sampling.seed,
-          repeatPenalty:
-            sampling.repeatPenalty === 1
-              ? undefined
-              : { penalty: sampling.repeatPenalty, punishTokens: () => history.slice(-REPEAT_WINDOW) },
+      configure();
+      this.native.removeTokenCellsFromSequence(sequenceId, 0, -1);
+      // What a sampled token means for the generation: false when it ends with this one.
+      const take = (token: Token): boolean => {
+        if (model.isEogToken(token)) return ended("stop");
+        if (generated === 0) prefillMs = performance.now() - started;
+        generated++;
+        history.push(token);
+        const emission = stream.push(token);
+        if (emission.text !== "" || emission.tokens.length > 0) events.chunk(emission);
+        if (stream.stopSequence !== undefined) return ended("stop_sequence");
+        if (generated >= sampling.maxNewTokens) return ended("length");
+        if (signal.aborted) return ended("cancelled");
+        return true;
+      };
+      await new Promise<void>((resolve, reject) => {
+        this.loop.add({
+          sequenceId,
+          pending: prompt,
+          position: 0,
+          logits: "last",
+          async afterStep(native, indexes) {
+            if (indexes.length === 0) return true; // the prompt is still going in
+            if (penalized) configure();
+            const token = (await native.sampleToken(indexes[0]!, sampler)) as Token;
+            if (token === -1) throw new Error("node-llama-cpp failed to sample the next token");
+            if (!take(token)) {
+              resolve();
+              return false;
+            }
+            this.pending = [token];
+            return true;
+          },
+          fail: reject,
         });
-        for await (const token of tokens) {
-          if (generated === 0) {
-            prefillMs = performance.now() - started;
-            this.gate.enter();
-            stepping = true;
-          }
-          generated++;
-          history.push(token);
-          const emission = stream.push(token);
-          if (emission.text !== "" || emission.tokens.length > 0) events.chunk(emission);
-          if (stream.stopSequence !== undefined) {
-            finishReason = "stop_sequence";
-            break;
-          }
-          if (generated >= sampling.maxNewTokens) {
-            finishReason = "length";
-            break;
-          }
-          if (signal.aborted) {
-            finishReason = "cancelled";
-            break;
-          }
-          // Queue the next token together with the other running sequences (see DecodeGate).
-          // Slots are the sequences in the order they were made, so their ids ascend with the slot.
-          await this.gate.turn(slot);
-        }
-      }
+      });
     } finally {
-      if (stepping) this.gate.leave();
-      await sequence.clearHistory();
+      sampler.dispose();
+      this.native.removeTokenCellsFromSequence(sequenceId, 0, -1);
     }
     return { ...stream.end(), finishReason, generatedTokens: generated, prefillMs };
   }

@@ -93,7 +93,7 @@ export class SlotScheduler {
           this.announcePositions(0);
         } else {
           // Lowest first: running sequences then keep ids next to each other, which lets
-          // llama.cpp decode them as one batch (see DecodeGate).
+          // llama.cpp decode them as one batch (see DecodeLoop).
           this.free.push(slot);
           this.free.sort((a, b) => a - b);
         }

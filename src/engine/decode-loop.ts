@@ -1,0 +1,187 @@
+/**
+ * Continuous batching over one context's sequences: a single loop that, each
+ * step, puts the pending tokens of the sequences it serves into one batch (a
+ * prompt's tokens, or the token a generation sampled last), decodes it, and
+ * lets each sequence sample its next token from its logits.
+ *
+ * It drives node-llama-cpp's native context directly (initBatch, addToBatch,
+ * decodeBatch, sampleToken) instead of through `LlamaContextSequence.evaluate`,
+ * whose per-token JavaScript (async generators, locks, a dispatch a turn later,
+ * a thread reservation on a timer) cost 3–8% of a small model's token here, and
+ * whose dispatch sent four streams out as batches of three.
+ *
+ * A step's sequences go into the batch in ascending id order: with a KV cache
+ * per sequence, llama.cpp decodes a batch in one pass only over a run of
+ * consecutive ascending ids and splits it anywhere else.
+ */
+
+/** Index of a token's logits in the batch just decoded. */
+export type LogitIndex = number;
+
+/** node-llama-cpp's native sampler, as the loop's callers use it. */
+export interface NativeSampler {
+  applyConfig(config: Record<string, unknown>): void;
+  dispose(): void;
+}
+
+/** The part of node-llama-cpp's native context (its `_ctx`) the loop drives. */
+export interface NativeContext {
+  initBatch(size: number): void;
+  addToBatch(sequenceId: number, firstTokenSequenceIndex: number, tokens: Uint32Array, logitIndexes: Uint32Array): Uint32Array;
+  decodeBatch(): Promise<void>;
+  sampleToken(index: LogitIndex, sampler: NativeSampler): Promise<number>;
+  sampleToken(
+    index: LogitIndex,
+    sampler: NativeSampler,
+    probabilities: boolean,
+  ): Promise<[token: number, probabilities: number[] | undefined, confidence: number | undefined]>;
+  removeTokenCellsFromSequence(sequenceId: number, startPos: number, endPos: number): boolean;
+}
+
+const NATIVE_METHODS = ["initBatch", "addToBatch", "decodeBatch", "sampleToken", "removeTokenCellsFromSequence"] as const;
+
+/** Throws unless `native` has every method the loop calls (it is node-llama-cpp's internal object). */
+export function assertNativeContext(native: unknown): asserts native is NativeContext {
+  const missing = NATIVE_METHODS.filter((m) => typeof (native as Record<string, unknown> | undefined)?.[m] !== "function");
+  if (missing.length > 0) {
+    throw new Error(
+      `node-llama-cpp's native context lacks ${missing.join(", ")}: the engine drives node-llama-cpp 3.21.1's addon ` +
+        `directly, and this installed version differs (run npm ci)`,
+    );
+  }
+}
+
+/** One sequence's work in the loop. */
+export interface SequenceWork {
+  readonly sequenceId: number;
+  /** Tokens to put into the sequence next; the loop takes them from the front. */
+  pending: number[];
+  /** Position in the sequence of `pending[0]`. */
+  position: number;
+  /** Logits for every token fed ("all", to score a text), or for the last one only ("last", to generate). */
+  readonly logits: "all" | "last";
+  /**
+   * After a step that fed this work `fed` tokens: `indexes` are the logits
+   * it asked for (none while a prompt is still going in). It sets `pending`
+   * for the next step, or returns false when it is done.
+   */
+  afterStep(native: NativeContext, indexes: Uint32Array, fed: number): Promise<boolean>;
+  /** The step failed (the decode threw, or `afterStep` did): the work is over. */
+  fail(error: unknown): void;
+}
+
+export class DecodeLoop {
+  /** Work with tokens to feed, in the order it became ready: whoever was left out of a step goes first in the next. */
+  private readonly ready: SequenceWork[] = [];
+  private running = false;
+
+  /**
+   * @param batchSize most tokens in one decode (node-llama-cpp's context batch size)
+   * @param groupSize how many of the `ready` sequences go into the next step
+   * @param onStep told the size and time (decode and sampling) of each step where every sequence fed one token
+   */
+  constructor(
+    private readonly native: NativeContext,
+    private readonly batchSize: number,
+    public groupSize: (ready: number) => number = (ready) => ready,
+    public onStep?: (size: number, ms: number) => void,
+  ) {}
+
+  /** Adds work; it runs from the next step on. */
+  add(work: SequenceWork): void {
+    this.ready.push(work);
+    if (!this.running) {
+      this.running = true;
+      // Started a turn later, so work added in the same turn (concurrent calls) shares the first step.
+      setImmediate(() => void this.run());
+    }
+  }
+
+  private async run(): Promise<void> {
+    try {
+      while (this.ready.length > 0) await this.step();
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async step(): Promise<void> {
+    const size = Math.max(1, Math.min(this.ready.length, this.groupSize(this.ready.length)));
+    const chosen = this.ready.splice(0, size).sort((a, b) => a.sequenceId - b.sequenceId);
+    const fed: { work: SequenceWork; count: number; indexes: Uint32Array }[] = [];
+    let room = this.batchSize;
+    for (const work of chosen) {
+      const count = Math.min(work.pending.length, room);
+      if (count === 0) {
+        // No room left in this batch (a long prompt took it): first in line for the next.
+        this.ready.unshift(work);
+        continue;
+      }
+      room -= count;
+      fed.push({ work, count, indexes: new Uint32Array(0) });
+    }
+    const started = performance.now();
+    try {
+      this.native.initBatch(this.batchSize - room);
+      for (const entry of fed) {
+        const { work, count } = entry;
+        const complete = count === work.pending.length;
+        const logitIndexes =
+          work.logits === "all"
+            ? Uint32Array.from({ length: count }, (_, i) => i)
+            : complete
+              ? Uint32Array.of(count - 1)
+              : new Uint32Array(0);
+        entry.indexes = this.native.addToBatch(
+          work.sequenceId,
+          work.position,
+          Uint32Array.from(work.pending.slice(0, count)),
+          logitIndexes,
+        );
+        work.position += count;
+        work.pending = work.pending.slice(count);
+      }
+      await this.native.decodeBatch();
+    } catch (error) {
+      for (const { work } of fed) work.fail(error);
+      return;
+    }
+    // Every sequence samples at once: the calls queue together on the native side.
+    const goOn = await Promise.all(
+      fed.map(({ work, count, indexes }) =>
+        work.afterStep(this.native, indexes, count).catch((error: unknown) => {
+          work.fail(error);
+          return false;
+        }),
+      ),
+    );
+    if (this.onStep && fed.length === chosen.length && fed.every((f) => f.count === 1)) {
+      this.onStep(fed.length, performance.now() - started);
+    }
+    fed.forEach(({ work }, i) => {
+      if (goOn[i]) this.ready.push(work);
+    });
+  }
+}
+
+/**
+ * The group size to release when `ready` generations wait, from the measured
+ * time of a decode step by the tokens in it (`stepMs[k]`, k = 1…): the size
+ * with the lowest time per token, where a smaller group must save at least 5%
+ * to be chosen over a larger one (a larger step serves more streams at once,
+ * and a few percent is within the measurement's noise). Sizes not measured
+ * are not chosen; with none measured, everyone goes.
+ */
+export function cheapestGroup(stepMs: readonly (number | undefined)[], ready: number): number {
+  let best = ready;
+  let bestPerToken = Infinity;
+  for (let k = ready; k >= 1; k--) {
+    const ms = stepMs[k];
+    if (ms === undefined || !(ms > 0)) continue;
+    if (bestPerToken === Infinity || ms / k < bestPerToken * 0.95) {
+      best = k;
+      bestPerToken = ms / k;
+    }
+  }
+  return best;
+}

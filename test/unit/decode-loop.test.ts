@@ -1,0 +1,177 @@
+import { describe, expect, it } from "vitest";
+import {
+  cheapestGroup,
+  DecodeLoop,
+  type NativeContext,
+  type NativeSampler,
+  type SequenceWork,
+} from "../../src/engine/decode-loop.js";
+
+/** A batch as the fake context saw it: per sequence, the positions fed and which of them asked for logits. */
+type Batch = { seq: number; positions: number[]; logits: number[] }[];
+
+/**
+ * A stand-in for node-llama-cpp's native context that records each batch and
+ * "samples" token 100 + the sequence id; `failOnDecode` makes the n-th decode throw.
+ */
+function fakeNative(failOnDecode?: number): NativeContext & { batches: Batch[] } {
+  let batch: Batch = [];
+  let bySlot: number[] = [];
+  let decodes = 0;
+  const batches: Batch[] = [];
+  const native = {
+    batches,
+    initBatch: () => {
+      batch = [];
+      bySlot = [];
+    },
+    addToBatch: (seq: number, first: number, tokens: Uint32Array, logitIndexes: Uint32Array) => {
+      batch.push({ seq, positions: Array.from(tokens, (_, i) => first + i), logits: Array.from(logitIndexes) });
+      return Uint32Array.from(logitIndexes, () => {
+        bySlot.push(seq);
+        return bySlot.length - 1;
+      });
+    },
+    decodeBatch: async () => {
+      await new Promise((r) => setImmediate(r));
+      if (++decodes === failOnDecode) throw new Error("decode failed");
+      batches.push(batch);
+    },
+    sampleToken: async (index: number) => 100 + bySlot[index]!,
+    removeTokenCellsFromSequence: () => true,
+  };
+  return native as unknown as NativeContext & { batches: Batch[] };
+}
+
+const sampler = {} as NativeSampler;
+
+/** A generation of `tokens` tokens after a prompt of `prompt` tokens; resolves with the tokens it sampled. */
+function generation(loop: DecodeLoop, seq: number, prompt: number, tokens: number): Promise<number[]> {
+  return new Promise((resolve, reject) => {
+    const got: number[] = [];
+    loop.add({
+      sequenceId: seq,
+      pending: Array.from({ length: prompt }, (_, i) => i),
+      position: 0,
+      logits: "last",
+      async afterStep(native, indexes) {
+        if (indexes.length === 0) return true;
+        got.push(await native.sampleToken(indexes[0]!, sampler));
+        if (got.length === tokens) {
+          resolve(got);
+          return false;
+        }
+        this.pending = [got.at(-1)!];
+        return true;
+      },
+      fail: reject,
+    } satisfies SequenceWork);
+  });
+}
+
+describe("DecodeLoop", () => {
+  it("decodes every running sequence in one batch per step, in ascending sequence id order", async () => {
+    const native = fakeNative();
+    const loop = new DecodeLoop(native, 512);
+    // Added out of order, in one turn: they share the first step (their prompts) and every step after.
+    const results = await Promise.all([generation(loop, 2, 3, 3), generation(loop, 0, 2, 3), generation(loop, 1, 4, 3)]);
+    expect(results).toEqual([
+      [102, 102, 102],
+      [100, 100, 100],
+      [101, 101, 101],
+    ]);
+    expect(native.batches.map((b) => b.map((e) => e.seq))).toEqual([
+      [0, 1, 2],
+      [0, 1, 2],
+      [0, 1, 2],
+    ]);
+    // The prompts go in whole with logits for their last token; then one token each, at the next position.
+    expect(native.batches[0]).toEqual([
+      { seq: 0, positions: [0, 1], logits: [1] },
+      { seq: 1, positions: [0, 1, 2, 3], logits: [3] },
+      { seq: 2, positions: [0, 1, 2], logits: [2] },
+    ]);
+    expect(native.batches[1]).toEqual([
+      { seq: 0, positions: [2], logits: [0] },
+      { seq: 1, positions: [4], logits: [0] },
+      { seq: 2, positions: [3], logits: [0] },
+    ]);
+  });
+
+  it("feeds a prompt longer than the batch over several steps, asking for logits only at its end", async () => {
+    const native = fakeNative();
+    const loop = new DecodeLoop(native, 4);
+    expect(await generation(loop, 0, 10, 1)).toEqual([100]);
+    expect(native.batches).toEqual([
+      [{ seq: 0, positions: [0, 1, 2, 3], logits: [] }],
+      [{ seq: 0, positions: [4, 5, 6, 7], logits: [] }],
+      [{ seq: 0, positions: [8, 9], logits: [1] }],
+    ]);
+  });
+
+  it("runs a smaller group when told to, whoever was left out going first in the next step", async () => {
+    const native = fakeNative();
+    const loop = new DecodeLoop(native, 512, () => 1);
+    await Promise.all([generation(loop, 0, 1, 2), generation(loop, 1, 1, 2)]);
+    expect(native.batches.map((b) => b.map((e) => e.seq))).toEqual([[0], [1], [0], [1]]);
+  });
+
+  it("lets the others go on when one ends, and takes new work into the running steps", async () => {
+    const native = fakeNative();
+    const loop = new DecodeLoop(native, 512);
+    const long = generation(loop, 0, 1, 4);
+    const short = generation(loop, 1, 1, 1);
+    await short;
+    const late = generation(loop, 2, 1, 1);
+    await Promise.all([long, late]);
+    const seqs = native.batches.map((b) => b.map((e) => e.seq));
+    expect(seqs[0]).toEqual([0, 1]);
+    expect(seqs.slice(1).every((s) => s[0] === 0)).toBe(true);
+    expect(seqs.flat().filter((s) => s === 2)).toHaveLength(1);
+    expect(seqs.flat().filter((s) => s === 0)).toHaveLength(4);
+  });
+
+  it("fails the sequences of a step whose decode threw, and goes on with later work", async () => {
+    const native = fakeNative(1);
+    const loop = new DecodeLoop(native, 512);
+    const results = await Promise.allSettled([generation(loop, 0, 2, 2), generation(loop, 1, 2, 2)]);
+    expect(results.map((r) => r.status)).toEqual(["rejected", "rejected"]);
+    expect((results[0] as PromiseRejectedResult).reason).toEqual(new Error("decode failed"));
+    expect(await generation(loop, 0, 2, 2)).toEqual([100, 100]);
+  });
+
+  it("times the steps where every sequence fed one token", async () => {
+    const steps: number[] = [];
+    const loop = new DecodeLoop(fakeNative(), 512, undefined, (size) => steps.push(size));
+    await Promise.all([generation(loop, 0, 3, 3), generation(loop, 1, 3, 3)]);
+    await new Promise((r) => setImmediate(r)); // the last step is timed once its sequences have their tokens
+    // The first step (the prompts) is not a decode step; the two after it are.
+    expect(steps).toEqual([2, 2]);
+  });
+});
+
+describe("cheapestGroup", () => {
+  it("decodes everyone together when a bigger step is cheaper per token", () => {
+    // Measured here: Q4_K_M, 1 thread (ms per step by tokens in it).
+    const stepMs = [0, 4.66, 8.62, 12.35, 15.13, 19.34, 21.42, 24.11, 27.2];
+    for (let ready = 1; ready <= 8; ready++) expect(cheapestGroup(stepMs, ready)).toBe(ready);
+  });
+
+  it("decodes one at a time when a batch costs more than its tokens alone", () => {
+    const stepMs = [0, 4.4, 13.5, 17.5, 18];
+    expect(cheapestGroup(stepMs, 2)).toBe(1);
+    expect(cheapestGroup(stepMs, 3)).toBe(1);
+    expect(cheapestGroup(stepMs, 4)).toBe(4);
+  });
+
+  it("keeps the bigger group unless the smaller saves 5% per token", () => {
+    expect(cheapestGroup([0, 4.4, 8.6], 2)).toBe(2);
+    expect(cheapestGroup([0, 4.0, 8.6], 2)).toBe(1);
+  });
+
+  it("skips sizes that were not measured", () => {
+    expect(cheapestGroup([0, 4.4, 0, 9], 2)).toBe(1);
+    expect(cheapestGroup([0, 0, 0, 9], 3)).toBe(3);
+    expect(cheapestGroup([], 5)).toBe(5);
+  });
+});
