@@ -2,8 +2,8 @@
  * Where one stream's time per token goes inside the engine: node-llama-cpp's
  * native decode and sampling calls timed from JavaScript (a Proxy on the
  * context's addon object; the times include the hop to the libuv thread and
- * back), against the interval between tokens. The rest is JavaScript:
- * node-llama-cpp's generator, locks and dispatch, and the engine's own work.
+ * back), against the interval between tokens. The rest is JavaScript: the
+ * engine's decode loop and text stream.
  *   UV_THREADPOOL_SIZE=1 tsx bench/token-anatomy.ts [model] [threads] [rounds] [sequences in the context]
  */
 import { LlamaEngine } from "../src/engine/llama-engine.js";
@@ -20,12 +20,12 @@ const engine = await LlamaEngine.load({
   batchSize: 512,
   batching: "full",
 });
-// node-llama-cpp keeps its native context object on `_ctx`; timing wrappers go around two of its methods.
+// The engine's decode loop drives node-llama-cpp's native context object; timing wrappers go around two of its methods.
 type Native = Record<string | symbol, unknown>;
-const context = (engine as unknown as { context: { _ctx: Native } }).context;
+const loop = (engine as unknown as { loop: { native: Native } }).loop;
 const timed: Record<string, number[]> = { decodeBatch: [], sampleToken: [] };
-const native = context._ctx;
-context._ctx = new Proxy(native, {
+const native = loop.native;
+loop.native = new Proxy(native, {
   get(target, key) {
     const value = target[key];
     if (typeof value !== "function") return value;
