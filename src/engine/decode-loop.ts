@@ -74,6 +74,9 @@ export class DecodeLoop {
   /** Work with tokens to feed, in the order it became ready: whoever was left out of a step goes first in the next. */
   private readonly ready: SequenceWork[] = [];
   private running = false;
+  /** Why the loop takes no more work, once closed. */
+  private closed: unknown;
+  private idle: (() => void)[] = [];
 
   /**
    * @param batchSize most tokens in one decode (node-llama-cpp's context batch size)
@@ -89,6 +92,10 @@ export class DecodeLoop {
 
   /** Adds work; it runs from the next step on. */
   add(work: SequenceWork): void {
+    if (this.closed !== undefined) {
+      work.fail(this.closed);
+      return;
+    }
     this.ready.push(work);
     if (!this.running) {
       this.running = true;
@@ -97,11 +104,22 @@ export class DecodeLoop {
     }
   }
 
+  /**
+   * Fails all waiting work with `reason`, refuses new work, and resolves once
+   * the step under way (if any) is over: the native context may then be freed.
+   */
+  async close(reason: unknown): Promise<void> {
+    this.closed = reason;
+    for (const work of this.ready.splice(0)) work.fail(reason);
+    if (this.running) await new Promise<void>((resolve) => this.idle.push(resolve));
+  }
+
   private async run(): Promise<void> {
     try {
-      while (this.ready.length > 0) await this.step();
+      while (this.ready.length > 0 && this.closed === undefined) await this.step();
     } finally {
       this.running = false;
+      for (const resolve of this.idle.splice(0)) resolve();
     }
   }
 
@@ -159,7 +177,9 @@ export class DecodeLoop {
       this.onStep(fed.length, performance.now() - started);
     }
     fed.forEach(({ work }, i) => {
-      if (goOn[i]) this.ready.push(work);
+      if (!goOn[i]) return;
+      if (this.closed !== undefined) work.fail(this.closed);
+      else this.ready.push(work);
     });
   }
 }

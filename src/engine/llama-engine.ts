@@ -373,6 +373,8 @@ export class LlamaEngine {
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
+    // node-llama-cpp's context waits for its own decodes before it frees native memory, not for the loop's.
+    await this.loop.close(new ServiceError("unavailable", "the engine is shutting down"));
     await this.context.dispose();
     await this.model.dispose();
     await this.llama.dispose();

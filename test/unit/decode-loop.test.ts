@@ -140,6 +140,24 @@ describe("DecodeLoop", () => {
     expect(await generation(loop, 0, 2, 2)).toEqual([100, 100]);
   });
 
+  it("on close, fails waiting work, lets the step under way finish first, and refuses new work", async () => {
+    const native = fakeNative();
+    const loop = new DecodeLoop(native, 512, () => 1);
+    const first = generation(loop, 0, 1, 5);
+    const second = generation(loop, 1, 1, 5);
+    await new Promise((r) => setImmediate(r)); // the first step (sequence 0 alone) is under way
+    const reason = new Error("shutting down");
+    let closed = false;
+    const closing = loop.close(reason).then(() => (closed = true));
+    expect(closed).toBe(false);
+    await closing;
+    // Sequence 1 waited for its turn and fails at once; sequence 0 fails once its step is over.
+    expect(native.batches).toEqual([[{ seq: 0, positions: [0], logits: [0] }]]);
+    await expect(first).rejects.toBe(reason);
+    await expect(second).rejects.toBe(reason);
+    await expect(generation(loop, 2, 1, 1)).rejects.toBe(reason);
+  });
+
   it("times the steps where every sequence fed one token", async () => {
     const steps: number[] = [];
     const loop = new DecodeLoop(fakeNative(), 512, undefined, (size) => steps.push(size));
