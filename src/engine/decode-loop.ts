@@ -127,17 +127,19 @@ export class DecodeLoop {
     const size = Math.max(1, Math.min(this.ready.length, this.groupSize(this.ready.length)));
     const chosen = this.ready.splice(0, size).sort((a, b) => a.sequenceId - b.sequenceId);
     const fed: { work: SequenceWork; count: number; indexes: Uint32Array }[] = [];
+    const leftOut: SequenceWork[] = [];
     let room = this.batchSize;
     for (const work of chosen) {
       const count = Math.min(work.pending.length, room);
       if (count === 0) {
-        // No room left in this batch (a long prompt took it): first in line for the next.
-        this.ready.unshift(work);
+        leftOut.push(work);
         continue;
       }
       room -= count;
       fed.push({ work, count, indexes: new Uint32Array(0) });
     }
+    // No room left for them in this batch (a long prompt took it): first in line for the next.
+    this.ready.unshift(...leftOut);
     const started = performance.now();
     try {
       this.native.initBatch(this.batchSize - room);

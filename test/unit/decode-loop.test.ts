@@ -109,6 +109,21 @@ describe("DecodeLoop", () => {
     ]);
   });
 
+  it("shares a full batch out in sequence order, and those left out keep their place", async () => {
+    const native = fakeNative();
+    const loop = new DecodeLoop(native, 4);
+    await Promise.all([generation(loop, 0, 4, 2), generation(loop, 1, 2, 1), generation(loop, 2, 2, 1)]);
+    expect(native.batches.slice(0, 2)).toEqual([
+      // Sequence 0's prompt fills the batch; 1 and 2 wait, in their order.
+      [{ seq: 0, positions: [0, 1, 2, 3], logits: [3] }],
+      [
+        { seq: 0, positions: [4], logits: [0] },
+        { seq: 1, positions: [0, 1], logits: [1] },
+        { seq: 2, positions: [0], logits: [] },
+      ],
+    ]);
+  });
+
   it("runs a smaller group when told to, whoever was left out going first in the next step", async () => {
     const native = fakeNative();
     const loop = new DecodeLoop(native, 512, () => 1);
