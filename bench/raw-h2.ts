@@ -50,7 +50,7 @@ export class RawH2 {
   }
 
   /** Connects (from `localAddress`, another loopback address, to look like another client), exchanges settings, and acknowledges the server's (so its limits apply). */
-  static async connect(port: number, localAddress?: string): Promise<RawH2> {
+  static async connect(port: number, localAddress?: string, timeoutMs = 10_000): Promise<RawH2> {
     const socket = connect({ port, host: "127.0.0.1", localAddress });
     socket.on("error", () => {});
     const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
@@ -60,7 +60,12 @@ export class RawH2 {
     });
     const client = new RawH2(socket, closed);
     socket.write(Buffer.concat([PREFACE, frame(FRAME.SETTINGS, 0, 0)]));
-    await client.until((f) => f.type === FRAME.SETTINGS && (f.flags & ACK) === 0, "the server's settings");
+    try {
+      await client.until((f) => f.type === FRAME.SETTINGS && (f.flags & ACK) === 0, "the server's settings", timeoutMs);
+    } catch (error) {
+      client.close();
+      throw error;
+    }
     return client;
   }
 

@@ -80,10 +80,15 @@ describe("bad requests get a clear error, the right code, and change nothing", (
   it("a full queue → RESOURCE_EXHAUSTED at once with a retry hint", async () => {
     const long = { prompt: "नमस्ते", temperature: 0, maxNewTokens: 400 };
     const controller = new AbortController();
-    const running = client.generate(long, undefined, { signal: controller.signal });
-    await new Promise((r) => setTimeout(r, 100));
-    const queued = client.generate(long, undefined, { signal: controller.signal });
-    await new Promise((r) => setTimeout(r, 100));
+    // The third call goes out once the first streams and the second has been told its queue position.
+    let streaming!: () => void;
+    let waiting!: () => void;
+    const started = new Promise<void>((resolve) => (streaming = resolve));
+    const inQueue = new Promise<void>((resolve) => (waiting = resolve));
+    const running = client.generate(long, (r) => r.text !== "" && streaming(), { signal: controller.signal });
+    await started;
+    const queued = client.generate(long, (r) => r.queuePosition > 0 && waiting(), { signal: controller.signal });
+    await inQueue;
     const refused = await client.generate(long);
     expect(refused.codeName).toBe("RESOURCE_EXHAUSTED");
     expect(refused.message).toMatch(/busy: 1 running and 1 queued/);
