@@ -13,6 +13,10 @@
  * A step's sequences go into the batch in ascending id order: with a KV cache
  * per sequence, llama.cpp decodes a batch in one pass only over a run of
  * consecutive ascending ids and splits it anywhere else.
+ *
+ * The loop also owns the sequences' KV cells: it empties a sequence before
+ * work starts on it at position 0 and when the work ends, always between
+ * decodes, never while one is running on the native thread.
  */
 
 /** Index of a token's logits in the batch just decoded. */
@@ -56,7 +60,7 @@ export interface SequenceWork {
   readonly sequenceId: number;
   /** Tokens to put into the sequence next; the loop takes them from the front. */
   pending: number[];
-  /** Position in the sequence of `pending[0]`. */
+  /** Position in the sequence of `pending[0]`; work that starts at 0 starts on an emptied sequence. */
   position: number;
   /** Logits for every token fed ("all", to score a text), or for the last one only ("last", to generate). */
   readonly logits: "all" | "last";
@@ -66,7 +70,7 @@ export interface SequenceWork {
    * for the next step, or returns false when it is done.
    */
   afterStep(native: NativeContext, indexes: Uint32Array, fed: number): Promise<boolean>;
-  /** The step failed (the decode threw, or `afterStep` did): the work is over. */
+  /** The step failed (the decode threw, or `afterStep` did), or the loop closed: the work is over. */
   fail(error: unknown): void;
 }
 
@@ -142,6 +146,7 @@ export class DecodeLoop {
     this.ready.unshift(...leftOut);
     const started = performance.now();
     try {
+      for (const { work } of fed) if (work.position === 0) this.native.removeTokenCellsFromSequence(work.sequenceId, 0, -1);
       this.native.initBatch(this.batchSize - room);
       for (const entry of fed) {
         const { work, count } = entry;
@@ -163,16 +168,16 @@ export class DecodeLoop {
       }
       await this.native.decodeBatch();
     } catch (error) {
-      for (const { work } of fed) work.fail(error);
+      for (const { work } of fed) this.end(work, error);
       return;
     }
     // Every sequence samples at once: the calls queue together on the native side.
     const goOn = await Promise.all(
       fed.map(({ work, count, indexes }) =>
-        work.afterStep(this.native, indexes, count).catch((error: unknown) => {
-          work.fail(error);
-          return false;
-        }),
+        work.afterStep(this.native, indexes, count).then(
+          (goOn) => goOn || this.end(work),
+          (error: unknown) => this.end(work, error),
+        ),
       ),
     );
     if (this.onStep && fed.length === chosen.length && fed.every((f) => f.count === 1)) {
@@ -180,9 +185,20 @@ export class DecodeLoop {
     }
     fed.forEach(({ work }, i) => {
       if (!goOn[i]) return;
-      if (this.closed !== undefined) work.fail(this.closed);
+      if (this.closed !== undefined) this.end(work, this.closed);
       else this.ready.push(work);
     });
+  }
+
+  /** Work leaves the loop, its sequence emptied (no decode is running here); `error` fails it. Always false. */
+  private end(work: SequenceWork, error?: unknown): false {
+    try {
+      this.native.removeTokenCellsFromSequence(work.sequenceId, 0, -1);
+    } catch {
+      // The context is gone (disposed): so are the cells.
+    }
+    if (error !== undefined) work.fail(error);
+    return false;
   }
 }
 

@@ -232,7 +232,6 @@ export class LlamaEngine {
     if (tokens.length < 2) throw new ServiceError("invalid_argument", "the evaluation text has no tokens to score");
     const sampler = this.newSampler();
     sampler.applyConfig({ temperature: 1, topK: 0, topP: 1, minP: 0, seed: 0 });
-    this.native.removeTokenCellsFromSequence(sequenceId, 0, -1);
     let nll = 0;
     let next = 0;
     try {
@@ -266,7 +265,6 @@ export class LlamaEngine {
       return { perplexity: Math.exp(nll / scored), scoredTokens: scored };
     } finally {
       sampler.dispose();
-      this.native.removeTokenCellsFromSequence(sequenceId, 0, -1);
     }
   }
 
@@ -321,7 +319,6 @@ export class LlamaEngine {
       });
     try {
       configure();
-      this.native.removeTokenCellsFromSequence(sequenceId, 0, -1);
       // What a sampled token means for the generation: false when it ends with this one.
       const take = (token: Token): boolean => {
         if (model.isEogToken(token)) return ended("stop");
@@ -358,7 +355,6 @@ export class LlamaEngine {
       });
     } finally {
       sampler.dispose();
-      this.native.removeTokenCellsFromSequence(sequenceId, 0, -1);
     }
     return { ...stream.end(), finishReason, generatedTokens: generated, prefillMs };
   }

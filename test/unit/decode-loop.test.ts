@@ -14,13 +14,17 @@ type Batch = { seq: number; positions: number[]; logits: number[] }[];
  * A stand-in for node-llama-cpp's native context that records each batch and
  * "samples" token 100 + the sequence id; `failOnDecode` makes the n-th decode throw.
  */
-function fakeNative(failOnDecode?: number): NativeContext & { batches: Batch[] } {
+function fakeNative(failOnDecode?: number): NativeContext & { batches: Batch[]; log: string[] } {
   let batch: Batch = [];
   let bySlot: number[] = [];
   let decodes = 0;
+  let decoding = false;
   const batches: Batch[] = [];
+  /** "decode", and "empty <seq>" for each sequence emptied ("… DURING A DECODE" if one was running). */
+  const log: string[] = [];
   const native = {
     batches,
+    log,
     initBatch: () => {
       batch = [];
       bySlot = [];
@@ -33,14 +37,23 @@ function fakeNative(failOnDecode?: number): NativeContext & { batches: Batch[] }
       });
     },
     decodeBatch: async () => {
+      decoding = true;
+      log.push("decode");
       await new Promise((r) => setImmediate(r));
+      decoding = false;
       if (++decodes === failOnDecode) throw new Error("decode failed");
       batches.push(batch);
     },
-    sampleToken: async (index: number) => 100 + bySlot[index]!,
-    removeTokenCellsFromSequence: () => true,
+    sampleToken: async (index: number) => {
+      await new Promise((r) => setImmediate(r));
+      return 100 + bySlot[index]!;
+    },
+    removeTokenCellsFromSequence: (seq: number) => {
+      log.push(`empty ${seq}${decoding ? " DURING A DECODE" : ""}`);
+      return true;
+    },
   };
-  return native as unknown as NativeContext & { batches: Batch[] };
+  return native as unknown as NativeContext & { batches: Batch[]; log: string[] };
 }
 
 const sampler = {} as NativeSampler;
@@ -95,6 +108,24 @@ describe("DecodeLoop", () => {
       { seq: 0, positions: [2], logits: [0] },
       { seq: 1, positions: [4], logits: [0] },
       { seq: 2, positions: [3], logits: [0] },
+    ]);
+  });
+
+  it("empties a sequence before its work starts and when it ends, never while a decode runs", async () => {
+    const native = fakeNative();
+    const loop = new DecodeLoop(native, 512);
+    const long = generation(loop, 0, 2, 3);
+    await new Promise((r) => setImmediate(r)); // sequence 0's first decode is under way
+    const late = generation(loop, 1, 2, 1); // arrives during it
+    await Promise.all([long, late]);
+    expect(native.log).toEqual([
+      "empty 0",
+      "decode", // 0's prompt
+      "empty 1",
+      "decode", // 0's token, 1's prompt
+      "empty 1", // 1 has its one token
+      "decode",
+      "empty 0",
     ]);
   });
 
