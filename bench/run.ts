@@ -92,6 +92,18 @@ interface HopCost {
 }
 const hopCosts = new Map<number, HopCost[]>();
 
+/**
+ * The bench's own CPU per token received, by "target threads": the client's cost, which shares
+ * the machine with the server it measures (grpc-js and protobuf for the service, HTTP/1.1 and
+ * JSON server-sent events for llama-server).
+ */
+const clientCpu = new Map<string, number[]>();
+function clientCpuPerToken(key: string, since: NodeJS.CpuUsage, traces: Iterable<StreamTrace[]>): void {
+  const used = process.cpuUsage(since);
+  const tokens = [...traces].flat().reduce((n, t) => n + t.tokenTimes.length, 0);
+  clientCpu.set(key, [...(clientCpu.get(key) ?? []), (used.user + used.system) / tokens]);
+}
+
 /** The service's engine-hop histogram (sum, count) from /metrics. */
 async function hopSeconds(port: number): Promise<{ sum: number; count: number }> {
   const scraped = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
@@ -118,6 +130,7 @@ async function serviceRound(threads: number): Promise<Map<number, StreamTrace[]>
   const out = new Map<number, StreamTrace[]>();
   const hopBefore = await hopSeconds(port);
   const cpuBefore = cpuMs(server.child.pid!);
+  const clientBefore = process.cpuUsage();
   for (const c of levels) {
     const traces = await Promise.all(
       Array.from({ length: c }, async (_, i) => {
@@ -136,6 +149,7 @@ async function serviceRound(threads: number): Promise<Map<number, StreamTrace[]>
     out.set(c, traces);
   }
   const serverCpu = cpuMs(server.child.pid!) - cpuBefore;
+  clientCpuPerToken(`service ${threads}`, clientBefore, out.values());
   const tokens = [...out.values()].flat().reduce((n, t) => n + t.tokenTimes.length, 0);
   const hopAfter = await hopSeconds(port);
   // The histogram holds each call's mean hop; every call of the levels streams the same number of tokens.
@@ -153,12 +167,14 @@ async function llamaServerRound(threads: number): Promise<Map<number, StreamTrac
   const server = await startLlamaServer(llamaServer!, { model: opts.model, threads, slots, contextSize });
   await llamaServerTrace(server.port, "नमस्ते", 1);
   const out = new Map<number, StreamTrace[]>();
+  const clientBefore = process.cpuUsage();
   for (const c of levels) {
     out.set(
       c,
       await Promise.all(Array.from({ length: c }, (_, i) => llamaServerTrace(server.port, prompt(i), Number(opts.tokens)))),
     );
   }
+  clientCpuPerToken(`llama-server ${threads}`, clientBefore, out.values());
   await server.stop();
   return out;
 }
@@ -196,7 +212,19 @@ const command = `npm run bench -- --model ${opts.model} --concurrency ${opts.con
 mkdirSync(opts.out, { recursive: true });
 writeFileSync(
   `${opts.out}/bench.json`,
-  `${JSON.stringify({ date: new Date().toISOString(), machine, command, slots, table, hopCosts: Object.fromEntries(hopCosts) }, null, 2)}\n`,
+  `${JSON.stringify(
+    {
+      date: new Date().toISOString(),
+      machine,
+      command,
+      slots,
+      table,
+      hopCosts: Object.fromEntries(hopCosts),
+      clientCpuUsPerToken: Object.fromEntries(clientCpu),
+    },
+    null,
+    2,
+  )}\n`,
 );
 const f = (n: number) => n.toFixed(1);
 
@@ -247,6 +275,21 @@ function hopCostLines(): string[] {
   return lines;
 }
 
+/** The bench client's CPU per token it received, for the targets it reached over the network. */
+function clientCpuLines(): string[] {
+  const lines = [
+    "The bench client's own CPU per token received (same process for both; medians over rounds): it shares the machine with the server it measures.",
+    "",
+    "| threads | service (grpc-js, protobuf) µs | llama-server (HTTP/1.1, JSON events) µs |",
+    "|---:|---:|---:|",
+  ];
+  const cell = (key: string) => (clientCpu.has(key) ? f(median(clientCpu.get(key)!)) : "–");
+  for (const threads of threadCounts)
+    lines.push(`| ${threads} | ${cell(`service ${threads}`)} | ${cell(`llama-server ${threads}`)} |`);
+  lines.push("");
+  return lines;
+}
+
 const md = [
   "# Token-level bench",
   "",
@@ -268,6 +311,7 @@ const md = [
   ...(TARGETS.includes("llama-server") ? againstLlamaServer() : ["llama-server was not part of this run."]),
   "",
   ...(TARGETS.includes("service") ? hopCostLines() : []),
+  ...clientCpuLines(),
 ].join("\n");
 writeFileSync(`${opts.out}/bench.md`, md);
 // Aggregate tokens/s against concurrency, one line per target and thread count.
