@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process";
 import { type AddressInfo, createServer } from "node:net";
 import { copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import os, { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -43,6 +43,31 @@ describe("the server process", () => {
     } finally {
       server.child.kill("SIGTERM");
       expect(await server.exited).toBe(0);
+    }
+  });
+
+  it("warns when the decode threads take every core (none at the default)", async () => {
+    const THREAD_WARNING = /decode threads as cores/;
+    const cores = os.availableParallelism();
+    const args = SERVER_ARGS.map((a, i) => (SERVER_ARGS[i - 1] === "--threads" ? String(cores) : a));
+    const server = await startServerProcess(args);
+    try {
+      const warning = server.logs.find((l) => THREAD_WARNING.test(String(l.msg)));
+      // On one core there is nothing to leave free, so nothing to warn about.
+      if (cores > 1) expect(warning).toMatchObject({ level: 40, threads: cores, cores });
+      else expect(warning).toBeUndefined();
+    } finally {
+      server.child.kill("SIGTERM");
+      expect(await server.exited).toBe(0);
+    }
+    const byDefault = await startServerProcess(
+      SERVER_ARGS.filter((a, i) => a !== "--threads" && SERVER_ARGS[i - 1] !== "--threads"),
+    );
+    try {
+      expect(byDefault.logs.some((l) => THREAD_WARNING.test(String(l.msg)))).toBe(false);
+    } finally {
+      byDefault.child.kill("SIGTERM");
+      expect(await byDefault.exited).toBe(0);
     }
   });
 
