@@ -65,11 +65,12 @@ export interface SequenceWork {
   /** Logits for every token fed ("all", to score a text), or for the last one only ("last", to generate). */
   readonly logits: "all" | "last";
   /**
-   * After a step that fed this work `fed` tokens: `indexes` are the logits
-   * it asked for (none while a prompt is still going in). It sets `pending`
-   * for the next step, or returns false when it is done.
+   * After a step that fed this work `fed` tokens, in a batch of `sequences`
+   * sequences: `indexes` are the logits it asked for (none while a prompt is
+   * still going in). It sets `pending` for the next step, or returns false
+   * when it is done.
    */
-  afterStep(native: NativeContext, indexes: Uint32Array, fed: number): Promise<boolean>;
+  afterStep(native: NativeContext, indexes: Uint32Array, fed: number, sequences: number): Promise<boolean>;
   /** The step failed (the decode threw, or `afterStep` did), or the loop closed: the work is over. */
   fail(error: unknown): void;
 }
@@ -174,7 +175,7 @@ export class DecodeLoop {
     // Every sequence samples at once: the calls queue together on the native side.
     const goOn = await Promise.all(
       fed.map(({ work, count, indexes }) =>
-        work.afterStep(this.native, indexes, count).then(
+        work.afterStep(this.native, indexes, count, fed.length).then(
           (goOn) => goOn || this.end(work),
           (error: unknown) => this.end(work, error),
         ),

@@ -35,6 +35,8 @@ export type GenerationEvent =
       tokens: number[];
       generatedTokens: number;
       prefillMs: number;
+      /** Mean sequences per decode step that gave the generation its tokens. */
+      batchSize: number;
     };
 
 interface Pending {

@@ -52,6 +52,8 @@ export interface GenerationResult extends Emission {
   finishReason: FinishReason;
   generatedTokens: number;
   prefillMs: number;
+  /** Mean number of sequences in the decode steps that gave this generation its tokens (0: none). */
+  batchSize: number;
 }
 
 /** node-llama-cpp's internals the engine reaches: the native context and the native sampler's constructor. */
@@ -295,7 +297,8 @@ export class LlamaEngine {
       );
     }
     events.started(prompt.length);
-    if (signal.aborted) return { text: "", tokens: [], finishReason: "cancelled", generatedTokens: 0, prefillMs: 0 };
+    if (signal.aborted)
+      return { text: "", tokens: [], finishReason: "cancelled", generatedTokens: 0, prefillMs: 0, batchSize: 0 };
     const model = this.model;
     const stream = new TextStream((tokens, last) => model.detokenize(tokens as Token[], false, last as Token[]), sampling.stop);
     const history: Token[] = [...prompt];
@@ -306,6 +309,8 @@ export class LlamaEngine {
     const started = performance.now();
     let prefillMs = 0;
     let generated = 0;
+    let steps = 0;
+    let stepSequences = 0;
     let finishReason: FinishReason = "stop";
     const ended = (reason: FinishReason) => {
       finishReason = reason;
@@ -338,8 +343,10 @@ export class LlamaEngine {
           pending: prompt,
           position: 0,
           logits: "last",
-          async afterStep(native, indexes) {
+          async afterStep(native, indexes, _fed, sequences) {
             if (indexes.length === 0) return true; // the prompt is still going in
+            steps++;
+            stepSequences += sequences;
             if (penalized) configure();
             const token = (await native.sampleToken(indexes[0]!, sampler)) as Token;
             if (token === -1) throw new Error("node-llama-cpp failed to sample the next token");
@@ -356,7 +363,13 @@ export class LlamaEngine {
     } finally {
       sampler.dispose();
     }
-    return { ...stream.end(), finishReason, generatedTokens: generated, prefillMs };
+    return {
+      ...stream.end(),
+      finishReason,
+      generatedTokens: generated,
+      prefillMs,
+      batchSize: steps > 0 ? stepSequences / steps : 0,
+    };
   }
 
   private promptTokens(input: GenerationInput): Token[] {

@@ -83,6 +83,7 @@ export type FromEngine =
       tokens: number[];
       generatedTokens: number;
       prefillMs: number;
+      batchSize: number;
     }
   | { type: "failed"; id: number; kind: ErrorKind; message: string }
   | { type: "result"; id: number; value: unknown };

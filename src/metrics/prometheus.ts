@@ -46,6 +46,13 @@ export class ServiceMetrics {
     buckets: [0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05],
     registers: [this.registry],
   });
+  private readonly batchSize = new Histogram({
+    name: "airavata_request_batch_size",
+    help: "Mean number of requests decoded together (continuous batching) in the steps that gave a Generate call its tokens.",
+    labelNames: ["variant"],
+    buckets: [1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64],
+    registers: [this.registry],
+  });
   private readonly promptTokens = new Counter({
     name: "airavata_prompt_tokens_total",
     help: "Prompt tokens processed.",
@@ -132,5 +139,6 @@ export class ServiceMetrics {
     if (m.generatedTokens > 0) this.ttft.observe(variant, m.ttftMs / 1000);
     if (m.decodeTokensPerSecond > 0) this.interToken.observe(variant, 1 / m.decodeTokensPerSecond);
     if (m.engineHopMs > 0) this.engineHop.observe(variant, m.engineHopMs / 1000);
+    if (m.batchSize > 0) this.batchSize.observe(variant, m.batchSize);
   }
 }

@@ -16,6 +16,8 @@ export interface MetricsSnapshot {
   finishReason: FinishReason;
   /** Mean time a chunk took from the engine process to the server process (0: no chunks). */
   engineHopMs: number;
+  /** Mean number of requests decoded together in the steps that gave this one its tokens (0: none). */
+  batchSize: number;
 }
 
 export class RequestMetrics {
@@ -23,6 +25,7 @@ export class RequestMetrics {
   promptTokens = 0;
   generatedTokens = 0;
   prefillMs = 0;
+  batchSize = 0;
   finishReason: FinishReason = "error";
   private readonly receivedAt = performance.now();
   private slotAt: number | undefined;
@@ -79,6 +82,7 @@ export class RequestMetrics {
       totalMs: end - this.receivedAt,
       finishReason: this.finishReason,
       engineHopMs: this.hops > 0 ? this.hopMsTotal / this.hops : 0,
+      batchSize: this.batchSize,
     };
   }
 }

@@ -107,6 +107,7 @@ export class Inference {
           metrics.chunk(event.tokens.length, event.text !== "");
           metrics.generatedTokens = event.generatedTokens;
           metrics.prefillMs = event.prefillMs;
+          metrics.batchSize = event.batchSize;
           metrics.finishReason = event.finishReason;
           finished = true;
           const serverCancel = controller.signal.reason;

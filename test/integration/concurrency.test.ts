@@ -41,6 +41,24 @@ describe("continuous batching", () => {
     client.close();
   });
 
+  it("/metrics shows how many requests decoded together: about four for four at once, one for a call alone", async () => {
+    const s = await server({ parallel: 4, contextSize: 512, batching: "full" });
+    const client = new AiravataClient(s.address);
+    const same = { prompt: "नमस्ते", temperature: 0, maxNewTokens: 100 };
+    const together = await Promise.all([0, 1, 2, 3].map(() => client.generate(same)));
+    expect(together.map((o) => o.codeName)).toEqual(["OK", "OK", "OK", "OK"]);
+    const v = { variant: "tiny.q4_0" };
+    const count = () => sample(s.baseUrl, "airavata_request_batch_size_count", v);
+    expect(await count()).toBe(4);
+    // Each of the four took nearly all its 100 tokens in steps of four (a prompt may reach the loop a step late).
+    expect(await sample(s.baseUrl, "airavata_request_batch_size_sum", v)).toBeGreaterThan(4 * 3.5);
+    expect(await sample(s.baseUrl, "airavata_request_batch_size_bucket", { ...v, le: "3" })).toBe(0);
+    expect((await client.generate(same)).codeName).toBe("OK");
+    expect(await count()).toBe(5);
+    expect(await sample(s.baseUrl, "airavata_request_batch_size_bucket", { ...v, le: "1" })).toBe(1);
+    client.close();
+  });
+
   it("a call that arrives while three others stream gets its first token while they still stream", async () => {
     const s = await server({ parallel: 4, contextSize: 2048 });
     const client = new AiravataClient(s.address);
