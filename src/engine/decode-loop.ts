@@ -65,19 +65,18 @@ export interface SequenceWork {
   /** Logits for every token fed ("all", to score a text), or for the last one only ("last", to generate). */
   readonly logits: "all" | "last";
   /**
-   * After a step that fed this work `fed` tokens, in a batch of `sequences`
-   * sequences: `indexes` are the logits it asked for (none while a prompt is
-   * still going in). It sets `pending` for the next step, or returns false
-   * when it is done.
+   * After a step that fed this work, in a batch of `sequences` sequences:
+   * `indexes` are the logits it asked for (none while a prompt is still going
+   * in). It sets `pending` for the next step, or returns false when it is done.
    */
-  afterStep(native: NativeContext, indexes: Uint32Array, fed: number, sequences: number): Promise<boolean>;
-  /** The step failed (the decode threw, or `afterStep` did), or the loop closed: the work is over. */
-  fail(error: unknown): void;
+  afterStep(native: NativeContext, indexes: Uint32Array, sequences: number): Promise<boolean>;
 }
 
 export class DecodeLoop {
   /** Work with tokens to feed, in the order it became ready: whoever was left out of a step goes first in the next. */
   private readonly ready: SequenceWork[] = [];
+  /** How each work's promise (from `run`) settles. */
+  private readonly settle = new Map<SequenceWork, { resolve(): void; reject(error: unknown): void }>();
   private running = false;
   /** Why the loop takes no more work, once closed. */
   private closed: unknown;
@@ -95,18 +94,21 @@ export class DecodeLoop {
     public onStep?: (size: number, ms: number) => void,
   ) {}
 
-  /** Adds work; it runs from the next step on. */
-  add(work: SequenceWork): void {
-    if (this.closed !== undefined) {
-      work.fail(this.closed);
-      return;
-    }
+  /**
+   * Runs `work` from the next step on. Resolves when it is done (its
+   * `afterStep` returned false) and its sequence is emptied; rejects when a
+   * step failed (the decode threw, or `afterStep` did) or the loop closed.
+   */
+  run(work: SequenceWork): Promise<void> {
+    if (this.closed !== undefined) return Promise.reject(this.closed);
+    const done = new Promise<void>((resolve, reject) => this.settle.set(work, { resolve, reject }));
     this.ready.push(work);
     if (!this.running) {
       this.running = true;
       // Started a turn later, so work added in the same turn (concurrent calls) shares the first step.
-      setImmediate(() => void this.run());
+      setImmediate(() => void this.loop());
     }
+    return done;
   }
 
   /**
@@ -115,11 +117,11 @@ export class DecodeLoop {
    */
   async close(reason: unknown): Promise<void> {
     this.closed = reason;
-    for (const work of this.ready.splice(0)) work.fail(reason);
+    for (const work of this.ready.splice(0)) this.end(work, reason);
     if (this.running) await new Promise<void>((resolve) => this.idle.push(resolve));
   }
 
-  private async run(): Promise<void> {
+  private async loop(): Promise<void> {
     try {
       while (this.ready.length > 0 && this.closed === undefined) await this.step();
     } finally {
@@ -174,8 +176,8 @@ export class DecodeLoop {
     }
     // Every sequence samples at once: the calls queue together on the native side.
     const goOn = await Promise.all(
-      fed.map(({ work, count, indexes }) =>
-        work.afterStep(this.native, indexes, count, fed.length).then(
+      fed.map(({ work, indexes }) =>
+        work.afterStep(this.native, indexes, fed.length).then(
           (goOn) => goOn || this.end(work),
           (error: unknown) => this.end(work, error),
         ),
@@ -191,14 +193,17 @@ export class DecodeLoop {
     });
   }
 
-  /** Work leaves the loop, its sequence emptied (no decode is running here); `error` fails it. Always false. */
+  /** Work leaves the loop, its sequence emptied (no decode is running here); with an `error` it failed. Always false. */
   private end(work: SequenceWork, error?: unknown): false {
     try {
       this.native.removeTokenCellsFromSequence(work.sequenceId, 0, -1);
     } catch {
       // The context is gone (disposed): so are the cells.
     }
-    if (error !== undefined) work.fail(error);
+    const settle = this.settle.get(work);
+    this.settle.delete(work);
+    if (error === undefined) settle?.resolve();
+    else settle?.reject(error);
     return false;
   }
 }

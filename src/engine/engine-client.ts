@@ -14,9 +14,9 @@ import {
   type EngineCalls,
   type EngineInfo,
   type EngineOptions,
-  type FinishReason,
   type FromEngine,
   type GenerationInput,
+  type GenerationOutcome,
   greedySampling,
   type MemoryEstimate,
   type SamplingSettings,
@@ -28,16 +28,7 @@ export type GenerationEvent =
   | { type: "started"; promptTokens: number }
   /** `hopMs`: from the engine's send to the server's receipt of this chunk. */
   | { type: "chunk"; text: string; tokens: number[]; hopMs: number }
-  | {
-      type: "done";
-      finishReason: FinishReason;
-      text: string;
-      tokens: number[];
-      generatedTokens: number;
-      prefillMs: number;
-      /** Mean sequences per decode step that gave the generation its tokens. */
-      batchSize: number;
-    };
+  | ({ type: "done" } & GenerationOutcome);
 
 interface Pending {
   /** A generation's events. */

@@ -9,7 +9,6 @@ import {
   readGgufFileInfo,
   type Llama,
   type LlamaContext,
-  type LlamaContextSequence,
   type LlamaModel,
   LlamaLogLevel,
   type Token,
@@ -22,6 +21,7 @@ import {
   type EngineOptions,
   type FinishReason,
   type GenerationInput,
+  type GenerationOutcome,
   greedySampling,
   type MemoryEstimate,
   type SamplingSettings,
@@ -46,14 +46,6 @@ const MEASURED_STEPS = 10;
 export interface GenerationEvents {
   started(promptTokens: number): void;
   chunk(emission: Emission): void;
-}
-
-export interface GenerationResult extends Emission {
-  finishReason: FinishReason;
-  generatedTokens: number;
-  prefillMs: number;
-  /** Mean number of sequences in the decode steps that gave this generation its tokens (0: none). */
-  batchSize: number;
 }
 
 /** node-llama-cpp's internals the engine reaches: the native context and the native sampler's constructor. */
@@ -91,7 +83,6 @@ export class LlamaEngine {
     private readonly llama: Llama,
     private readonly model: LlamaModel,
     private readonly context: LlamaContext,
-    private readonly sequences: LlamaContextSequence[],
     readonly info: EngineInfo,
     private readonly batchSize: number,
     private readonly native: NativeContext,
@@ -124,12 +115,6 @@ export class LlamaEngine {
         batchSize: options.batchSize,
         threads: options.threads,
       });
-      const sequences = Array.from({ length: sequenceCount }, () => context.getSequence());
-      // The decode loop addresses sequence `slot` by id `slot`: node-llama-cpp gives a fresh context's ids in order.
-      sequences.forEach((sequence, slot) => {
-        const id = (sequence as unknown as { _sequenceId: unknown })._sequenceId;
-        if (id !== slot) throw new Error(`node-llama-cpp gave sequence ${slot} the id ${String(id)}`);
-      });
       const devices = backend === "cpu" ? [os.cpus()[0]?.model ?? "cpu"] : await llama.getGpuDeviceNames();
       const info: EngineInfo = {
         backend,
@@ -145,7 +130,7 @@ export class LlamaEngine {
       };
       const native = (context as unknown as NodeLlamaCppInternals["context"])._ctx;
       assertNativeContext(native);
-      const engine = new LlamaEngine(llama, model, context, sequences, info, options.batchSize, native);
+      const engine = new LlamaEngine(llama, model, context, info, options.batchSize, native);
       if (options.batching === "measured" && sequenceCount > 1) {
         const stepMs = await engine.measureSteps();
         engine.loop.groupSize = (ready) => cheapestGroup(stepMs, ready);
@@ -173,7 +158,7 @@ export class LlamaEngine {
     const quiet = { started: () => {}, chunk: () => {} };
     const signal = new AbortController().signal;
     try {
-      for (let size = 1; size <= this.sequences.length; size++) {
+      for (let size = 1; size <= this.info.sequences; size++) {
         this.loop.groupSize = () => size;
         await Promise.all(
           Array.from({ length: size }, (_, slot) => this.generate(slot, input, greedySampling(MEASURED_STEPS), signal, quiet)),
@@ -184,7 +169,7 @@ export class LlamaEngine {
       this.loop.groupSize = (ready) => ready;
     }
     // Index = tokens in the step; 0 where a size got no step (a generation ended early).
-    return Array.from({ length: this.sequences.length + 1 }, (_, size) => {
+    return Array.from({ length: this.info.sequences + 1 }, (_, size) => {
       const ms = samples[size] ?? [];
       const kept = ms.length > 1 ? ms.slice(1).sort((a, b) => a - b) : ms;
       return kept.length === 0 ? 0 : Math.round(kept[Math.floor(kept.length / 2)]! * 100) / 100;
@@ -227,7 +212,6 @@ export class LlamaEngine {
    * from node-llama-cpp's full next-token distributions (temperature 1).
    */
   async perplexity(text: string, maxTokens: number): Promise<{ perplexity: number; scoredTokens: number }> {
-    const sequenceId = 0;
     const bos = this.model.tokens.bos;
     const limit = Math.min(maxTokens, this.info.contextSize - 1);
     const tokens = [...(bos === null ? [] : [bos]), ...this.model.tokenize(text, false)].slice(0, limit + 1);
@@ -238,30 +222,26 @@ export class LlamaEngine {
     let next = 0;
     try {
       // Every token but the last goes in with its logits; each position scores the token after it.
-      await new Promise<void>((resolve, reject) => {
-        this.loop.add({
-          sequenceId,
-          pending: tokens.slice(0, -1),
-          position: 0,
-          logits: "all",
-          afterStep: async (native, indexes) => {
-            for (const index of indexes) {
-              const [, probabilities = []] = await native.sampleToken(index, sampler, true);
-              const wanted = tokens[++next];
-              let p = 0;
-              for (let i = 0; i + 1 < probabilities.length; i += 2) {
-                if (probabilities[i] === wanted) {
-                  p = probabilities[i + 1]!;
-                  break;
-                }
+      await this.loop.run({
+        sequenceId: 0,
+        pending: tokens.slice(0, -1),
+        position: 0,
+        logits: "all",
+        afterStep: async (native, indexes) => {
+          for (const index of indexes) {
+            const [, probabilities = []] = await native.sampleToken(index, sampler, true);
+            const wanted = tokens[++next];
+            let p = 0;
+            for (let i = 0; i + 1 < probabilities.length; i += 2) {
+              if (probabilities[i] === wanted) {
+                p = probabilities[i + 1]!;
+                break;
               }
-              nll -= Math.log(Math.max(p, 1e-30));
             }
-            if (next >= tokens.length - 1) resolve();
-            return next < tokens.length - 1;
-          },
-          fail: reject,
-        });
+            nll -= Math.log(Math.max(p, 1e-30));
+          }
+          return next < tokens.length - 1;
+        },
       });
       const scored = tokens.length - 1;
       return { perplexity: Math.exp(nll / scored), scoredTokens: scored };
@@ -284,8 +264,10 @@ export class LlamaEngine {
     sampling: SamplingSettings,
     signal: AbortSignal,
     events: GenerationEvents,
-  ): Promise<GenerationResult> {
-    if (!this.sequences[slot]) throw new ServiceError("internal", `no sequence ${slot}`);
+  ): Promise<GenerationOutcome> {
+    if (!(Number.isInteger(slot) && slot >= 0 && slot < this.info.sequences)) {
+      throw new ServiceError("internal", `no sequence ${slot}`);
+    }
     const prompt = this.promptTokens(input);
     const limit = this.info.contextSize;
     if (prompt.length + sampling.maxNewTokens > limit) {
@@ -301,11 +283,10 @@ export class LlamaEngine {
       return { text: "", tokens: [], finishReason: "cancelled", generatedTokens: 0, prefillMs: 0, batchSize: 0 };
     const model = this.model;
     const stream = new TextStream((tokens, last) => model.detokenize(tokens as Token[], false, last as Token[]), sampling.stop);
-    const history: Token[] = [...prompt];
     const penalized = sampling.repeatPenalty !== 1;
+    // The tokens the repeat penalty looks back on: kept only when there is one.
+    const history: Token[] = penalized ? [...prompt] : [];
     const sampler = this.newSampler();
-    // The sequences were made in order on a fresh context, so each slot's sequence id is the slot.
-    const sequenceId = slot;
     const started = performance.now();
     let prefillMs = 0;
     let generated = 0;
@@ -329,7 +310,7 @@ export class LlamaEngine {
         if (model.isEogToken(token)) return ended("stop");
         if (generated === 0) prefillMs = performance.now() - started;
         generated++;
-        history.push(token);
+        if (penalized) history.push(token);
         const emission = stream.push(token);
         if (emission.text !== "" || emission.tokens.length > 0) events.chunk(emission);
         if (stream.stopSequence !== undefined) return ended("stop_sequence");
@@ -337,28 +318,23 @@ export class LlamaEngine {
         if (signal.aborted) return ended("cancelled");
         return true;
       };
-      await new Promise<void>((resolve, reject) => {
-        this.loop.add({
-          sequenceId,
-          pending: prompt,
-          position: 0,
-          logits: "last",
-          async afterStep(native, indexes, _fed, sequences) {
-            if (indexes.length === 0) return true; // the prompt is still going in
-            steps++;
-            stepSequences += sequences;
-            if (penalized) configure();
-            const token = (await native.sampleToken(indexes[0]!, sampler)) as Token;
-            if (token === -1) throw new Error("node-llama-cpp failed to sample the next token");
-            if (!take(token)) {
-              resolve();
-              return false;
-            }
-            this.pending = [token];
-            return true;
-          },
-          fail: reject,
-        });
+      await this.loop.run({
+        // The context's sequences are numbered 0… like the slots.
+        sequenceId: slot,
+        pending: prompt,
+        position: 0,
+        logits: "last",
+        async afterStep(native, indexes, sequences) {
+          if (indexes.length === 0) return true; // the prompt is still going in
+          steps++;
+          stepSequences += sequences;
+          if (penalized) configure();
+          const token = (await native.sampleToken(indexes[0]!, sampler)) as Token;
+          if (token === -1) throw new Error("node-llama-cpp failed to sample the next token");
+          if (!take(token)) return false;
+          this.pending = [token];
+          return true;
+        },
       });
     } finally {
       sampler.dispose();

@@ -68,6 +68,17 @@ export type ToEngine =
   | { type: "call"; id: number; call: EngineCall }
   | { type: "shutdown" };
 
+/** How a generation ended: the text and tokens still held back, and its counts and timings. */
+export interface GenerationOutcome {
+  text: string;
+  tokens: number[];
+  finishReason: FinishReason;
+  generatedTokens: number;
+  prefillMs: number;
+  /** Mean number of sequences in the decode steps that gave the generation its tokens (0: none). */
+  batchSize: number;
+}
+
 export type FromEngine =
   | { type: "ready"; info: EngineInfo }
   | { type: "load-failed"; message: string }
@@ -75,16 +86,7 @@ export type FromEngine =
   | { type: "started"; id: number; promptTokens: number }
   /** `sentAt`: `sharedClockMs()` in the engine when sent, so the server can time the hop. */
   | { type: "chunk"; id: number; text: string; tokens: number[]; sentAt: number }
-  | {
-      type: "done";
-      id: number;
-      finishReason: FinishReason;
-      text: string;
-      tokens: number[];
-      generatedTokens: number;
-      prefillMs: number;
-      batchSize: number;
-    }
+  | ({ type: "done"; id: number } & GenerationOutcome)
   | { type: "failed"; id: number; kind: ErrorKind; message: string }
   | { type: "result"; id: number; value: unknown };
 

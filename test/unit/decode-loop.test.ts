@@ -60,9 +60,9 @@ const sampler = {} as NativeSampler;
 
 /** A generation of `tokens` tokens after a prompt of `prompt` tokens; resolves with the tokens it sampled. */
 function generation(loop: DecodeLoop, seq: number, prompt: number, tokens: number): Promise<number[]> {
-  return new Promise((resolve, reject) => {
-    const got: number[] = [];
-    loop.add({
+  const got: number[] = [];
+  return loop
+    .run({
       sequenceId: seq,
       pending: Array.from({ length: prompt }, (_, i) => i),
       position: 0,
@@ -70,16 +70,12 @@ function generation(loop: DecodeLoop, seq: number, prompt: number, tokens: numbe
       async afterStep(native, indexes) {
         if (indexes.length === 0) return true;
         got.push(await native.sampleToken(indexes[0]!, sampler));
-        if (got.length === tokens) {
-          resolve(got);
-          return false;
-        }
+        if (got.length === tokens) return false;
         this.pending = [got.at(-1)!];
         return true;
       },
-      fail: reject,
-    } satisfies SequenceWork);
-  });
+    } satisfies SequenceWork)
+    .then(() => got);
 }
 
 describe("DecodeLoop", () => {
