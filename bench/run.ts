@@ -98,10 +98,14 @@ const hopCosts = new Map<number, HopCost[]>();
  * JSON server-sent events for llama-server).
  */
 const clientCpu = new Map<string, number[]>();
-function clientCpuPerToken(key: string, since: NodeJS.CpuUsage, traces: Iterable<StreamTrace[]>): void {
+function clientCpuPerToken(key: string, since: NodeJS.CpuUsage, tokens: number): void {
   const used = process.cpuUsage(since);
-  const tokens = [...traces].flat().reduce((n, t) => n + t.tokenTimes.length, 0);
   clientCpu.set(key, [...(clientCpu.get(key) ?? []), (used.user + used.system) / tokens]);
+}
+
+/** Tokens received over a round's streams. */
+function tokensIn(round: Map<number, StreamTrace[]>): number {
+  return [...round.values()].flat().reduce((n, t) => n + t.tokenTimes.length, 0);
 }
 
 /** The service's engine-hop histogram (sum, count) from /metrics. */
@@ -149,8 +153,8 @@ async function serviceRound(threads: number): Promise<Map<number, StreamTrace[]>
     out.set(c, traces);
   }
   const serverCpu = cpuMs(server.child.pid!) - cpuBefore;
-  clientCpuPerToken(`service ${threads}`, clientBefore, out.values());
-  const tokens = [...out.values()].flat().reduce((n, t) => n + t.tokenTimes.length, 0);
+  const tokens = tokensIn(out);
+  clientCpuPerToken(`service ${threads}`, clientBefore, tokens);
   const hopAfter = await hopSeconds(port);
   // The histogram holds each call's mean hop; every call of the levels streams the same number of tokens.
   const hop = (hopAfter.sum - hopBefore.sum) / (hopAfter.count - hopBefore.count);
@@ -174,7 +178,7 @@ async function llamaServerRound(threads: number): Promise<Map<number, StreamTrac
       await Promise.all(Array.from({ length: c }, (_, i) => llamaServerTrace(server.port, prompt(i), Number(opts.tokens)))),
     );
   }
-  clientCpuPerToken(`llama-server ${threads}`, clientBefore, out.values());
+  clientCpuPerToken(`llama-server ${threads}`, clientBefore, tokensIn(out));
   await server.stop();
   return out;
 }
