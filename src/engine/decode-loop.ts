@@ -101,6 +101,10 @@ export class DecodeLoop {
    */
   run(work: SequenceWork): Promise<void> {
     if (this.closed !== undefined) return Promise.reject(this.closed);
+    // Two works on one sequence would put their tokens into the same KV cells.
+    if (this.busy(work.sequenceId)) {
+      return Promise.reject(new Error(`sequence ${work.sequenceId} already has work in the decode loop`));
+    }
     const done = new Promise<void>((resolve, reject) => this.settle.set(work, { resolve, reject }));
     this.ready.push(work);
     if (!this.running) {
@@ -109,6 +113,12 @@ export class DecodeLoop {
       setImmediate(() => void this.loop());
     }
     return done;
+  }
+
+  /** Whether work on `sequenceId` is in the loop (from `run` until its promise settles). */
+  busy(sequenceId: number): boolean {
+    for (const work of this.settle.keys()) if (work.sequenceId === sequenceId) return true;
+    return false;
   }
 
   /**

@@ -210,8 +210,13 @@ export class LlamaEngine {
    * Perplexity of `text` (its first `maxTokens` tokens after BOS) on sequence
    * 0: exp of the mean negative log-probability the model gives each token,
    * from node-llama-cpp's full next-token distributions (temperature 1).
+   * Sequence 0 must be idle: an engine that serves calls is refused
+   * (`failed_precondition`), never mixed with one.
    */
   async perplexity(text: string, maxTokens: number): Promise<{ perplexity: number; scoredTokens: number }> {
+    if (this.loop.busy(0)) {
+      throw new ServiceError("failed_precondition", "perplexity needs an idle engine: sequence 0 is generating");
+    }
     const bos = this.model.tokens.bos;
     const limit = Math.min(maxTokens, this.info.contextSize - 1);
     const tokens = [...(bos === null ? [] : [bos]), ...this.model.tokenize(text, false)].slice(0, limit + 1);

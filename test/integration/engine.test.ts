@@ -101,4 +101,24 @@ describe("LlamaEngine", () => {
     expect(a).toBe(alone);
     expect(b).toBe(alone);
   });
+
+  it("refuses a perplexity while sequence 0 generates, and the generation is not disturbed", async () => {
+    const collect = async () => {
+      let text = "";
+      await engine.generate(0, chat, { ...greedy, maxNewTokens: 40 }, new AbortController().signal, {
+        started: () => {},
+        chunk: (e) => (text += e.text),
+      });
+      return text;
+    };
+    const alone = await collect();
+    const running = collect();
+    await expect(engine.perplexity("नमस्ते दुनिया", 16)).rejects.toMatchObject({
+      kind: "failed_precondition",
+      message: "perplexity needs an idle engine: sequence 0 is generating",
+    });
+    expect(await running).toBe(alone);
+    // Idle again: the same call scores the text.
+    expect((await engine.perplexity("नमस्ते दुनिया", 16)).perplexity).toBeGreaterThan(1);
+  });
 });

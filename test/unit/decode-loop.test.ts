@@ -173,6 +173,20 @@ describe("DecodeLoop", () => {
     expect(seqs.flat().filter((s) => s === 0)).toHaveLength(4);
   });
 
+  it("refuses a second work on a sequence that has one, without disturbing it; the sequence is free again once it ends", async () => {
+    const native = fakeNative();
+    const loop = new DecodeLoop(native, 512);
+    const first = generation(loop, 0, 2, 3);
+    expect(loop.busy(0)).toBe(true);
+    expect(loop.busy(1)).toBe(false);
+    await expect(generation(loop, 0, 2, 3)).rejects.toThrow("sequence 0 already has work in the decode loop");
+    expect(await first).toEqual([100, 100, 100]);
+    // Only the first work's tokens went in: its two prompt tokens, then two sampled ones.
+    expect(native.batches.flat().flatMap((e) => e.positions)).toEqual([0, 1, 2, 3]);
+    expect(loop.busy(0)).toBe(false);
+    expect(await generation(loop, 0, 1, 1)).toEqual([100]);
+  });
+
   it("fails the sequences of a step whose decode threw, and goes on with later work", async () => {
     const native = fakeNative(1);
     const loop = new DecodeLoop(native, 512);
