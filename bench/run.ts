@@ -15,6 +15,7 @@ import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
 import { defaultThreads } from "../src/config.js";
 import { lineChart } from "./chart.js";
+import { kernelBinary, kernelRound, promptTokenCount } from "./kernel.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
 import { cpuMs } from "./proc.js";
 import { startBenchServer } from "./server-process.js";
@@ -30,8 +31,8 @@ const opts = new Command("bench")
   .option("--out <dir>", "results folder", "bench/results")
   .option(
     "--targets <list>",
-    "service, in-process, llama-server (built from source on first use: minutes)",
-    "service,in-process,llama-server",
+    "service, in-process, llama-server, kernel (llama-server and llama-batched-bench: built from source on first use, minutes)",
+    "service,in-process,llama-server,kernel",
   )
   .parse()
   .opts<{
@@ -55,11 +56,15 @@ const prompt = (i: number) => `भारत की राजधानी क्�
 const ALL_TARGETS = ["service", "in-process", "llama-server"] as const;
 type Target = (typeof ALL_TARGETS)[number];
 const wanted = opts.targets.split(",");
-for (const t of wanted) if (!(ALL_TARGETS as readonly string[]).includes(t)) throw new Error(`unknown target ${t}`);
+for (const t of wanted) if (![...ALL_TARGETS, "kernel"].includes(t)) throw new Error(`unknown target ${t}`);
 const llamaServer = wanted.includes("llama-server")
   ? await llamaServerBinary((line) => process.stderr.write(`${line}\n`))
   : undefined;
 const TARGETS = ALL_TARGETS.filter((t) => wanted.includes(t) && (t !== "llama-server" || llamaServer));
+// The reference with nothing around the decode kernel: streams' tokens/s by thread count and concurrency, per round.
+const kernel = wanted.includes("kernel") ? await kernelBinary((line) => process.stderr.write(`${line}\n`)) : undefined;
+const kernelSpeeds = new Map<number, Map<number, number[]>>();
+const promptTokens = kernel === undefined ? 0 : await promptTokenCount(opts.model, prompt(0));
 
 async function inProcessRound(threads: number): Promise<Map<number, StreamTrace[]>> {
   const { stdout } = await exec(
@@ -201,6 +206,20 @@ for (let round = 0; round < Number(opts.rounds); round++) {
       collected.set(`${target} ${threads}`, series);
       process.stderr.write(`round ${round + 1}: ${target}, ${threads} threads done\n`);
     }
+    if (kernel !== undefined) {
+      const speeds = await kernelRound(kernel, {
+        model: opts.model,
+        threads,
+        promptTokens,
+        tokens: Number(opts.tokens),
+        levels,
+        contextCells: slots * contextSize,
+      });
+      const series = kernelSpeeds.get(threads) ?? new Map<number, number[]>();
+      for (const [c, tps] of speeds) series.set(c, [...(series.get(c) ?? []), tps]);
+      kernelSpeeds.set(threads, series);
+      process.stderr.write(`round ${round + 1}: kernel, ${threads} threads done\n`);
+    }
   }
 }
 
@@ -224,6 +243,9 @@ writeFileSync(
       slots,
       table,
       hopCosts: Object.fromEntries(hopCosts),
+      kernel: Object.fromEntries(
+        [...kernelSpeeds].map(([threads, series]) => [threads, Object.fromEntries([...series].map(([c, v]) => [c, median(v)]))]),
+      ),
       clientCpuUsPerToken: Object.fromEntries(clientCpu),
     },
     null,
@@ -256,6 +278,30 @@ function againstLlamaServer(): string[] {
   }
   return lines;
 }
+/** Each target over llama.cpp's kernel alone: how much of the hardware's speed a server keeps. */
+function againstKernel(): string[] {
+  const lines = [
+    `Over llama.cpp's decode kernel alone (\`llama-batched-bench\`: ${promptTokens}-token prompts decoded together, then one token per stream a step;` +
+      " no server, no sampling; tok/s aggregate counted as for the servers, medians over rounds). Doing the same work on these kernels," +
+      " a server can come near 1.00, not past it beyond run-to-run noise:",
+    "",
+    "| threads | streams | kernel tok/s | llama-server ÷ kernel | service ÷ kernel | in-process ÷ kernel |",
+    "|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const threads of threadCounts) {
+    for (const c of levels) {
+      const base = median(kernelSpeeds.get(threads)!.get(c)!);
+      const cell = (target: Target) => {
+        const stats = table.find((r) => r.target === target && r.threads === threads && r.concurrency === c)?.stats;
+        return stats === undefined ? "–" : (stats.aggregateTokensPerSecond / base).toFixed(2);
+      };
+      lines.push(`| ${threads} | ${c} | ${f(base)} | ${cell("llama-server")} | ${cell("service")} | ${cell("in-process")} |`);
+    }
+  }
+  lines.push("");
+  return lines;
+}
+
 /** The per-token cost of the service's two hops, against the time a token takes to decode. */
 function hopCostLines(): string[] {
   const lines = [
@@ -314,6 +360,7 @@ const md = [
   "",
   ...(TARGETS.includes("llama-server") ? againstLlamaServer() : ["llama-server was not part of this run."]),
   "",
+  ...(kernel !== undefined ? againstKernel() : []),
   ...(TARGETS.includes("service") ? hopCostLines() : []),
   ...clientCpuLines(),
 ].join("\n");
@@ -325,18 +372,27 @@ writeFileSync(
   lineChart(
     "aggregate output tokens/s by concurrent streams",
     levels,
-    threadCounts.flatMap((threads) =>
-      TARGETS.map((target) => ({
-        label: `${target}, ${threads} thread${threads > 1 ? "s" : ""}`,
-        color: colors[target]!,
-        dashed: threadCounts.indexOf(threads) > 0,
-        values: levels.map(
-          (c) =>
-            table.find((r) => r.target === target && r.threads === threads && r.concurrency === c)?.stats
-              .aggregateTokensPerSecond ?? Number.NaN,
-        ),
-      })),
-    ),
+    threadCounts
+      .flatMap((threads) =>
+        TARGETS.map((target) => ({
+          label: `${target}, ${threads} thread${threads > 1 ? "s" : ""}`,
+          color: colors[target]!,
+          dashed: threadCounts.indexOf(threads) > 0,
+          values: levels.map(
+            (c) =>
+              table.find((r) => r.target === target && r.threads === threads && r.concurrency === c)?.stats
+                .aggregateTokensPerSecond ?? Number.NaN,
+          ),
+        })),
+      )
+      .concat(
+        [...kernelSpeeds].map(([threads, series]) => ({
+          label: `kernel alone, ${threads} thread${threads > 1 ? "s" : ""}`,
+          color: "#888888",
+          dashed: threadCounts.indexOf(threads) > 0,
+          values: levels.map((c) => median(series.get(c) ?? [])),
+        })),
+      ),
   ),
 );
 console.log(md);
