@@ -76,12 +76,21 @@ export async function kernelRound(binary: string, run: KernelRun): Promise<Map<n
     ].flat(),
     { maxBuffer: 16 * 2 ** 20 },
   );
+  return kernelSpeeds(stdout, run.levels);
+}
+
+/**
+ * Output tokens/s by concurrency from `llama-batched-bench --output-format
+ * jsonl`: the streams' tokens over the prompts' time and all but one step's
+ * (the prompt's decode gives each stream its first token, as in a server).
+ */
+export function kernelSpeeds(jsonl: string, levels: readonly number[]): Map<number, number> {
   const out = new Map<number, number>();
-  for (const line of stdout.split("\n")) {
+  for (const line of jsonl.split("\n")) {
     if (!line.startsWith("{")) continue;
     const r = JSON.parse(line) as { pl: number; tg: number; t_pp: number; t_tg: number };
     out.set(r.pl, (r.pl * r.tg) / (r.t_pp + (r.t_tg * (r.tg - 1)) / r.tg));
   }
-  for (const c of run.levels) if (!out.has(c)) throw new Error(`llama-batched-bench gave no result for ${c} streams`);
+  for (const c of levels) if (!out.has(c)) throw new Error(`llama-batched-bench gave no result for ${c} streams`);
   return out;
 }
