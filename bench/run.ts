@@ -253,12 +253,14 @@ writeFileSync(
   )}\n`,
 );
 const f = (n: number) => n.toFixed(1);
+/** A target's stats at a thread count and concurrency (undefined when it was not run). */
+const statsOf = (target: Target, threads: number, c: number | undefined) =>
+  table.find((r) => r.target === target && r.threads === threads && r.concurrency === c)?.stats;
+/** a ÷ b to two places, "–" without an a. */
+const ratio = (a: number | undefined, b: number) => (a === undefined ? "–" : (a / b).toFixed(2));
 
 /** The service and in-process over llama-server, per thread count and concurrency (the issue's targets). */
 function againstLlamaServer(): string[] {
-  const row = (target: string, threads: number, c: number) =>
-    table.find((r) => r.target === target && r.threads === threads && r.concurrency === c)?.stats;
-  const ratio = (a: number | undefined, b: number) => (a === undefined ? "–" : (a / b).toFixed(2));
   const lines = [
     "Over llama-server (same threads, streams and GGUF; tok/s aggregate, TTFT p50):",
     "",
@@ -267,9 +269,9 @@ function againstLlamaServer(): string[] {
   ];
   for (const threads of threadCounts) {
     for (const c of levels) {
-      const base = row("llama-server", threads, c)!;
-      const service = row("service", threads, c);
-      const inProcess = row("in-process", threads, c);
+      const base = statsOf("llama-server", threads, c)!;
+      const service = statsOf("service", threads, c);
+      const inProcess = statsOf("in-process", threads, c);
       lines.push(
         `| ${threads} | ${c} | ${ratio(service?.aggregateTokensPerSecond, base.aggregateTokensPerSecond)} | ` +
           `${ratio(inProcess?.aggregateTokensPerSecond, base.aggregateTokensPerSecond)} | ${ratio(service?.ttftMs.p50, base.ttftMs.p50)} |`,
@@ -291,10 +293,7 @@ function againstKernel(): string[] {
   for (const threads of threadCounts) {
     for (const c of levels) {
       const base = median(kernelSpeeds.get(threads)!.get(c)!);
-      const cell = (target: Target) => {
-        const stats = table.find((r) => r.target === target && r.threads === threads && r.concurrency === c)?.stats;
-        return stats === undefined ? "–" : (stats.aggregateTokensPerSecond / base).toFixed(2);
-      };
+      const cell = (target: Target) => ratio(statsOf(target, threads, c)?.aggregateTokensPerSecond, base);
       lines.push(`| ${threads} | ${c} | ${f(base)} | ${cell("llama-server")} | ${cell("service")} | ${cell("in-process")} |`);
     }
   }
@@ -314,8 +313,7 @@ function hopCostLines(): string[] {
     const costs = hopCosts.get(threads) ?? [];
     const hop = median(costs.map((c) => c.engineHopUs));
     const cpu = median(costs.map((c) => c.serverCpuUsPerToken));
-    const decode = table.find((r) => r.target === "in-process" && r.threads === threads && r.concurrency === levels[0])?.stats
-      .timePerOutputTokenMs.p50;
+    const decode = statsOf("in-process", threads, levels[0])?.timePerOutputTokenMs.p50;
     const pct = (us: number) => (decode === undefined ? "–" : `${((us / 1000 / decode) * 100).toFixed(1)}%`);
     lines.push(
       `| ${threads} | ${f(hop)} | ${f(cpu)} | ${decode === undefined ? "–" : decode.toFixed(2)} | ${pct(hop)} | ${pct(cpu)} |`,
@@ -378,11 +376,7 @@ writeFileSync(
           label: `${target}, ${threads} thread${threads > 1 ? "s" : ""}`,
           color: colors[target]!,
           dashed: threadCounts.indexOf(threads) > 0,
-          values: levels.map(
-            (c) =>
-              table.find((r) => r.target === target && r.threads === threads && r.concurrency === c)?.stats
-                .aggregateTokensPerSecond ?? Number.NaN,
-          ),
+          values: levels.map((c) => statsOf(target, threads, c)?.aggregateTokensPerSecond ?? Number.NaN),
         })),
       )
       .concat(
