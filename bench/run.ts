@@ -259,46 +259,53 @@ const statsOf = (target: Target, threads: number, c: number | undefined) =>
 /** a ÷ b to two places, "–" without an a. */
 const ratio = (a: number | undefined, b: number) => (a === undefined ? "–" : (a / b).toFixed(2));
 
-/** The service and in-process over llama-server, per thread count and concurrency (the issue's targets). */
-function againstLlamaServer(): string[] {
+/** A markdown table with a row per thread count and concurrency: `intro`, then `columns` after those two. */
+function perLevelTable(intro: string, columns: string[], cells: (threads: number, c: number) => string[]): string[] {
   const lines = [
-    "Over llama-server (same threads, streams and GGUF; tok/s aggregate, TTFT p50):",
+    intro,
     "",
-    "| threads | streams | service tok/s ÷ llama-server | in-process tok/s ÷ llama-server | service TTFT ÷ llama-server |",
-    "|---:|---:|---:|---:|---:|",
+    `| threads | streams | ${columns.join(" | ")} |`,
+    `|---:|---:|${columns.map(() => "---:|").join("")}`,
   ];
   for (const threads of threadCounts) {
-    for (const c of levels) {
-      const base = statsOf("llama-server", threads, c)!;
-      const service = statsOf("service", threads, c);
-      const inProcess = statsOf("in-process", threads, c);
-      lines.push(
-        `| ${threads} | ${c} | ${ratio(service?.aggregateTokensPerSecond, base.aggregateTokensPerSecond)} | ` +
-          `${ratio(inProcess?.aggregateTokensPerSecond, base.aggregateTokensPerSecond)} | ${ratio(service?.ttftMs.p50, base.ttftMs.p50)} |`,
-      );
-    }
+    for (const c of levels) lines.push(`| ${threads} | ${c} | ${cells(threads, c).join(" | ")} |`);
   }
   return lines;
 }
+
+/** The service and in-process over llama-server, per thread count and concurrency (the issue's targets). */
+function againstLlamaServer(): string[] {
+  return perLevelTable(
+    "Over llama-server (same threads, streams and GGUF; tok/s aggregate, TTFT p50):",
+    ["service tok/s ÷ llama-server", "in-process tok/s ÷ llama-server", "service TTFT ÷ llama-server"],
+    (threads, c) => {
+      const base = statsOf("llama-server", threads, c)!;
+      const service = statsOf("service", threads, c);
+      return [
+        ratio(service?.aggregateTokensPerSecond, base.aggregateTokensPerSecond),
+        ratio(statsOf("in-process", threads, c)?.aggregateTokensPerSecond, base.aggregateTokensPerSecond),
+        ratio(service?.ttftMs.p50, base.ttftMs.p50),
+      ];
+    },
+  );
+}
+
 /** Each target over llama.cpp's kernel alone: how much of the hardware's speed a server keeps. */
 function againstKernel(): string[] {
-  const lines = [
-    `Over llama.cpp's decode kernel alone (\`llama-batched-bench\`: ${promptTokens}-token prompts decoded together, then one token per stream a step;` +
-      " no server, no sampling; tok/s aggregate counted as for the servers, medians over rounds). Doing the same work on these kernels," +
-      " a server can come near 1.00, not past it beyond run-to-run noise:",
+  return [
+    ...perLevelTable(
+      `Over llama.cpp's decode kernel alone (\`llama-batched-bench\`: ${promptTokens}-token prompts decoded together, then one token per stream a step;` +
+        " no server, no sampling; tok/s aggregate counted as for the servers, medians over rounds). Doing the same work on these kernels," +
+        " a server can come near 1.00, not past it beyond run-to-run noise:",
+      ["kernel tok/s", "llama-server ÷ kernel", "service ÷ kernel", "in-process ÷ kernel"],
+      (threads, c) => {
+        const base = median(kernelSpeeds.get(threads)!.get(c)!);
+        const over = (target: Target) => ratio(statsOf(target, threads, c)?.aggregateTokensPerSecond, base);
+        return [f(base), over("llama-server"), over("service"), over("in-process")];
+      },
+    ),
     "",
-    "| threads | streams | kernel tok/s | llama-server ÷ kernel | service ÷ kernel | in-process ÷ kernel |",
-    "|---:|---:|---:|---:|---:|---:|",
   ];
-  for (const threads of threadCounts) {
-    for (const c of levels) {
-      const base = median(kernelSpeeds.get(threads)!.get(c)!);
-      const cell = (target: Target) => ratio(statsOf(target, threads, c)?.aggregateTokensPerSecond, base);
-      lines.push(`| ${threads} | ${c} | ${f(base)} | ${cell("llama-server")} | ${cell("service")} | ${cell("in-process")} |`);
-    }
-  }
-  lines.push("");
-  return lines;
 }
 
 /** The per-token cost of the service's two hops, against the time a token takes to decode. */
