@@ -4,8 +4,8 @@
  * carries, on the same GGUF with the same threads. For each concurrency it
  * decodes that many prompts of the bench's prompt length in one batch, then
  * one token per sequence per step: no server, no sampling, no detokenizing.
- * What a server streams can approach this speed; no server built on these
- * kernels passes it.
+ * A server doing the same work on these kernels can approach this speed, not
+ * pass it.
  */
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
@@ -54,12 +54,7 @@ export interface KernelRun {
   contextCells: number;
 }
 
-/**
- * Output tokens/s by concurrency, counted as the bench counts a server's: the
- * prompt's decode gives each stream its first token, and `tokens − 1` steps
- * the rest (llama-batched-bench decodes `tokens` steps after the prompt; the
- * time of one step is taken off).
- */
+/** One llama-batched-bench run of `run`'s levels: output tokens/s by concurrency (see `kernelSpeeds`). */
 export async function kernelRound(binary: string, run: KernelRun): Promise<Map<number, number>> {
   const { stdout } = await exec(
     binary,
@@ -81,8 +76,9 @@ export async function kernelRound(binary: string, run: KernelRun): Promise<Map<n
 
 /**
  * Output tokens/s by concurrency from `llama-batched-bench --output-format
- * jsonl`: the streams' tokens over the prompts' time and all but one step's
- * (the prompt's decode gives each stream its first token, as in a server).
+ * jsonl`, counted as the bench counts a server's: the prompt's decode gives
+ * each stream its first token and `tokens − 1` steps the rest, so of the
+ * `tokens` steps llama-batched-bench times after the prompt, one is taken off.
  */
 export function kernelSpeeds(jsonl: string, levels: readonly number[]): Map<number, number> {
   const out = new Map<number, number>();
