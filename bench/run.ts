@@ -8,7 +8,7 @@
  *   npm run bench -- [--model models/synthetic/small.q4_0.gguf] [--concurrency 1,2,4,8] [--tokens 128] [--rounds 3] [--threads 1,2]
  */
 import { execFile } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { promisify } from "node:util";
 import { Command } from "commander";
@@ -17,6 +17,7 @@ import { defaultThreads } from "../src/config.js";
 import { lineChart } from "./chart.js";
 import { kernelBinary, kernelRound, promptTokenCount } from "./kernel.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
+import { writeReport } from "./report-files.js";
 import { cpuMs } from "./proc.js";
 import { startBenchServer } from "./server-process.js";
 import { median, type RunStats, type StreamTrace, summarize } from "./stream-stats.js";
@@ -232,25 +233,9 @@ for (const threads of threadCounts) {
 }
 const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
 const command = `npm run bench -- --model ${opts.model} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds} --threads ${opts.threads}`;
-mkdirSync(opts.out, { recursive: true });
-writeFileSync(
-  `${opts.out}/bench.json`,
-  `${JSON.stringify(
-    {
-      date: new Date().toISOString(),
-      machine,
-      command,
-      slots,
-      table,
-      hopCosts: Object.fromEntries(hopCosts),
-      kernel: Object.fromEntries(
-        [...kernelSpeeds].map(([threads, series]) => [threads, Object.fromEntries([...series].map(([c, v]) => [c, median(v)]))]),
-      ),
-      clientCpuUsPerToken: Object.fromEntries(clientCpu),
-    },
-    null,
-    2,
-  )}\n`,
+/** The kernel's tok/s by thread count and concurrency: medians over rounds. */
+const kernelMedians = new Map(
+  [...kernelSpeeds].map(([threads, series]) => [threads, new Map([...series].map(([c, v]) => [c, median(v)]))]),
 );
 const f = (n: number) => n.toFixed(1);
 /** A target's stats at a thread count and concurrency (undefined when it was not run). */
@@ -299,7 +284,7 @@ function againstKernel(): string[] {
         " a server can come near 1.00, not past it beyond run-to-run noise:",
       ["kernel tok/s", "llama-server ÷ kernel", "service ÷ kernel", "in-process ÷ kernel"],
       (threads, c) => {
-        const base = median(kernelSpeeds.get(threads)!.get(c)!);
+        const base = kernelMedians.get(threads)!.get(c)!;
         const over = (target: Target) => ratio(statsOf(target, threads, c)?.aggregateTokensPerSecond, base);
         return [f(base), over("llama-server"), over("service"), over("in-process")];
       },
@@ -369,7 +354,20 @@ const md = [
   ...(TARGETS.includes("service") ? hopCostLines() : []),
   ...clientCpuLines(),
 ].join("\n");
-writeFileSync(`${opts.out}/bench.md`, md);
+writeReport(
+  opts.out,
+  "bench",
+  {
+    machine,
+    command,
+    slots,
+    table,
+    hopCosts: Object.fromEntries(hopCosts),
+    kernel: Object.fromEntries([...kernelMedians].map(([threads, byLevel]) => [threads, Object.fromEntries(byLevel)])),
+    clientCpuUsPerToken: Object.fromEntries(clientCpu),
+  },
+  md,
+);
 // Aggregate tokens/s against concurrency, one line per target and thread count.
 const colors: Record<string, string> = { service: "#4a7ab5", "in-process": "#d0803a", "llama-server": "#5a9a4a" };
 writeFileSync(
@@ -387,13 +385,12 @@ writeFileSync(
         })),
       )
       .concat(
-        [...kernelSpeeds].map(([threads, series]) => ({
+        [...kernelMedians].map(([threads, byLevel]) => ({
           label: `kernel alone, ${threads} thread${threads > 1 ? "s" : ""}`,
           color: "#888888",
           dashed: threadCounts.indexOf(threads) > 0,
-          values: levels.map((c) => median(series.get(c) ?? [])),
+          values: levels.map((c) => byLevel.get(c) ?? Number.NaN),
         })),
       ),
   ),
 );
-console.log(md);

@@ -70,7 +70,7 @@ function samplerConfig(sampling: SamplingSettings): Record<string, unknown> {
 function repeatPenaltyConfig(penalty: number, tokens: readonly number[]): Record<string, unknown> {
   return {
     repeatPenalty: penalty,
-    repeatPenaltyMaxTokens: Math.max(REPEAT_WINDOW, tokens.length),
+    repeatPenaltyMaxTokens: REPEAT_WINDOW,
     repeatPenaltyTokens: Uint32Array.from(tokens),
   };
 }
