@@ -27,7 +27,7 @@ export function rawGrpcCall(
   session: http2.ClientHttp2Session,
   path: string,
   body: Buffer,
-  headers: { contentType?: string; timeout?: string } = {},
+  headers: { contentType?: string; timeout?: string; encoding?: string } = {},
 ): Promise<RawGrpcResult> {
   return new Promise((resolve, reject) => {
     const req = session.request({
@@ -36,6 +36,7 @@ export function rawGrpcCall(
       "content-type": headers.contentType ?? "application/grpc",
       te: "trailers",
       ...(headers.timeout ? { "grpc-timeout": headers.timeout } : {}),
+      ...(headers.encoding ? { "grpc-encoding": headers.encoding } : {}),
     });
     const result: RawGrpcResult = { http: 0 };
     const read = (h: http2.IncomingHttpHeaders) => {

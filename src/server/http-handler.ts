@@ -15,6 +15,7 @@ import { METRIC_TRAILERS, QUEUE_POSITION_HEADER } from "../services/generation-s
 import { requestContextValues } from "../services/request-id.js";
 import { useSpecGrpcMessage } from "./grpc-message.js";
 import type { RequestHandler } from "./one-port.js";
+import { checkUnaryRequests, undecodableRequestInterceptor } from "./undecodable-requests.js";
 
 /** Response headers and trailers a browser client may read. */
 export const EXPOSED_HEADERS = [
@@ -51,7 +52,11 @@ function isRpcPath(path: string | undefined): boolean {
 
 export function createHttpHandler(options: HttpHandlerOptions): RequestHandler {
   const rpc = connectNodeAdapter({
-    routes: options.routes,
+    routes(router) {
+      options.routes(router);
+      checkUnaryRequests(router, options.maxMessageBytes);
+    },
+    interceptors: [undecodableRequestInterceptor],
     readMaxBytes: options.maxMessageBytes,
     shutdownSignal: options.shutdownSignal,
     contextValues: (req) => requestContextValues(req.headers),

@@ -4,6 +4,7 @@
  */
 import http2 from "node:http2";
 import { connect } from "node:net";
+import { gzipSync } from "node:zlib";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -56,20 +57,104 @@ async function rawGrpc(path: string, body: Buffer, contentType = "application/gr
 const frame = (payload: Buffer, declaredLength?: number) => grpcFrame(payload, { declaredLength });
 
 describe("bad input on the wire", () => {
-  // Bytes that do not decode as the request get INTERNAL, as grpc-go and grpc-java answer them
-  // (Connect-ES does the same), with the decoder's reason.
-  it("invalid protobuf bytes → INTERNAL naming the parse failure", async () => {
-    // Field 1 (text) declared 100 bytes long, 3 given.
-    const res = await rawGrpc("/airavata.v1.GenerationService/Tokenize", frame(Buffer.from([0x0a, 100, 0x41, 0x42, 0x43])));
-    expect(res.grpc).toBe("13");
-    expect(res.message).toMatch(/^parse binary: /);
-    await stillServing();
+  // Bytes that do not decode as the request are the client's fault: INVALID_ARGUMENT with the
+  // decoder's reason, in every protocol and for unary and streaming methods alike (connect-es
+  // itself would answer INTERNAL, the code kept for the server's own faults).
+  const TRUNCATED_FIELD = Buffer.from([0x0a, 100, 0x41, 0x42, 0x43]); // field 1 declared 100 bytes long, 3 given
+  const INVALID_UTF8 = Buffer.from([0x0a, 2, 0xc3, 0x28]); // field 1 (a string): 0xC3 0x28 is not UTF-8
+
+  for (const path of ["/airavata.v1.GenerationService/Tokenize", "/airavata.v1.GenerationService/Generate"]) {
+    const method = path.split("/").at(-1);
+    it(`gRPC ${method}: invalid protobuf bytes → INVALID_ARGUMENT naming the parse failure`, async () => {
+      const res = await rawGrpc(path, frame(TRUNCATED_FIELD));
+      expect(res.grpc).toBe("3");
+      expect(res.message).toMatch(/^parse binary: /);
+      await stillServing();
+    });
+
+    it(`gRPC ${method}: invalid UTF-8 in a string field → INVALID_ARGUMENT naming it`, async () => {
+      const res = await rawGrpc(path, frame(INVALID_UTF8));
+      expect(res.grpc).toBe("3");
+      expect(res.message).toMatch(/^parse binary: .*UTF-8/i);
+      await stillServing();
+    });
+
+    it(`gRPC ${method}: a compressed frame without grpc-encoding → INVALID_ARGUMENT`, async () => {
+      const res = await rawGrpc(path, grpcFrame(Buffer.from([0x0a, 1, 0x41]), { compressed: true }));
+      expect(res.grpc).toBe("3");
+      expect(res.message).toMatch(/compressed/);
+      await stillServing();
+    });
+  }
+
+  it("gRPC with grpc-encoding gzip: a good message is served, one that does not decode → INVALID_ARGUMENT", async () => {
+    const call = (payload: Buffer) => {
+      const session = http2.connect(baseUrl);
+      return rawGrpcCall(session, "/airavata.v1.GenerationService/Tokenize", grpcFrame(gzipSync(payload), { compressed: true }), {
+        encoding: "gzip",
+      }).finally(() => session.close());
+    };
+    const good = await call(Buffer.from([0x0a, 3, 0x41, 0x42, 0x43]));
+    expect(good.grpc).toBe("0");
+    const bad = await call(TRUNCATED_FIELD);
+    expect(bad.grpc).toBe("3");
+    expect(bad.message).toMatch(/^parse binary: /);
   });
 
-  it("invalid UTF-8 in a string field → INTERNAL naming the parse failure", async () => {
-    const res = await rawGrpc("/airavata.v1.GenerationService/Tokenize", frame(Buffer.from([0x0a, 2, 0xc3, 0x28])));
-    expect(res.grpc).toBe("13");
-    expect(res.message).toMatch(/^parse binary: .*(UTF-8|utf-8|invalid)/i);
+  it("Connect unary protobuf that does not decode → HTTP 400 invalid_argument with the reason", async () => {
+    const res = await fetch(`${baseUrl}/airavata.v1.GenerationService/Tokenize`, {
+      method: "POST",
+      headers: { "content-type": "application/proto" },
+      body: new Uint8Array(INVALID_UTF8),
+    });
+    expect(res.status).toBe(400);
+    const body = (await res.json()) as { code: string; message: string };
+    expect(body.code).toBe("invalid_argument");
+    expect(body.message).toMatch(/^parse binary: .*UTF-8/i);
+    // The same request, good bytes: served.
+    const good = await fetch(`${baseUrl}/airavata.v1.GenerationService/Tokenize`, {
+      method: "POST",
+      headers: { "content-type": "application/proto" },
+      body: new Uint8Array([0x0a, 3, 0x41, 0x42, 0x43]),
+    });
+    expect(good.status).toBe(200);
+  });
+
+  it("Connect JSON of the wrong shape → HTTP 400 invalid_argument naming the field", async () => {
+    for (const body of ['{"text": 12}', '{"text": ["a"]}', "[1,2]", '{"text": "a", "special": "yes"}']) {
+      const res = await fetch(`${baseUrl}/airavata.v1.GenerationService/Tokenize`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body,
+      });
+      expect(res.status, body).toBe(400);
+      const error = (await res.json()) as { code: string; message: string };
+      expect(error.code, body).toBe("invalid_argument");
+      expect(error.message, body).not.toBe("");
+    }
+  });
+
+  it("Connect streaming (Generate) and gRPC-Web (Tokenize) bytes that do not decode → invalid_argument", async () => {
+    // Connect's streaming protocol: the error is in the end-of-stream frame's JSON.
+    const stream = await fetch(`${baseUrl}/airavata.v1.GenerationService/Generate`, {
+      method: "POST",
+      headers: { "content-type": "application/connect+proto" },
+      body: new Uint8Array(frame(TRUNCATED_FIELD)),
+    });
+    const end = Buffer.from(await stream.arrayBuffer());
+    expect(end[0]).toBe(0x02); // the end-of-stream flag
+    const endStream = JSON.parse(end.subarray(5).toString()) as { error: { code: string; message: string } };
+    expect(endStream.error.code).toBe("invalid_argument");
+    expect(endStream.error.message).toMatch(/^parse binary: /);
+    // gRPC-Web: the status is in the trailer frame at the end of the body.
+    const web = await fetch(`${baseUrl}/airavata.v1.GenerationService/Tokenize`, {
+      method: "POST",
+      headers: { "content-type": "application/grpc-web+proto" },
+      body: new Uint8Array(frame(INVALID_UTF8)),
+    });
+    const trailer = Buffer.from(await web.arrayBuffer());
+    expect(trailer[0]).toBe(0x80); // the trailer flag
+    expect(trailer.subarray(5).toString()).toMatch(/grpc-status: ?3\r\n/);
     await stillServing();
   });
 
