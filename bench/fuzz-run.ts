@@ -2,7 +2,8 @@
  * `npm run fuzz -- --cases 5000`: the fuzzer (bench/fuzz.ts) against a
  * running service (--address) or one it starts on the tiny synthetic model;
  * the report goes to bench/results/fuzz.{md,json}. Exit code 1 if any case
- * hung or a good call failed between cases.
+ * hung or was answered as the server's fault, or a good call failed between
+ * cases.
  */
 import { existsSync } from "node:fs";
 import { Command } from "commander";
@@ -60,4 +61,4 @@ try {
 }
 const where = opts.address ?? `started on ${opts.model}`;
 writeReport(opts.out, "fuzz", { service: where, ...report }, fuzzMarkdown(report, where));
-process.exit(report.hung === 0 && report.goodCallsOk === report.goodCalls ? 0 : 1);
+process.exit(report.hung === 0 && report.serverFaults === 0 && report.goodCallsOk === report.goodCalls ? 0 : 1);

@@ -8,8 +8,10 @@
  * at a time (slowloris) or sit idle, from another loopback address when the
  * service is local (so they do not count against the cases' own client).
  * Every case must end (a status, an HTTP answer or a closed connection) within
- * its time limit, and a good call must work after every 50 cases. Writes
- * bench/results/fuzz.{md,json}: cases tried, and how each kind ended.
+ * its time limit, none as the server's fault (INTERNAL, HTTP 5xx: garbage is
+ * the client's), and a good call must give the answer it gave before the
+ * first case after every 50 cases. Writes bench/results/fuzz.{md,json}: cases
+ * tried, and how each kind ended.
  *   npm run fuzz -- [--cases 5000] [--seed 1] [--address host:port]
  */
 import { setMaxListeners } from "node:events";
@@ -33,6 +35,8 @@ export interface FuzzReport {
   outcomes: Record<string, Record<string, number>>;
   /** Cases that did not end within their time limit. */
   hung: number;
+  /** Cases answered as the server's own fault (INTERNAL, HTTP 5xx) rather than refused as the client's. */
+  serverFaults: number;
   /** Good calls made between cases, and how many worked. */
   goodCalls: number;
   goodCallsOk: number;
@@ -41,7 +45,15 @@ export interface FuzzReport {
 
 const CASE_TIMEOUT_MS = 8000;
 
+/** An outcome that blames the server: gRPC INTERNAL or UNKNOWN, an HTTP 5xx (from any protocol). */
+export function isServerFault(outcome: string): boolean {
+  return /^grpc (INTERNAL|UNKNOWN)$/.test(outcome) || /^(http|tcp answered) 5\d\d\b/.test(outcome);
+}
+
 /** Seeded random choices, so a run can be repeated. */
+/** Greedy, so it gives the same text every time on the same model. */
+const GOOD_CALL = { prompt: "The", raw: true, temperature: 0, maxNewTokens: 16 };
+
 function randomness(seed: number) {
   const next = prng(seed);
   const int = (n: number) => Math.floor(next() * n);
@@ -290,6 +302,11 @@ export async function runFuzz(
   let goodCalls = 0;
   let goodCallsOk = 0;
   try {
+    // The good call's answer, whatever model serves: taken before the first case.
+    const reference = await client.generate(GOOD_CALL);
+    if (reference.codeName !== "OK") {
+      throw new Error(`the good call failed before any case: ${reference.codeName} ${reference.message ?? ""}`);
+    }
     for (let i = 0; i < cases; i++) {
       if (session.closed || session.destroyed) {
         session = http2.connect(`http://${address}`);
@@ -356,8 +373,8 @@ export async function runFuzz(
       }
       if ((i + 1) % 50 === 0 || i === cases - 1) {
         goodCalls++;
-        const good = await client.generate({ prompt: "The", raw: true, temperature: 0 });
-        if (good.codeName === "OK" && good.text === "end of story🙏") goodCallsOk++;
+        const good = await client.generate(GOOD_CALL);
+        if (good.codeName === "OK" && good.text === reference.text) goodCallsOk++;
         onProgress?.(i + 1);
       }
     }
@@ -369,14 +386,27 @@ export async function runFuzz(
     session.close();
     client.close();
   }
-  return { cases, seed, lingerLimitMs, outcomes, hung, goodCalls, goodCallsOk, durationMs: performance.now() - started };
+  const serverFaults = Object.values(outcomes)
+    .flatMap((byOutcome) => Object.entries(byOutcome))
+    .reduce((n, [outcome, count]) => n + (isServerFault(outcome) ? count : 0), 0);
+  return {
+    cases,
+    seed,
+    lingerLimitMs,
+    outcomes,
+    hung,
+    serverFaults,
+    goodCalls,
+    goodCallsOk,
+    durationMs: performance.now() - started,
+  };
 }
 
 export function fuzzMarkdown(report: FuzzReport, where: string): string {
   const rows = Object.entries(report.outcomes).flatMap(([kind, byOutcome]) =>
     Object.entries(byOutcome)
       .sort((a, b) => b[1] - a[1])
-      .map(([outcome, n]) => `| ${kind} | ${outcome} | ${n} |`),
+      .map(([outcome, n]) => `| ${kind} | ${outcome} | ${n} |${isServerFault(outcome) ? " server's fault" : ""} |`),
   );
   return [
     "# Fuzz run",
@@ -385,10 +415,11 @@ export function fuzzMarkdown(report: FuzzReport, where: string): string {
     `- service: ${where}`,
     `- cases: ${report.cases} (seed ${report.seed}) in ${(report.durationMs / 1000).toFixed(1)} s`,
     `- hung (no end within ${CASE_TIMEOUT_MS / 1000} s; a slow or idle connection not closed by the server within ${report.lingerLimitMs / 1000} s after the last case): ${report.hung}`,
-    `- good calls between cases: ${report.goodCallsOk} of ${report.goodCalls} worked`,
+    `- answered as the server's fault (gRPC INTERNAL or UNKNOWN, HTTP 5xx) instead of refused as the client's: ${report.serverFaults}`,
+    `- good calls between cases (the answer given before the first case): ${report.goodCallsOk} of ${report.goodCalls} worked`,
     "",
-    "| kind | how it ended | cases |",
-    "|---|---|---:|",
+    "| kind | how it ended | cases | |",
+    "|---|---|---:|---|",
     ...rows,
     "",
   ].join("\n");
