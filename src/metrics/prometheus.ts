@@ -32,6 +32,13 @@ export class ServiceMetrics {
     buckets: LATENCY_BUCKETS,
     registers: [this.registry],
   });
+  private readonly prefill = new Histogram({
+    name: "airavata_request_prefill_time_seconds",
+    help: "Prompt evaluation time of a Generate call, up to its first token (calls that got one, cancelled ones too).",
+    labelNames: ["variant"],
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
   private readonly e2e = new Histogram({
     name: "airavata_e2e_request_latency_seconds",
     help: "Time from receipt to the end of a Generate call.",
@@ -137,6 +144,7 @@ export class ServiceMetrics {
     this.promptTokens.inc(variant, m.promptTokens);
     this.generationTokens.inc(variant, m.generatedTokens);
     if (m.generatedTokens > 0) this.ttft.observe(variant, m.ttftMs / 1000);
+    if (m.generatedTokens > 0) this.prefill.observe(variant, m.prefillMs / 1000);
     if (m.decodeTokensPerSecond > 0) this.interToken.observe(variant, 1 / m.decodeTokensPerSecond);
     if (m.engineHopMs > 0) this.engineHop.observe(variant, m.engineHopMs / 1000);
     if (m.batchSize > 0) this.batchSize.observe(variant, m.batchSize);

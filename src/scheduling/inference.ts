@@ -4,7 +4,7 @@
  * with its sequence, even when the caller stops listening early.
  */
 import type { EngineProcess } from "../engine/engine-client.js";
-import type { FinishReason, GenerationInput, SamplingSettings } from "../engine/protocol.js";
+import type { FinishReason, GenerationInput, GenerationOutcome, SamplingSettings } from "../engine/protocol.js";
 import type { RequestMetrics } from "../metrics/request-metrics.js";
 import { ServiceError } from "../errors.js";
 import { AsyncQueue } from "../util/async-queue.js";
@@ -14,6 +14,13 @@ export type InferenceEvent =
   | { type: "queued"; position: number }
   | { type: "text"; text: string; tokens: number[] }
   | { type: "done"; text: string; tokens: number[]; finishReason: FinishReason };
+
+/** The engine's counts and timings of a generation, however it ended (a call that left early too). */
+function recordOutcome(metrics: RequestMetrics, outcome: GenerationOutcome): void {
+  metrics.generatedTokens = outcome.generatedTokens;
+  metrics.prefillMs = outcome.prefillMs;
+  metrics.batchSize = outcome.batchSize;
+}
 
 export class Inference {
   /** Controllers of the calls admitted here (queued or running), for cancelAll. */
@@ -105,9 +112,7 @@ export class Inference {
           yield { type: "text", text: event.text, tokens: event.tokens };
         } else {
           metrics.chunk(event.tokens.length, event.text !== "");
-          metrics.generatedTokens = event.generatedTokens;
-          metrics.prefillMs = event.prefillMs;
-          metrics.batchSize = event.batchSize;
+          recordOutcome(metrics, event);
           metrics.finishReason = event.finishReason;
           finished = true;
           const serverCancel = controller.signal.reason;
@@ -122,7 +127,7 @@ export class Inference {
         controller.abort();
         try {
           for (let next = await events.next(); !next.done; next = await events.next()) {
-            if (next.value.type === "done") metrics.generatedTokens = next.value.generatedTokens;
+            if (next.value.type === "done") recordOutcome(metrics, next.value);
           }
         } catch {
           // the engine already reported its failure to the caller

@@ -43,6 +43,35 @@ describe("cancellation", () => {
     expect(next.text).toBe("end of story🙏");
   });
 
+  it("a cancelled call's metrics carry its real prefill time and batch size", async () => {
+    const variant = { variant: "tiny.q4_0" };
+    const before = {
+      prefills: await sample(server.baseUrl, "airavata_request_prefill_time_seconds_count", variant),
+      prefillSum: await sample(server.baseUrl, "airavata_request_prefill_time_seconds_sum", variant),
+      batches: await sample(server.baseUrl, "airavata_request_batch_size_count", variant),
+      batchSum: await sample(server.baseUrl, "airavata_request_batch_size_sum", variant),
+    };
+    const controller = new AbortController();
+    let seen = 0;
+    const outcome = await client.generate(
+      LONG,
+      () => {
+        if (++seen === 5) controller.abort();
+      },
+      { signal: controller.signal },
+    );
+    expect(outcome.codeName).toBe("CANCELLED");
+    expect(await eventually(() => sample(server.baseUrl, "airavata_request_batch_size_count", variant), before.batches + 1)).toBe(
+      before.batches + 1,
+    );
+    expect(await sample(server.baseUrl, "airavata_request_prefill_time_seconds_count", variant)).toBe(before.prefills + 1);
+    // One slot: every step held this call alone. The prefill took some time (not the 0 reported before).
+    expect((await sample(server.baseUrl, "airavata_request_batch_size_sum", variant)) - before.batchSum).toBe(1);
+    expect(
+      (await sample(server.baseUrl, "airavata_request_prefill_time_seconds_sum", variant)) - before.prefillSum,
+    ).toBeGreaterThan(0);
+  });
+
   it("over Connect too, the other calls are undisturbed", async () => {
     const controller = new AbortController();
     let seen = 0;
