@@ -274,6 +274,8 @@ export class LlamaEngine {
       throw new ServiceError("internal", `no sequence ${slot}`);
     }
     const prompt = this.promptTokens(input);
+    // Told first, so that a prompt refused below still reports its token count.
+    events.started(prompt.length);
     const limit = this.info.contextSize;
     if (prompt.length + sampling.maxNewTokens > limit) {
       throw new ServiceError(
@@ -283,7 +285,6 @@ export class LlamaEngine {
           `shorten the prompt or lower max_new_tokens`,
       );
     }
-    events.started(prompt.length);
     if (signal.aborted)
       return { text: "", tokens: [], finishReason: "cancelled", generatedTokens: 0, prefillMs: 0, batchSize: 0 };
     const model = this.model;

@@ -28,6 +28,7 @@ export class RequestMetrics {
   batchSize = 0;
   finishReason: FinishReason = "error";
   private readonly receivedAt = performance.now();
+  private queuedAt: number | undefined;
   private slotAt: number | undefined;
   private firstTextAt: number | undefined;
   private firstTokenAt: number | undefined;
@@ -36,6 +37,11 @@ export class RequestMetrics {
   private hopMsTotal = 0;
   private hops = 0;
   private endAt: number | undefined;
+
+  /** The call asked for a slot (it waits in the queue until it has one, or is refused). */
+  queued(): void {
+    this.queuedAt ??= performance.now();
+  }
 
   /** The call got a slot. */
   admitted(): void {
@@ -75,8 +81,9 @@ export class RequestMetrics {
       variant: this.variant,
       promptTokens: this.promptTokens,
       generatedTokens: this.generatedTokens,
-      queueMs: (this.slotAt ?? end) - this.receivedAt,
-      ttftMs: (this.firstTextAt ?? end) - this.receivedAt,
+      // A call refused before it asked for a slot never queued; one that streamed no text has no first text.
+      queueMs: this.queuedAt === undefined ? 0 : (this.slotAt ?? end) - this.receivedAt,
+      ttftMs: this.firstTextAt === undefined ? 0 : this.firstTextAt - this.receivedAt,
       prefillMs: this.prefillMs,
       decodeTokensPerSecond: decodeSeconds > 0 ? (this.generatedTokens - 1) / decodeSeconds : 0,
       totalMs: end - this.receivedAt,

@@ -73,6 +73,7 @@ export class Inference {
     let lease: Lease | undefined;
     // While queued, each change of place is passed on as an event.
     const positions = new AsyncQueue<number>();
+    metrics.queued();
     const acquired = this.scheduler.acquire(controller.signal, (position) => positions.push(position));
     void acquired.then(
       () => positions.end(),

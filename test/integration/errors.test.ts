@@ -55,13 +55,26 @@ describe("bad requests get a clear error, the right code, and change nothing", (
     expect(outcome.message).toMatch(message);
     expect(outcome.trailers["airavata-finish-reason"]).toBe("error");
     expect(outcome.trailers["airavata-generated-tokens"]).toBe("0");
+    // Refused before it asked for a slot, and no text streamed: no queue time, no first text.
+    expect(outcome.trailers["airavata-queue-ms"]).toBe("0.00");
+    expect(outcome.trailers["airavata-ttft-ms"]).toBe("0.00");
+    expect(Number(outcome.trailers["airavata-total-ms"])).toBeGreaterThan(0);
+    expect(outcome.metrics?.timeToFirstTokenMs).toBe(0);
   });
 
   it("a prompt and max_new_tokens beyond the context → OUT_OF_RANGE with the numbers", async () => {
     const outcome = await client.generate({ prompt: "नमस्ते", maxNewTokens: 600 });
     expect(outcome.codeName).toBe("OUT_OF_RANGE");
-    expect(outcome.message).toMatch(/prompt \(\d+ tokens\) \+ max_new_tokens \(600\) = \d+ exceeds the context of 512 tokens/);
-    expect(Number(outcome.trailers["airavata-prompt-tokens"])).toBe(0);
+    const numbers = /prompt \((\d+) tokens\) \+ max_new_tokens \(600\) = \d+ exceeds the context of 512 tokens/.exec(
+      outcome.message ?? "",
+    );
+    expect(numbers).not.toBeNull();
+    // The trailers count the same prompt the message names; nothing was streamed.
+    expect(outcome.trailers["airavata-prompt-tokens"]).toBe(numbers![1]);
+    expect(Number(numbers![1])).toBeGreaterThan(0);
+    expect(outcome.trailers["airavata-ttft-ms"]).toBe("0.00");
+    expect(outcome.trailers["airavata-generated-tokens"]).toBe("0");
+    expect(outcome.trailers["airavata-finish-reason"]).toBe("error");
     await expectWorking();
   });
 
@@ -93,6 +106,8 @@ describe("bad requests get a clear error, the right code, and change nothing", (
     expect(refused.codeName).toBe("RESOURCE_EXHAUSTED");
     expect(refused.message).toMatch(/busy: 1 running and 1 queued/);
     expect(Number(refused.trailers["grpc-retry-pushback-ms"])).toBeGreaterThan(0);
+    expect(refused.trailers["airavata-ttft-ms"]).toBe("0.00");
+    expect(refused.trailers["airavata-finish-reason"]).toBe("error");
     controller.abort();
     expect((await running).codeName).toBe("CANCELLED");
     expect((await queued).codeName).toBe("CANCELLED");

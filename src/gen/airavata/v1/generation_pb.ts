@@ -197,7 +197,7 @@ export type GenerationMetrics = Message<"airavata.v1.GenerationMetrics"> & {
   variant: string;
 
   /**
-   * Tokens in the prompt after templating.
+   * Tokens in the prompt after templating (also for a prompt refused as too long).
    *
    * @generated from field: uint32 prompt_tokens = 2;
    */
@@ -211,14 +211,14 @@ export type GenerationMetrics = Message<"airavata.v1.GenerationMetrics"> & {
   generatedTokens: number;
 
   /**
-   * Receipt to a free slot, in milliseconds.
+   * Receipt to a free slot, in milliseconds; 0 for a call refused before it asked for one.
    *
    * @generated from field: double queue_ms = 4;
    */
   queueMs: number;
 
   /**
-   * Receipt to the first streamed text, in milliseconds.
+   * Receipt to the first streamed text, in milliseconds; 0 when no text was streamed.
    *
    * @generated from field: double time_to_first_token_ms = 5;
    */
