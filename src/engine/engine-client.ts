@@ -17,6 +17,7 @@ import {
   type FromEngine,
   type GenerationInput,
   type GenerationOutcome,
+  type GenerationProgress,
   greedySampling,
   type MemoryEstimate,
   type SamplingSettings,
@@ -27,7 +28,7 @@ import {
 export type GenerationEvent =
   | { type: "started"; promptTokens: number }
   /** `hopMs`: from the engine's send to the server's receipt of this chunk. */
-  | { type: "chunk"; text: string; tokens: number[]; hopMs: number }
+  | ({ type: "chunk"; text: string; tokens: number[]; hopMs: number } & GenerationProgress)
   | ({ type: "done" } & GenerationOutcome);
 
 interface Pending {
@@ -235,6 +236,8 @@ export class EngineProcess {
           type: "chunk",
           text: message.text,
           tokens: message.tokens,
+          prefillMs: message.prefillMs,
+          batchSize: message.batchSize,
           hopMs: sharedClockMs() - message.sentAt,
         });
         break;

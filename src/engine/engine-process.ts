@@ -92,7 +92,7 @@ async function generate(message: Extract<ToEngine, { type: "generate" }>): Promi
   try {
     const result = await loaded.generate(message.slot, message.input, message.sampling, controller.signal, {
       started: (promptTokens) => send({ type: "started", id, promptTokens }),
-      chunk: ({ text, tokens }) => send({ type: "chunk", id, text, tokens, sentAt: sharedClockMs() }),
+      chunk: ({ text, tokens }, progress) => send({ type: "chunk", id, text, tokens, ...progress, sentAt: sharedClockMs() }),
     });
     send({ type: "done", id, ...result });
   } catch (error) {

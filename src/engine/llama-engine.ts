@@ -22,6 +22,7 @@ import {
   type FinishReason,
   type GenerationInput,
   type GenerationOutcome,
+  type GenerationProgress,
   greedySampling,
   type MemoryEstimate,
   type SamplingSettings,
@@ -45,7 +46,7 @@ const MEASURED_STEPS = 10;
 
 export interface GenerationEvents {
   started(promptTokens: number): void;
-  chunk(emission: Emission): void;
+  chunk(emission: Emission, progress: GenerationProgress): void;
 }
 
 /** node-llama-cpp's internals the engine reaches: the native context and the native sampler's constructor. */
@@ -318,7 +319,9 @@ export class LlamaEngine {
         generated++;
         if (penalized) history.push(token);
         const emission = stream.push(token);
-        if (emission.text !== "" || emission.tokens.length > 0) events.chunk(emission);
+        if (emission.text !== "" || emission.tokens.length > 0) {
+          events.chunk(emission, { prefillMs, batchSize: stepSequences / steps });
+        }
         if (stream.stopSequence !== undefined) return ended("stop_sequence");
         if (generated >= sampling.maxNewTokens) return ended("length");
         if (signal.aborted) return ended("cancelled");

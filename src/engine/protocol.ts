@@ -68,15 +68,20 @@ export type ToEngine =
   | { type: "call"; id: number; call: EngineCall }
   | { type: "shutdown" };
 
+/** A generation's timings so far: sent with every chunk, so a call ended before the engine's last word has them. */
+export interface GenerationProgress {
+  /** Prompt evaluation up to the first token (0 until there is one). */
+  prefillMs: number;
+  /** Mean number of sequences in the decode steps that gave the generation its tokens (0: none). */
+  batchSize: number;
+}
+
 /** How a generation ended: the text and tokens still held back, and its counts and timings. */
-export interface GenerationOutcome {
+export interface GenerationOutcome extends GenerationProgress {
   text: string;
   tokens: number[];
   finishReason: FinishReason;
   generatedTokens: number;
-  prefillMs: number;
-  /** Mean number of sequences in the decode steps that gave the generation its tokens (0: none). */
-  batchSize: number;
 }
 
 export type FromEngine =
@@ -85,7 +90,7 @@ export type FromEngine =
   | { type: "load-progress"; progress: number }
   | { type: "started"; id: number; promptTokens: number }
   /** `sentAt`: `sharedClockMs()` in the engine when sent, so the server can time the hop. */
-  | { type: "chunk"; id: number; text: string; tokens: number[]; sentAt: number }
+  | ({ type: "chunk"; id: number; text: string; tokens: number[]; sentAt: number } & GenerationProgress)
   | ({ type: "done"; id: number } & GenerationOutcome)
   | { type: "failed"; id: number; kind: ErrorKind; message: string }
   | { type: "result"; id: number; value: unknown };

@@ -2,7 +2,7 @@
  * One call's timings and counts, from receipt to end. The service turns a
  * snapshot into trailers (plain and `-bin`) and the Prometheus observations.
  */
-import type { FinishReason } from "../engine/protocol.js";
+import type { FinishReason, GenerationProgress } from "../engine/protocol.js";
 
 export interface MetricsSnapshot {
   variant: string;
@@ -23,7 +23,8 @@ export interface MetricsSnapshot {
 export class RequestMetrics {
   variant = "";
   promptTokens = 0;
-  generatedTokens = 0;
+  /** The engine's count once it has ended the generation; until then the tokens streamed are counted. */
+  generatedTokens: number | undefined;
   prefillMs = 0;
   batchSize = 0;
   finishReason: FinishReason = "error";
@@ -64,9 +65,10 @@ export class RequestMetrics {
     return now;
   }
 
-  /** Tokens seen in chunks so far (the count when the engine could not report its own). */
-  get streamedTokens(): number {
-    return this.tokensSeen;
+  /** The engine's timings so far, from its latest message. */
+  progress(p: GenerationProgress): void {
+    this.prefillMs = p.prefillMs;
+    this.batchSize = p.batchSize;
   }
 
   end(): void {
@@ -80,12 +82,12 @@ export class RequestMetrics {
     return {
       variant: this.variant,
       promptTokens: this.promptTokens,
-      generatedTokens: this.generatedTokens,
+      generatedTokens: this.generatedTokens ?? this.tokensSeen,
       // A call refused before it asked for a slot never queued; one that streamed no text has no first text.
       queueMs: this.queuedAt === undefined ? 0 : (this.slotAt ?? end) - this.receivedAt,
       ttftMs: this.firstTextAt === undefined ? 0 : this.firstTextAt - this.receivedAt,
       prefillMs: this.prefillMs,
-      decodeTokensPerSecond: decodeSeconds > 0 ? (this.generatedTokens - 1) / decodeSeconds : 0,
+      decodeTokensPerSecond: decodeSeconds > 0 ? ((this.generatedTokens ?? this.tokensSeen) - 1) / decodeSeconds : 0,
       totalMs: end - this.receivedAt,
       finishReason: this.finishReason,
       engineHopMs: this.hops > 0 ? this.hopMsTotal / this.hops : 0,

@@ -4,7 +4,7 @@
  * with its sequence, even when the caller stops listening early.
  */
 import type { EngineProcess } from "../engine/engine-client.js";
-import type { FinishReason, GenerationInput, GenerationOutcome, SamplingSettings } from "../engine/protocol.js";
+import type { FinishReason, GenerationInput, SamplingSettings } from "../engine/protocol.js";
 import type { RequestMetrics } from "../metrics/request-metrics.js";
 import { ServiceError } from "../errors.js";
 import { AsyncQueue } from "../util/async-queue.js";
@@ -14,13 +14,6 @@ export type InferenceEvent =
   | { type: "queued"; position: number }
   | { type: "text"; text: string; tokens: number[] }
   | { type: "done"; text: string; tokens: number[]; finishReason: FinishReason };
-
-/** The engine's counts and timings of a generation, however it ended (a call that left early too). */
-function recordOutcome(metrics: RequestMetrics, outcome: GenerationOutcome): void {
-  metrics.generatedTokens = outcome.generatedTokens;
-  metrics.prefillMs = outcome.prefillMs;
-  metrics.batchSize = outcome.batchSize;
-}
 
 export class Inference {
   /** Controllers of the calls admitted here (queued or running), for cancelAll. */
@@ -110,10 +103,12 @@ export class Inference {
           metrics.promptTokens = event.promptTokens;
         } else if (event.type === "chunk") {
           metrics.chunk(event.tokens.length, event.text !== "", event.hopMs);
+          metrics.progress(event);
           yield { type: "text", text: event.text, tokens: event.tokens };
         } else {
           metrics.chunk(event.tokens.length, event.text !== "");
-          recordOutcome(metrics, event);
+          metrics.progress(event);
+          metrics.generatedTokens = event.generatedTokens;
           metrics.finishReason = event.finishReason;
           finished = true;
           const serverCancel = controller.signal.reason;
@@ -128,13 +123,12 @@ export class Inference {
         controller.abort();
         try {
           for (let next = await events.next(); !next.done; next = await events.next()) {
-            if (next.value.type === "done") recordOutcome(metrics, next.value);
+            // the caller has its metrics already: what the engine says now is not waited for
           }
         } catch {
           // the engine already reported its failure to the caller
         }
       }
-      if (metrics.generatedTokens === 0) metrics.generatedTokens = metrics.streamedTokens;
       signal.removeEventListener("abort", onAbort);
       this.calls.delete(controller);
       lease.release();

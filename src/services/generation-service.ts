@@ -21,6 +21,7 @@ import type { ServiceMetrics } from "../metrics/prometheus.js";
 import type { Inference } from "../scheduling/inference.js";
 import { ServiceError } from "../errors.js";
 import { toConnectError } from "./connect-errors.js";
+import { untilAborted } from "../util/until-aborted.js";
 import { requestIdKey } from "./request-id.js";
 import { validateGenerateRequest } from "./validate.js";
 
@@ -158,7 +159,9 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
         const inference = deps.inference();
         metrics.variant = inference.variant;
         const { input, sampling } = validateGenerateRequest(req);
-        for await (const event of inference.generate(input, sampling, call.signal, metrics)) {
+        // The call's signal ends the call at once, with the metrics as they stand: its deadline is
+        // about to pass, or its client has gone. The engine's stop is confirmed in the background.
+        for await (const event of untilAborted(inference.generate(input, sampling, call.signal, metrics), call.signal)) {
           if (event.type === "queued") {
             if (!sentQueueHeader) {
               ctx.responseHeader.set(QUEUE_POSITION_HEADER, String(event.position));
