@@ -1,13 +1,15 @@
 /**
  * `npm run bench:ghz`: ghz load runs of Generate (server streaming) and
  * Tokenize at several concurrency levels, from the configs in bench/ghz/, a
- * fixed number of calls each with a time bound; summarised as p50/p95/p99
- * latency, calls/s and errors per level in bench/results/ghz.{md,json,svg}.
- * It starts the service on a model (or uses --address); without ghz on the
- * PATH it says how to install it and measures nothing.
- *   npm run bench:ghz -- [--address host:port | --model models/synthetic/small.q4_0.gguf] [--concurrency 1,4,16,64]
+ * fixed number of calls each; summarised as p50/p95/p99 latency, calls/s, the
+ * statuses the server answered and the errors ghz's own client made, per
+ * level, in bench/results/ghz.{md,json,svg}. A level that runs past
+ * `--level-timeout` is stopped (SIGINT: ghz reports the calls made so far)
+ * and marked so. It starts the service on a model (or uses --address);
+ * without ghz on the PATH it says how to install it and measures nothing.
+ *   npm run bench:ghz -- [--address host:port | --model models/synthetic/small.q4_0.gguf] [--concurrency 1,4,16,64] [--level-timeout 300]
  */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
@@ -20,15 +22,38 @@ const opts = new Command("bench:ghz")
   .option("--address <host:port>", "a running service (otherwise one is started on --model)")
   .option("--model <path>", "GGUF model for the service this starts", "models/synthetic/small.q4_0.gguf")
   .option("--concurrency <list>", "concurrency levels", "1,4,16,64")
+  .option("--level-timeout <s>", "seconds a level may run before ghz is stopped and its partial report kept", "300")
   .option("--out <dir>", "results folder", "bench/results")
   .parse()
-  .opts<{ address?: string; model: string; concurrency: string; out: string }>();
+  .opts<{ address?: string; model: string; concurrency: string; levelTimeout: string; out: string }>();
 
 const ghz = process.env.GHZ ?? "ghz";
 const version = spawnSync(ghz, ["--version"], { encoding: "utf8" });
 if (version.error || version.status !== 0) {
   console.error(INSTALL_GHZ);
   process.exit(1);
+}
+// ghz prints its version to stderr.
+const ghzVersion = `ghz ${(version.stderr || version.stdout).trim()}`;
+const levelTimeoutMs = Number(opts.levelTimeout) * 1000;
+
+/** Runs ghz on a config file; past the time bound, stops it with SIGINT, on which ghz reports what it has. */
+function runGhz(configPath: string): Promise<{ stdout: string; stderr: string; code: number | null }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(ghz, ["--config", configPath], { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += String(d)));
+    child.stderr.on("data", (d: Buffer) => (stderr += String(d)));
+    const interrupt = setTimeout(() => child.kill("SIGINT"), levelTimeoutMs);
+    const kill = setTimeout(() => child.kill("SIGKILL"), levelTimeoutMs + 30_000);
+    child.once("error", reject);
+    child.once("close", (code) => {
+      clearTimeout(interrupt);
+      clearTimeout(kill);
+      resolve({ stdout, stderr, code });
+    });
+  });
 }
 const levels = opts.concurrency.split(",").map(Number);
 if (!opts.address && !existsSync(opts.model)) {
@@ -39,17 +64,21 @@ const maxLevel = Math.max(...levels);
 const server = opts.address ? undefined : await startBenchServer(["--model", opts.model, "--max-queue", String(maxLevel * 2)]);
 const host = opts.address ?? `127.0.0.1:${server!.port}`;
 const scratch = mkdtempSync(join(os.tmpdir(), "airavata-ghz-"));
-const rows: { config: string; call: string; concurrency: number; summary: RunSummary }[] = [];
+const rows: { config: string; call: string; concurrency: number; total: number; summary: RunSummary }[] = [];
 try {
   for (const { file, config } of loadConfigs()) {
     for (const c of levels) {
       const path = join(scratch, `${file}.${c}.json`);
       writeFileSync(path, JSON.stringify(runConfig(config, c, host)));
-      const run = spawnSync(ghz, ["--config", path], { encoding: "utf8", maxBuffer: 256 * 2 ** 20 });
-      if (run.status !== 0 && run.stdout.trim() === "") throw new Error(`ghz failed on ${file} at ${c}: ${run.stderr}`);
+      const run = await runGhz(path);
+      if (run.stdout.trim() === "") throw new Error(`ghz failed on ${file} at ${c} (exit ${run.code}): ${run.stderr}`);
       const summary = summarizeReport(JSON.parse(run.stdout) as GhzReport);
-      rows.push({ config: file, call: config.call, concurrency: c, summary });
-      process.stderr.write(`${file} c=${c}: ${summary.calls} calls, ${summary.callsPerSecond.toFixed(1)}/s\n`);
+      const total = runConfig(config, c, host).total;
+      rows.push({ config: file, call: config.call, concurrency: c, total, summary });
+      process.stderr.write(
+        `${file} c=${c}: ${summary.calls} of ${total} calls${summary.endReason === "normal" ? "" : ` (stopped: ${summary.endReason})`}, ` +
+          `${summary.callsPerSecond.toFixed(1)}/s\n`,
+      );
     }
   }
 } finally {
@@ -57,25 +86,28 @@ try {
   await server?.stop();
 }
 
-const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, Node ${process.version}, ${version.stdout.trim()}`;
+const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, Node ${process.version}, ${ghzVersion}`;
 mkdirSync(opts.out, { recursive: true });
 writeFileSync(`${opts.out}/ghz.json`, `${JSON.stringify({ date: new Date().toISOString(), machine, host, rows }, null, 2)}\n`);
 const f = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : "–");
+const counts = (byName: Record<string, number>) =>
+  Object.entries(byName)
+    .map(([name, n]) => `${name} ${n}`)
+    .join(", ");
 const md = [
   "# ghz load runs",
   "",
   `- date: ${new Date().toISOString()}`,
   `- machine: ${machine}`,
-  `- service: ${opts.address ?? `started on ${opts.model}`}; configs: bench/ghz/*.json`,
+  `- service: ${opts.address ?? `started on ${opts.model}`}; configs: bench/ghz/*.json; a level stopped after ${opts.levelTimeout} s`,
+  "- statuses: what the server answered; ghz's own errors: calls its client ended itself (its deadline, a closed connection)",
   "",
-  "| config | concurrency | calls | calls/s | p50 ms | p95 ms | p99 ms | statuses | errors |",
-  "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+  "| config | concurrency | calls (of total) | calls/s | p50 ms | p95 ms | p99 ms | statuses from the server | ghz's own errors |",
+  "|---|---:|---:|---:|---:|---:|---:|---|---|",
   ...rows.map(
-    ({ config, concurrency, summary: s }) =>
-      `| ${config} | ${concurrency} | ${s.calls} | ${f(s.callsPerSecond)} | ${f(s.p50Ms)} | ${f(s.p95Ms)} | ${f(s.p99Ms)} | ` +
-      `${Object.entries(s.statuses)
-        .map(([k, v]) => `${k} ${v}`)
-        .join(", ")} | ${s.errors} |`,
+    ({ config, concurrency, total, summary: s }) =>
+      `| ${config} | ${concurrency} | ${s.calls} (${total})${s.endReason === "normal" ? "" : ", stopped at the time bound"} | ` +
+      `${f(s.callsPerSecond)} | ${f(s.p50Ms)} | ${f(s.p95Ms)} | ${f(s.p99Ms)} | ${counts(s.statuses) || "–"} | ${counts(s.clientErrors) || "none"} |`,
   ),
   "",
 ].join("\n");
