@@ -86,6 +86,7 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
   const generation = createGenerationService({
     metrics,
     log,
+    deadlineMarginMs: config.deadlineMarginMs,
     inference() {
       if (!accepting) throw new ServiceError("unavailable", "the server is shutting down; retry on another instance");
       const serving = variants.current;

@@ -36,6 +36,8 @@ export interface Config {
   tls: { cert: Buffer; key: Buffer } | undefined;
   corsOrigins: string[];
   gracePeriodMs: number;
+  /** The least a Generate call with a deadline is ended ahead of it (plus the connection's round trip). */
+  deadlineMarginMs: number;
   /** Connection limits: HTTP/2 streams per connection, connections in all, HTTP/1.1 header time. */
   maxStreamsPerConnection: number;
   maxConnections: number;
@@ -203,6 +205,15 @@ export function buildCommand(): Command {
     )
     .addOption(
       new Option(
+        "--deadline-margin <ms>",
+        "the least a Generate call with a deadline is ended ahead of it, so that its status and trailers reach the client first",
+      )
+        .env("AIRAVATA_DEADLINE_MARGIN")
+        .default(30)
+        .argParser(integer(0, 60_000)),
+    )
+    .addOption(
+      new Option(
         "--max-streams-per-connection <n>",
         "HTTP/2 streams one connection may have open at once (a client opening more loses its connection)",
       )
@@ -310,6 +321,7 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
     tls: o.tlsCert ? { cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey) } : undefined,
     corsOrigins,
     gracePeriodMs: o.gracePeriod * 1000,
+    deadlineMarginMs: o.deadlineMargin,
     maxStreamsPerConnection: o.maxStreamsPerConnection,
     maxConnections: o.maxConnections,
     maxConnectionsPerClient: o.maxConnectionsPerClient,

@@ -14,7 +14,7 @@ import sirv from "sirv";
 import { METRIC_TRAILERS, QUEUE_POSITION_HEADER } from "../services/generation-service.js";
 import { requestContextValues } from "../services/request-id.js";
 import { useSpecGrpcMessage } from "./grpc-message.js";
-import type { RequestHandler } from "./one-port.js";
+import { connectionRoundTripMs, type RequestHandler } from "./one-port.js";
 import { checkUnaryRequests, undecodableRequestInterceptor } from "./undecodable-requests.js";
 
 /** Response headers and trailers a browser client may read. */
@@ -59,7 +59,7 @@ export function createHttpHandler(options: HttpHandlerOptions): RequestHandler {
     interceptors: [undecodableRequestInterceptor],
     readMaxBytes: options.maxMessageBytes,
     shutdownSignal: options.shutdownSignal,
-    contextValues: (req) => requestContextValues(req.headers),
+    contextValues: (req) => requestContextValues(req.headers, connectionRoundTripMs(req)),
   });
   const corsMiddleware =
     options.corsOrigins.length > 0

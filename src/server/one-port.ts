@@ -11,6 +11,22 @@ import type { Duplex } from "node:stream";
 
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
+/** How often a connection's round trip is measured again (on its next call after this long). */
+const ROUND_TRIP_EVERY_MS = 30_000;
+
+/** Each HTTP/2 connection's latest PING round trip, in ms. */
+const roundTrips = new WeakMap<http2.Http2Session, number>();
+
+/**
+ * The round trip of the connection a request came on: an HTTP/2 PING, sent
+ * when the connection opens and again on a call at most every 30 s. Undefined
+ * for HTTP/1.1 (no PING there) and until the first answer.
+ */
+export function connectionRoundTripMs(req: http.IncomingMessage | http2.Http2ServerRequest): number | undefined {
+  const session = "stream" in req ? req.stream.session : undefined;
+  return session ? roundTrips.get(session) : undefined;
+}
+
 export type RequestHandler = (
   req: http.IncomingMessage | http2.Http2ServerRequest,
   res: http.ServerResponse | http2.Http2ServerResponse,
@@ -48,6 +64,15 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortOpt
   const idleTimeoutMs = options.idleTimeoutMs ?? 300_000;
   const trackSession = (session: http2.Http2Session) => {
     sessions.add(session);
+    let pingedAt = 0;
+    const measureRoundTrip = () => {
+      if (session.closed || session.destroyed || Date.now() - pingedAt < ROUND_TRIP_EVERY_MS) return;
+      pingedAt = Date.now();
+      session.ping((error, ms) => {
+        if (!error) roundTrips.set(session, ms);
+      });
+    };
+    measureRoundTrip();
     // Idle means no open stream: a call waiting in the queue sends nothing for a while, and is not idle.
     let open = 0;
     let idle: NodeJS.Timeout | undefined;
@@ -57,6 +82,7 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortOpt
     };
     arm();
     session.on("stream", (stream: http2.ServerHttp2Stream) => {
+      measureRoundTrip();
       open++;
       clearTimeout(idle);
       stream.once("close", () => {

@@ -22,11 +22,23 @@ import type { Inference } from "../scheduling/inference.js";
 import { ServiceError } from "../errors.js";
 import { toConnectError } from "./connect-errors.js";
 import { untilAborted } from "../util/until-aborted.js";
-import { requestIdKey } from "./request-id.js";
+import { requestIdKey, roundTripKey } from "./request-id.js";
 import { validateGenerateRequest } from "./validate.js";
 
-/** How far ahead of the client's deadline a call is ended (at most 10% of its time). */
-const DEADLINE_MARGIN_MS = 100;
+/**
+ * How far ahead of the client's deadline a call with one is ended, so that
+ * DEADLINE_EXCEEDED and the metric trailers reach the client before its own
+ * timer ends the call without them: the connection's round trip (the answer
+ * must travel back; the request took its part of the client's time on the
+ * way in), plus the larger of `floorMs` (time for the server's and the
+ * client's processes to be scheduled: on the 2-core test machine with a core
+ * kept busy, 10 ms lost 3–6% of the trailers at 20–100 ms deadlines, 20 ms
+ * 1–2%, 30 ms none; `bench/results/deadline-margin*.md`) and 10% of the
+ * call's time up to 100 ms (a longer call has more to stop).
+ */
+export function deadlineMarginMs(timeoutMs: number, floorMs: number, roundTripMs = 0): number {
+  return roundTripMs + Math.max(floorMs, Math.min(100, timeoutMs * 0.1));
+}
 
 const FINISH: Record<EngineFinishReason, FinishReason> = {
   stop: FinishReason.STOP,
@@ -42,6 +54,8 @@ export interface GenerationServiceDeps {
   inference(): Inference;
   metrics: ServiceMetrics;
   log: Logger;
+  /** The least a call with a deadline is ended ahead of it (`--deadline-margin`). */
+  deadlineMarginMs: number;
 }
 
 function metricsMessage(m: MetricsSnapshot) {
@@ -113,7 +127,7 @@ function abortReason(signal: AbortSignal): EngineFinishReason {
  * what lets DEADLINE_EXCEEDED reach the client with the metric trailers,
  * rather than the client's own timer ending the call without them.
  */
-function callSignal(ctx: HandlerContext): { signal: AbortSignal; dispose(): void } {
+function callSignal(ctx: HandlerContext, floorMs: number): { signal: AbortSignal; dispose(): void } {
   const controller = new AbortController();
   // A client that goes away over HTTP/1.1 (a browser's Stop, a closed tab) aborts the handler with
   // a plain socket error: that is a cancel, not an internal error.
@@ -128,13 +142,25 @@ function callSignal(ctx: HandlerContext): { signal: AbortSignal; dispose(): void
   ctx.signal.addEventListener("abort", onAbort, { once: true });
   if (ctx.signal.aborted) onAbort();
   const timeoutMs = ctx.timeoutMs();
-  const timer =
-    timeoutMs === undefined
-      ? undefined
-      : setTimeout(
-          () => controller.abort(new ConnectError("the deadline passed before the generation finished", Code.DeadlineExceeded)),
-          Math.max(0, timeoutMs - Math.min(DEADLINE_MARGIN_MS, timeoutMs * 0.1)),
-        );
+  let timer: NodeJS.Timeout | undefined;
+  if (timeoutMs !== undefined) {
+    const margin = deadlineMarginMs(timeoutMs, floorMs, ctx.values.get(roundTripKey));
+    if (margin >= timeoutMs) {
+      // Too short to generate in and still answer in time: ended now, so the answer arrives first.
+      controller.abort(
+        new ConnectError(
+          `the deadline (${Math.round(timeoutMs)} ms left) is too short: a call is ended ${Math.round(margin)} ms ` +
+            "before its deadline so that its status and metrics reach the client",
+          Code.DeadlineExceeded,
+        ),
+      );
+    } else {
+      timer = setTimeout(
+        () => controller.abort(new ConnectError("the deadline passed before the generation finished", Code.DeadlineExceeded)),
+        timeoutMs - margin,
+      );
+    }
+  }
   return {
     signal: controller.signal,
     dispose() {
@@ -153,7 +179,7 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
       ctx.responseHeader.set("x-request-id", requestId);
       const requestLog = log.child({ requestId, method: "Generate", protocol: ctx.protocolName });
       let code: string | undefined;
-      const call = callSignal(ctx);
+      const call = callSignal(ctx, deps.deadlineMarginMs);
       let sentQueueHeader = false;
       try {
         const inference = deps.inference();

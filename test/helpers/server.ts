@@ -34,6 +34,7 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     tls: undefined,
     corsOrigins: [],
     gracePeriodMs: 5000,
+    deadlineMarginMs: 30,
     maxStreamsPerConnection: 100,
     maxConnections: 1024,
     maxConnectionsPerClient: 256,

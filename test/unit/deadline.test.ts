@@ -1,5 +1,17 @@
 import { describe, expect, it } from "vitest";
+import { deadlineMarginMs } from "../../src/services/generation-service.js";
 import { untilAborted } from "../../src/util/until-aborted.js";
+
+describe("the deadline margin", () => {
+  it("is the floor for short calls, 10% of the call up to 100 ms for long ones, plus the round trip", () => {
+    expect(deadlineMarginMs(20, 30)).toBe(30);
+    expect(deadlineMarginMs(50, 30)).toBe(30);
+    expect(deadlineMarginMs(500, 30)).toBe(50);
+    expect(deadlineMarginMs(60_000, 30)).toBe(100);
+    expect(deadlineMarginMs(50, 30, 7.5)).toBe(37.5);
+    expect(deadlineMarginMs(50, 0)).toBe(5);
+  });
+});
 
 describe("untilAborted", () => {
   it("throws the signal's reason at once, without waiting for the next value; the source is closed after", async () => {
