@@ -21,17 +21,16 @@ afterAll(async () => {
 
 const LONG = { prompt: "नमस्ते", temperature: 0, maxNewTokens: 4000 };
 
+/** A long generation over grpc-js, cancelled by the client once `messages` messages have arrived. */
+function cancelledAfter(messages: number) {
+  const controller = new AbortController();
+  let seen = 0;
+  return client.generate(LONG, () => ++seen === messages && controller.abort(), { signal: controller.signal });
+}
+
 describe("cancellation", () => {
   it("ends the stream CANCELLED, reports `cancelled`, and frees the only slot at once", async () => {
-    const controller = new AbortController();
-    let seen = 0;
-    const outcome = await client.generate(
-      LONG,
-      () => {
-        if (++seen === 5) controller.abort();
-      },
-      { signal: controller.signal },
-    );
+    const outcome = await cancelledAfter(5);
     expect(outcome.codeName).toBe("CANCELLED");
     expect(outcome.responses.length).toBeLessThan(50);
     const cancelled = await eventually(
@@ -54,15 +53,7 @@ describe("cancellation", () => {
       batches: await sample(server.baseUrl, "airavata_request_batch_size_count", variant),
       batchSum: await sample(server.baseUrl, "airavata_request_batch_size_sum", variant),
     };
-    const controller = new AbortController();
-    let seen = 0;
-    const outcome = await client.generate(
-      LONG,
-      () => {
-        if (++seen === 5) controller.abort();
-      },
-      { signal: controller.signal },
-    );
+    const outcome = await cancelledAfter(5);
     expect(outcome.codeName).toBe("CANCELLED");
     expect(await eventually(() => sample(server.baseUrl, "airavata_request_batch_size_count", variant), before.batches + 1)).toBe(
       before.batches + 1,
