@@ -1,6 +1,6 @@
 /**
  * Writes the project's synthetic models. Usage:
- *   tsx src/synthetic/cli.ts [--shape tiny|small|medium] [--types f16,q8_0,q4_0] [--out models/synthetic]
+ *   tsx src/synthetic/cli.ts [--shape tiny|small|medium|large] [--types f16,q8_0,q4_0] [--out models/synthetic]
  * Files are named `<shape>.<type>.gguf`; existing files are kept unless --force.
  */
 import { existsSync, mkdirSync, statSync } from "node:fs";

@@ -23,7 +23,7 @@ export interface ModelShape {
   contextLength: number;
 }
 
-/** Shapes the project uses: a tiny one for tests and a ~160M one for measurements. */
+/** Shapes the project uses: a tiny one for tests; ~160M, ~1B and Airavata's 7B for measurements. */
 export const SHAPES = {
   tiny: {
     vocabSize: 1024,
@@ -51,6 +51,16 @@ export const SHAPES = {
     feedForwardLength: 5504,
     headCount: 16,
     headCountKv: 16,
+    contextLength: 4096,
+  },
+  /** Airavata's own shape (Llama-2 7B with its 48,064-token vocabulary): 6.87B parameters, 3.97 GB at Q4_0. */
+  large: {
+    vocabSize: 48064,
+    embeddingLength: 4096,
+    blockCount: 32,
+    feedForwardLength: 11008,
+    headCount: 32,
+    headCountKv: 32,
     contextLength: 4096,
   },
 } satisfies Record<string, ModelShape>;
