@@ -1,7 +1,8 @@
 /**
  * llama.cpp's decode kernel with nothing around it, as the bench's reference:
  * `llama-batched-bench`, built from the llama.cpp source node-llama-cpp
- * carries, on the same GGUF with the same threads. For each concurrency it
+ * carries and running the engine's own prebuilt CPU kernels, on the same GGUF
+ * with the same threads. For each concurrency it
  * decodes that many prompts of the bench's prompt length in one batch, then
  * one token per sequence per step: no server, no sampling, no detokenizing.
  * A server doing the same work on these kernels can approach this speed, not
@@ -19,6 +20,7 @@ const exec = promisify(execFile);
 export async function kernelBinary(log: (line: string) => void): Promise<string | undefined> {
   try {
     return await ensureLlamaTool("llama-batched-bench", {
+      kernels: "engine",
       onProgress: (line) => {
         if (!line.startsWith("[")) log(line);
       },

@@ -1,6 +1,7 @@
 /**
  * llama.cpp's own server as a bench target: built from the llama.cpp source
  * that node-llama-cpp's package carries (the same commit the service runs),
+ * running the engine's own prebuilt CPU kernels (see `src/quantize/llama-tools.ts`),
  * started on the same GGUF with the same threads, slots and context per slot,
  * and called over its streaming HTTP API with the same chat-formatted prompts.
  */
@@ -8,11 +9,13 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { type IncomingMessage, request } from "node:http";
 import { createServer } from "node:net";
 import { formatAiravataChat } from "../src/engine/chat-format.js";
-import { ensureLlamaTool } from "../src/quantize/llama-tools.js";
+import { ensureLlamaTool, loadedCpuVariant } from "../src/quantize/llama-tools.js";
 import type { StreamTrace } from "./stream-stats.js";
 
 export interface LlamaServer {
   port: number;
+  /** The CPU backend variant it loaded ("sapphirerapids", "zen4", …). */
+  cpuVariant: string | undefined;
   stop(): Promise<void>;
 }
 
@@ -25,6 +28,7 @@ export async function llamaServerBinary(log: (line: string) => void): Promise<st
   try {
     let last = 0;
     return await ensureLlamaTool("llama-server", {
+      kernels: "engine",
       onProgress: (line) => {
         // One line every few seconds is enough to show the build is alive.
         if (performance.now() - last > 5000 || !line.startsWith("[")) {
@@ -100,6 +104,7 @@ export async function startLlamaServer(binary: string, options: LlamaServerOptio
   }
   return {
     port,
+    cpuVariant: loadedCpuVariant(child.pid!),
     stop: async () => {
       const gone = new Promise((r) => child.once("exit", r));
       child.kill("SIGTERM");

@@ -15,6 +15,8 @@ import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
 import { defaultThreads } from "../src/config.js";
 import { lineChart } from "./chart.js";
+import { getLlama, LlamaLogLevel } from "node-llama-cpp";
+import { bundledSource, loadedCpuVariant } from "../src/quantize/llama-tools.js";
 import { kernelBinary, kernelRound, promptTokenCount } from "./kernel.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
 import { writeReport } from "./report-files.js";
@@ -66,6 +68,15 @@ const TARGETS = ALL_TARGETS.filter((t) => wanted.includes(t) && (t !== "llama-se
 const kernel = wanted.includes("kernel") ? await kernelBinary((line) => process.stderr.write(`${line}\n`)) : undefined;
 const kernelSpeeds = new Map<number, Map<number, number[]>>();
 const promptTokens = kernel === undefined ? 0 : await promptTokenCount(opts.model, prompt(0));
+/** The CPU backend variant node-llama-cpp loads on this machine: the engine's kernels. */
+const engineCpuVariant = await (async () => {
+  const llama = await getLlama({ gpu: false, logLevel: LlamaLogLevel.error });
+  const variant = loadedCpuVariant();
+  await llama.dispose();
+  return variant;
+})();
+/** The CPU variants llama-server loaded, over its rounds (the same as the engine's, unless something is wrong). */
+const peerCpuVariants = new Set<string>();
 
 async function inProcessRound(threads: number): Promise<Map<number, StreamTrace[]>> {
   const { stdout } = await exec(
@@ -175,6 +186,7 @@ async function serviceRound(threads: number): Promise<Map<number, StreamTrace[]>
 
 async function llamaServerRound(threads: number): Promise<Map<number, StreamTrace[]>> {
   const server = await startLlamaServer(llamaServer!, { model: opts.model, threads, slots, contextSize });
+  peerCpuVariants.add(server.cpuVariant ?? "unknown");
   await llamaServerTrace(server.port, "नमस्ते", 1);
   const out = new Map<number, StreamTrace[]>();
   const clientBefore = process.cpuUsage();
@@ -339,6 +351,9 @@ const md = [
   `- command: \`${command}\``,
   `- service: gRPC (grpc-js) → server process → engine process; in-process: the same engine code called directly;` +
     ` llama-server: llama.cpp's server built from node-llama-cpp's bundled source, streaming HTTP, no prompt cache`,
+  `- kernels: the engine loads node-llama-cpp's prebuilt CPU backend \`libggml-cpu-${engineCpuVariant ?? "?"}\`;` +
+    ` llama-server and llama-batched-bench are llama.cpp ${bundledSource().commit.slice(0, 12)} built with GGML_BACKEND_DL and no CPU backend of their own,` +
+    ` loading the same prebuilt modules (llama-server loaded: ${[...peerCpuVariants].map((v) => `\`libggml-cpu-${v}\``).join(", ") || "–"})`,
   "",
   "| target | threads | streams | TTFT p50/p95/p99 ms | ITL p50/p95/p99 ms | TPOT p50/p95 ms | e2e p50/p95/p99 ms | tok/s per stream | tok/s aggregate |",
   "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -360,6 +375,8 @@ writeReport(
   {
     machine,
     command,
+    engineCpuVariant,
+    peerCpuVariants: [...peerCpuVariants],
     slots,
     table,
     hopCosts: Object.fromEntries(hopCosts),

@@ -2,9 +2,19 @@
  * llama.cpp's own command-line tools (llama-quantize, …), built once from the
  * llama.cpp source that node-llama-cpp's package carries (a git bundle), and
  * cached by commit. Only the target asked for is built.
+ *
+ * Two builds: "native" (one static binary for this CPU, `GGML_NATIVE`) for the
+ * quantizer, and "engine" for the bench's peers (llama-server,
+ * llama-batched-bench, llama-bench), which must run the very kernels the
+ * engine runs: built with `GGML_BACKEND_DL` and no CPU backend of its own, it
+ * loads node-llama-cpp's prebuilt CPU backend modules, copied beside it, and
+ * picks among their variants by the same scoring the engine does. (A native
+ * build is no fair peer: on an Intel Xeon with AMX it died at its first
+ * decode, and built without AMX it decoded a 7B Q4_0 2.5× slower than the
+ * prebuilt.)
  */
 import { spawn, spawnSync } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync } from "node:fs";
+import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync } from "node:fs";
 import os from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -12,25 +22,28 @@ import { fileURLToPath } from "node:url";
 export interface BuildOptions {
   /** Where builds are cached (default: AIRAVATA_TOOLS_CACHE, or ~/.cache/airavata-serve/llama-tools). */
   cacheDir?: string;
+  /** "native" (default): for this CPU, self-contained; "engine": node-llama-cpp's prebuilt CPU kernels. */
+  kernels?: "native" | "engine";
   /** Progress lines of the build ("[ 42%] Building …"). */
   onProgress?(line: string): void;
 }
 
-/** The git bundle of llama.cpp inside node-llama-cpp's package. */
-export function bundledSource(): { bundle: string; commit: string } {
-  // node-llama-cpp exports no package.json; find its folder the way Node does, upwards.
+/** `relative` under the nearest node_modules above this file, the way Node finds packages (they export no package.json). */
+function inNodeModules(relative: string): string | undefined {
   let dir = dirname(fileURLToPath(import.meta.url));
-  let bundle: string | undefined;
   for (;;) {
-    const candidate = join(dir, "node_modules", "node-llama-cpp", "llama", "gitRelease.bundle");
-    if (existsSync(candidate)) {
-      bundle = candidate;
-      break;
-    }
+    const candidate = join(dir, "node_modules", relative);
+    if (existsSync(candidate)) return candidate;
     const up = dirname(dir);
-    if (up === dir) throw new Error("node-llama-cpp's llama.cpp source bundle (llama/gitRelease.bundle) was not found");
+    if (up === dir) return undefined;
     dir = up;
   }
+}
+
+/** The git bundle of llama.cpp inside node-llama-cpp's package. */
+export function bundledSource(): { bundle: string; commit: string } {
+  const bundle = inNodeModules(join("node-llama-cpp", "llama", "gitRelease.bundle"));
+  if (!bundle) throw new Error("node-llama-cpp's llama.cpp source bundle (llama/gitRelease.bundle) was not found");
   // A git bundle starts with text lines: a signature, then "<sha> <ref>" per head.
   const handle = openSync(bundle, "r");
   const head = Buffer.alloc(512);
@@ -80,12 +93,61 @@ function run(cmd: string, args: string[], cwd: string, onLine?: (line: string) =
   });
 }
 
+/**
+ * The folder of the CPU backend modules the engine loads: node-llama-cpp's
+ * prebuilt for this platform (`libggml-cpu-<variant>.so`, one per CPU family).
+ */
+export function engineCpuBackendDir(): string {
+  const platform = `${process.platform === "darwin" ? "mac" : process.platform}-${process.arch}`;
+  const dir = inNodeModules(join("@node-llama-cpp", platform, "bins", platform));
+  if (!dir || !readdirSync(dir).some((f) => /^libggml-cpu.*\.(so|dylib|dll)$/.test(f))) {
+    throw new Error(`node-llama-cpp's prebuilt CPU backend for ${platform} was not found (@node-llama-cpp/${platform})`);
+  }
+  return dir;
+}
+
+/** The CPU backend variant a running process has loaded ("sapphirerapids", "zen4", …), from its memory map. */
+export function loadedCpuVariant(pid: number | "self" = "self"): string | undefined {
+  try {
+    return /libggml-cpu-?([\w-]*)\.(?:so|dylib|dll)/.exec(readFileSync(`/proc/${pid}/maps`, "utf8"))?.[1] || "generic";
+  } catch {
+    return undefined;
+  }
+}
+
+/** How each kind of build is configured beyond the shared settings, and the folder it builds in. */
+const BUILDS = {
+  native: {
+    dir: "build",
+    // One self-contained binary per tool: no shared libraries to find at run time.
+    flags: ["-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF"],
+  },
+  engine: {
+    dir: "build-engine-kernels",
+    // No CPU backend of its own: it loads the engine's (copied beside the tools) at run time.
+    flags: ["-DGGML_NATIVE=OFF", "-DBUILD_SHARED_LIBS=ON", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU=OFF"],
+  },
+} as const;
+
+/** Copies the engine's CPU backend modules next to the tools, where ggml looks for backends. */
+function installEngineKernels(binDir: string): void {
+  const from = engineCpuBackendDir();
+  for (const file of readdirSync(from)) {
+    if (/^libggml-cpu.*\.(so|dylib|dll)$/.test(file)) copyFileSync(join(from, file), join(binDir, file));
+  }
+}
+
 /** Path of llama.cpp tool `target`, building it first if this commit's build lacks it. */
 export async function ensureLlamaTool(target: string, options: BuildOptions = {}): Promise<string> {
   const { bundle, commit } = bundledSource();
   const root = resolve(options.cacheDir ?? defaultCacheDir(), commit.slice(0, 12));
-  const binary = join(root, "build", "bin", target);
-  if (existsSync(binary)) return binary;
+  const build = BUILDS[options.kernels ?? "native"];
+  const binDir = join(root, build.dir, "bin");
+  const binary = join(binDir, target);
+  if (existsSync(binary)) {
+    if (options.kernels === "engine") installEngineKernels(binDir);
+    return binary;
+  }
   requireTools();
   const source = join(root, "src");
   if (!existsSync(join(source, "CMakeLists.txt"))) {
@@ -101,28 +163,27 @@ export async function ensureLlamaTool(target: string, options: BuildOptions = {}
       "-S",
       source,
       "-B",
-      join(root, "build"),
+      join(root, build.dir),
       "-DCMAKE_BUILD_TYPE=Release",
       "-DLLAMA_CURL=OFF",
-      "-DGGML_NATIVE=ON",
       "-DLLAMA_BUILD_TESTS=OFF",
       "-DLLAMA_BUILD_EXAMPLES=OFF",
       // On, so llama-server can be built (the bench compares against it); only the target asked for is built.
       "-DLLAMA_BUILD_SERVER=ON",
       "-DLLAMA_BUILD_UI=OFF",
-      // One self-contained binary per tool: no shared libraries to find at run time.
-      "-DBUILD_SHARED_LIBS=OFF",
+      ...build.flags,
     ],
     root,
   );
   await run(
     "cmake",
-    ["--build", join(root, "build"), "--target", target, "-j", String(os.availableParallelism())],
+    ["--build", join(root, build.dir), "--target", target, "-j", String(os.availableParallelism())],
     root,
     (line) => {
       if (/^\[\s*\d+%\]/.test(line)) options.onProgress?.(line);
     },
   );
   if (!existsSync(binary)) throw new Error(`the build finished but ${binary} is not there`);
+  if (options.kernels === "engine") installEngineKernels(binDir);
   return binary;
 }
