@@ -1,7 +1,11 @@
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 import { describe, expect, it } from "vitest";
 import { kernelSpeeds, promptTokenCount } from "../../bench/kernel.js";
 import { LlamaEngine } from "../../src/engine/llama-engine.js";
 import { greedySampling } from "../../src/engine/protocol.js";
+import { engineCpuBackendDir, loadedCpuVariant } from "../../src/quantize/llama-tools.js";
 import { modelPath } from "../helpers/models.js";
 
 // The bench's kernel reference must do the servers' work: the same prompt length, tokens counted the same way.
@@ -48,5 +52,16 @@ describe("the bench's kernel reference", () => {
     }
     expect(engineCount).toBeGreaterThan(10);
     expect(await promptTokenCount(modelPath("q8_0"), content)).toBe(engineCount);
+  });
+
+  it("finds the CPU backend module the engine loads among those the peers are given", async () => {
+    const llama = await getLlama({ gpu: false, logLevel: LlamaLogLevel.error });
+    try {
+      const variant = loadedCpuVariant();
+      expect(variant).toMatch(/^[\w-]+$/);
+      expect(existsSync(join(engineCpuBackendDir(), `libggml-cpu-${variant}.so`))).toBe(true);
+    } finally {
+      await llama.dispose();
+    }
   });
 });
