@@ -125,7 +125,7 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
   });
 
   const cores = os.availableParallelism();
-  if (config.threads > cores) {
+  if (config.threads !== "auto" && config.threads > cores) {
     log.warn(
       { threads: config.threads, cores },
       "more decode threads than cores: decoding will be many times slower (threads busy-wait for each other)",

@@ -23,7 +23,8 @@ export interface Config {
   host: string;
   port: number;
   gpu: "auto" | "cuda" | "vulkan" | "cpu";
-  threads: number;
+  /** Decode threads, or "auto": the cores less one to start with, then measured while serving. */
+  threads: number | "auto";
   /** Tokens each request may use (prompt + generation). */
   contextSize: number;
   /** Parallel sequences (slots); "auto" chooses by backend. */
@@ -85,10 +86,12 @@ function readable(value: string): string {
 }
 
 /**
- * Default decode threads: one per core this process may use, less one for the
- * server process. The engine's threads busy-wait at every step of a decode, so
- * a core taken by the protocol work stalls all of them: on 2 cores, 2 threads
- * gave the service 55–70% of the speed of 1 (bench/README.md).
+ * Decode threads that are always safe: one per core this process may use, less
+ * one for the server process. The engine's threads busy-wait at every step of
+ * a decode, so a core taken by the protocol work can stall all of them (on an
+ * AMD 2-core machine, 2 threads gave the service 0.24× the speed of 1); on
+ * others all the cores are faster (an Intel 2-core machine: 1.8× on a 7B).
+ * `--threads auto` (the default) starts here and measures while serving.
  */
 export function defaultThreads(): number {
   return Math.max(1, os.availableParallelism() - 1);
@@ -143,9 +146,13 @@ export function buildCommand(): Command {
         .default("auto"),
     )
     .addOption(
-      new Option("--threads <n>", "CPU threads for decoding (default: the cores available less one)")
+      new Option(
+        "--threads <n>",
+        'CPU threads for decoding, or "auto": the cores less one to start with, then the faster of that and all the cores, measured while serving',
+      )
         .env("AIRAVATA_THREADS")
-        .argParser(integer(1, 1024)),
+        .default("auto")
+        .argParser((v) => (v === "auto" ? v : integer(1, 1024)(v))),
     )
     .addOption(
       new Option("--context-size <tokens>", "tokens per request, prompt and generation together")
@@ -311,7 +318,7 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
     host: o.host,
     port: o.port,
     gpu: o.gpu,
-    threads: o.threads ?? defaultThreads(),
+    threads: o.threads,
     contextSize: o.contextSize,
     parallel: o.parallel,
     batchSize: o.batchSize,

@@ -40,9 +40,18 @@ export interface NativeContext {
     probabilities: boolean,
   ): Promise<[token: number, probabilities: number[] | undefined, confidence: number | undefined]>;
   removeTokenCellsFromSequence(sequenceId: number, startPos: number, endPos: number): boolean;
+  /** Threads for the decodes from now on (llama_set_n_threads). */
+  setThreads(threads: number): void;
 }
 
-const NATIVE_METHODS = ["initBatch", "addToBatch", "decodeBatch", "sampleToken", "removeTokenCellsFromSequence"] as const;
+const NATIVE_METHODS = [
+  "initBatch",
+  "addToBatch",
+  "decodeBatch",
+  "sampleToken",
+  "removeTokenCellsFromSequence",
+  "setThreads",
+] as const;
 
 /** Throws unless `native` has every method the loop calls (it is node-llama-cpp's internal object). */
 export function assertNativeContext(native: unknown): asserts native is NativeContext {

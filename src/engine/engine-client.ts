@@ -224,6 +224,24 @@ export class EngineProcess {
   }
 
   private onMessage(message: FromEngine): void {
+    if (message.type === "threads") {
+      const { decision } = message;
+      this.info.threads = decision.threads;
+      // A round that keeps the count is routine (they grow rarer); a change is news.
+      this.log[decision.outcome === "switched" ? "info" : "debug"](
+        {
+          threads: decision.threads,
+          previous: decision.previous,
+          outcome: decision.outcome,
+          sequences: decision.size,
+          stepMs: decision.stepMs,
+        },
+        decision.outcome === "switched"
+          ? `decode threads: ${decision.previous} → ${decision.threads}, faster under this load`
+          : `decode threads: kept ${decision.threads}, the other count was ${decision.outcome === "cut" ? "much slower" : "not faster"} under this load`,
+      );
+      return;
+    }
     if (!("id" in message)) return;
     const entry = this.pending.get(message.id);
     if (!entry) return;

@@ -30,7 +30,11 @@ process.on("disconnect", () => void shutdown());
 // (It may have gone while this module's imports were still loading, before the listener existed.)
 if (!process.connected) process.exit(0);
 try {
-  engine = await LlamaEngine.load(options, (progress) => send({ type: "load-progress", progress }));
+  engine = await LlamaEngine.load(
+    options,
+    (progress) => send({ type: "load-progress", progress }),
+    (decision) => send({ type: "threads", decision }),
+  );
 } catch (error) {
   send({ type: "load-failed", message: error instanceof Error ? error.message : String(error) });
   process.exit(1);

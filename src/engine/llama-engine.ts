@@ -29,6 +29,7 @@ import {
 } from "./protocol.js";
 import { assertNativeContext, cheapestGroup, DecodeLoop, type NativeContext, type NativeSampler } from "./decode-loop.js";
 import { type Emission, TextStream } from "./text-stream.js";
+import { type ThreadDecision, ThreadTuner } from "./thread-tuner.js";
 
 /** The large tokenizer arrays of a GGUF header: not needed to read a model's facts, so skipped. */
 export const TOKENIZER_ARRAY_KEYS = [
@@ -96,13 +97,24 @@ export class LlamaEngine {
     return new AddonSampler((this.model as unknown as NodeLlamaCppInternals["model"])._model);
   }
 
-  /** Loads the model and its context; `onProgress` sees the model load go from 0 to 1. */
-  static async load(options: EngineOptions, onProgress?: (progress: number) => void): Promise<LlamaEngine> {
+  /**
+   * Loads the model and its context; `onProgress` sees the model load go from
+   * 0 to 1, `onThreads` each choice of the thread tuner (threads "auto").
+   */
+  static async load(
+    options: EngineOptions,
+    onProgress?: (progress: number) => void,
+    onThreads?: (decision: ThreadDecision) => void,
+  ): Promise<LlamaEngine> {
     const started = performance.now();
+    const cores = os.availableParallelism();
+    const auto = options.threads === "auto";
+    // With "auto", the safe count first: a core left for the server process (see ThreadTuner).
+    const threads = options.threads === "auto" ? Math.max(1, cores - 1) : options.threads;
     const llama = await getLlama({
       gpu: options.gpu === "cpu" ? false : options.gpu,
       logLevel: LlamaLogLevel.error,
-      maxThreads: options.threads,
+      maxThreads: auto ? cores : threads,
     });
     let model: LlamaModel | undefined;
     try {
@@ -114,7 +126,7 @@ export class LlamaEngine {
         contextSize: options.contextSize,
         sequences: sequenceCount,
         batchSize: options.batchSize,
-        threads: options.threads,
+        threads,
       });
       const devices = backend === "cpu" ? [os.cpus()[0]?.model ?? "cpu"] : await llama.getGpuDeviceNames();
       const info: EngineInfo = {
@@ -124,7 +136,9 @@ export class LlamaEngine {
         // The configured size, not node-llama-cpp's padded one, bounds a request.
         contextSize: Math.min(options.contextSize, context.contextSize),
         sequences: sequenceCount,
-        threads: context.currentThreads,
+        threads,
+        // On a GPU the threads only feed it: nothing to tune.
+        threadCandidates: auto && backend === "cpu" && cores > 1 ? [cores - 1, cores] : [],
         gpuLayers: model.gpuLayers,
         loadMs: 0,
         stepMs: [],
@@ -136,6 +150,17 @@ export class LlamaEngine {
         const stepMs = await engine.measureSteps();
         engine.loop.groupSize = (ready) => cheapestGroup(stepMs, ready);
         info.stepMs = stepMs;
+      }
+      if (info.threadCandidates.length > 1) {
+        const tuner = new ThreadTuner(
+          { candidates: info.threadCandidates, start: threads },
+          (n) => native.setThreads(n),
+          (decision) => {
+            info.threads = decision.threads;
+            onThreads?.(decision);
+          },
+        );
+        engine.loop.onStep = (size, ms) => tuner.step(size, ms);
       }
       info.loadMs = performance.now() - started;
       return engine;

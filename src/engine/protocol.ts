@@ -4,6 +4,7 @@
  * context and its sequences. Messages go over Node's IPC channel as JSON.
  */
 import type { ErrorKind } from "../errors.js";
+import type { ThreadDecision } from "./thread-tuner.js";
 
 export type FinishReason = "stop" | "length" | "stop_sequence" | "cancelled" | "deadline" | "error";
 
@@ -40,7 +41,10 @@ export interface EngineInfo {
   /** Tokens one sequence can hold. */
   contextSize: number;
   sequences: number;
+  /** Decode threads now (with "auto", the tuner's latest choice). */
   threads: number;
+  /** The counts the tuner chooses from while serving ("auto" on the CPU); empty when the count is fixed. */
+  threadCandidates: number[];
   gpuLayers: number;
   loadMs: number;
   /** Measured ms of a decode step by the tokens in it (index = tokens); empty with batching "full". */
@@ -88,6 +92,8 @@ export type FromEngine =
   | { type: "ready"; info: EngineInfo }
   | { type: "load-failed"; message: string }
   | { type: "load-progress"; progress: number }
+  /** The thread tuner decided (kept or changed the count) after a probe. */
+  | { type: "threads"; decision: ThreadDecision }
   | { type: "started"; id: number; promptTokens: number }
   /** `sentAt`: `sharedClockMs()` in the engine when sent, so the server can time the hop. */
   | ({ type: "chunk"; id: number; text: string; tokens: number[]; sentAt: number } & GenerationProgress)
@@ -122,7 +128,8 @@ export interface DeviceMemory {
 export interface EngineOptions {
   modelPath: string;
   gpu: "auto" | "cuda" | "vulkan" | "cpu";
-  threads: number;
+  /** Decode threads; "auto": the cores less one to start with, then measured while serving (CPU). */
+  threads: number | "auto";
   /** Tokens per sequence. */
   contextSize: number;
   /** Parallel sequences; "auto" is 4 on CPU and 8 on a GPU. */

@@ -1,6 +1,8 @@
+import os from "node:os";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LlamaEngine } from "../../src/engine/llama-engine.js";
 import type { GenerationInput, SamplingSettings } from "../../src/engine/protocol.js";
+import type { ThreadDecision } from "../../src/engine/thread-tuner.js";
 import { modelPath } from "../helpers/models.js";
 
 // The engine in this process (no IPC), to watch exactly how many tokens a
@@ -120,5 +122,32 @@ describe("LlamaEngine", () => {
     expect(await running).toBe(alone);
     // Idle again: the same call scores the text.
     expect((await engine.perplexity("नमस्ते दुनिया", 16)).perplexity).toBeGreaterThan(1);
+  });
+
+  it('with threads "auto", starts at the cores less one and picks between that and all the cores while it decodes', async () => {
+    const cores = os.availableParallelism();
+    const decisions: ThreadDecision[] = [];
+    const auto = await LlamaEngine.load({ ...LOAD, threads: "auto", sequences: 1 }, undefined, (d) => decisions.push(d));
+    try {
+      expect(auto.info.threads).toBe(Math.max(1, cores - 1));
+      if (cores < 2) {
+        expect(auto.info.threadCandidates).toEqual([]);
+        return;
+      }
+      expect(auto.info.threadCandidates).toEqual([cores - 1, cores]);
+      // 32 steps at the first count, then a probe of the other (12 steps, or 4 if it is far slower).
+      await auto.generate(0, chat, { ...greedy, maxNewTokens: 120 }, new AbortController().signal, {
+        started: () => {},
+        chunk: () => {},
+      });
+      expect(decisions.length).toBeGreaterThanOrEqual(1);
+      const first = decisions[0]!;
+      expect(first.previous).toBe(cores - 1);
+      expect(Object.keys(first.stepMs).map(Number).sort()).toEqual([cores - 1, cores]);
+      expect(first.threads).toBe(first.outcome === "switched" ? cores : cores - 1);
+      expect(auto.info.threads).toBe(decisions.at(-1)!.threads);
+    } finally {
+      await auto.dispose();
+    }
   });
 });
