@@ -30,7 +30,11 @@ const opts = new Command("bench")
   .option("--concurrency <list>", "concurrent streams", "1,2,4,8")
   .option("--tokens <n>", "tokens per stream", "128")
   .option("--rounds <n>", "rounds per target and level", "3")
-  .option("--threads <list>", "decode thread counts, each for both targets", String(defaultThreads()))
+  .option(
+    "--threads <list>",
+    'decode thread counts, each for every target; "auto" adds service rounds with --threads auto, set against each target\'s best count',
+    String(defaultThreads()),
+  )
   .option("--out <dir>", "results folder", "bench/results")
   .option(
     "--targets <list>",
@@ -52,7 +56,9 @@ if (!existsSync(opts.model)) {
   process.exit(1);
 }
 const levels = opts.concurrency.split(",").map(Number);
-const threadCounts = opts.threads.split(",").map(Number);
+const threadList = opts.threads.split(",");
+const threadCounts = threadList.filter((t) => t !== "auto").map(Number);
+const withAuto = threadList.includes("auto");
 const slots = Math.max(...levels);
 const contextSize = Number(opts.tokens) + 64;
 const prompt = (i: number) => `भारत की राजधानी क्या है? (${i})`;
@@ -107,7 +113,7 @@ interface HopCost {
   serverCpuUsPerToken: number;
   engineHopUs: number;
 }
-const hopCosts = new Map<number, HopCost[]>();
+const hopCosts = new Map<number | "auto", HopCost[]>();
 
 /**
  * The bench's own CPU per token received, by "target threads": the client's cost, which shares
@@ -132,7 +138,7 @@ async function hopSeconds(port: number): Promise<{ sum: number; count: number }>
   return { sum: sample("airavata_engine_hop_seconds_sum"), count: sample("airavata_engine_hop_seconds_count") };
 }
 
-async function serviceRound(threads: number): Promise<Map<number, StreamTrace[]>> {
+async function serviceRound(threads: number | "auto"): Promise<Map<number, StreamTrace[]>> {
   const server = await startBenchServer([
     "--model",
     opts.model,
@@ -234,6 +240,13 @@ for (let round = 0; round < Number(opts.rounds); round++) {
       process.stderr.write(`round ${round + 1}: kernel, ${threads} threads done\n`);
     }
   }
+  if (withAuto && TARGETS.includes("service")) {
+    const result = await serviceRound("auto");
+    const series = collected.get("service auto") ?? new Map<number, StreamTrace[][]>();
+    for (const [c, traces] of result) series.set(c, [...(series.get(c) ?? []), traces]);
+    collected.set("service auto", series);
+    process.stderr.write(`round ${round + 1}: service, --threads auto done\n`);
+  }
 }
 
 const table: { target: string; threads: number; concurrency: number; stats: RunStats }[] = [];
@@ -305,19 +318,49 @@ function againstKernel(): string[] {
   ];
 }
 
+/** The service with --threads auto against each target's best fixed count, per concurrency. */
+function autoLines(): string[] {
+  const auto = collected.get("service auto");
+  if (auto === undefined) return [];
+  const best = (target: Target, c: number) => {
+    const runs = threadCounts.map((t) => ({ t, tps: statsOf(target, t, c)?.aggregateTokensPerSecond ?? 0 }));
+    return runs.reduce((a, b) => (b.tps > a.tps ? b : a));
+  };
+  const lines = [
+    "`--threads auto` (the service's default), against each target's best fixed thread count in this run (tok/s aggregate):",
+    "",
+    "| streams | service auto | service best fixed (threads) | llama-server best (threads) | auto ÷ service best | auto ÷ llama-server best |",
+    "|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const c of levels) {
+    const tps = summarize(auto.get(c)!).aggregateTokensPerSecond;
+    const service = best("service", c);
+    const server = TARGETS.includes("llama-server") ? best("llama-server", c) : undefined;
+    lines.push(
+      `| ${c} | ${f(tps)} | ${f(service.tps)} (${service.t}) | ${server ? `${f(server.tps)} (${server.t})` : "–"} | ` +
+        `${(tps / service.tps).toFixed(2)} | ${server ? (tps / server.tps).toFixed(2) : "–"} |`,
+    );
+  }
+  lines.push("");
+  return lines;
+}
+
 /** The per-token cost of the service's two hops, against the time a token takes to decode. */
 function hopCostLines(): string[] {
   const lines = [
-    "Per-token cost of the hops (service rounds, medians over rounds; decode time per token: TPOT p50 of one in-process stream):",
+    "Per-token cost of the hops (service rounds, medians over rounds; decode time per token: TPOT p50 of one in-process stream, of one service stream for auto):",
     "",
     "| threads | engine → server hop µs (mean per call) | server process CPU µs per token | decode ms per token | hop ÷ decode | server CPU ÷ decode |",
     "|---:|---:|---:|---:|---:|---:|",
   ];
-  for (const threads of threadCounts) {
+  for (const threads of [...threadCounts, ...(withAuto ? (["auto"] as const) : [])]) {
     const costs = hopCosts.get(threads) ?? [];
     const hop = median(costs.map((c) => c.engineHopUs));
     const cpu = median(costs.map((c) => c.serverCpuUsPerToken));
-    const decode = statsOf("in-process", threads, levels[0])?.timePerOutputTokenMs.p50;
+    const decode =
+      threads === "auto"
+        ? summarize(collected.get("service auto")!.get(levels[0]!)!).timePerOutputTokenMs.p50
+        : statsOf("in-process", threads, levels[0])?.timePerOutputTokenMs.p50;
     const pct = (us: number) => (decode === undefined ? "–" : `${((us / 1000 / decode) * 100).toFixed(1)}%`);
     lines.push(
       `| ${threads} | ${f(hop)} | ${f(cpu)} | ${decode === undefined ? "–" : decode.toFixed(2)} | ${pct(hop)} | ${pct(cpu)} |`,
@@ -366,6 +409,7 @@ const md = [
   ...(TARGETS.includes("llama-server") ? againstLlamaServer() : ["llama-server was not part of this run."]),
   "",
   ...(kernel !== undefined ? againstKernel() : []),
+  ...autoLines(),
   ...(TARGETS.includes("service") ? hopCostLines() : []),
   ...clientCpuLines(),
 ].join("\n");

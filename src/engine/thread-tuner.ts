@@ -76,7 +76,7 @@ export class ThreadTuner {
     if (!options.candidates.includes(options.start)) throw new Error(`start ${options.start} is not a candidate`);
     this.candidates = [...options.candidates];
     this.current = options.start;
-    this.settleSteps = options.settleSteps ?? 32;
+    this.settleSteps = options.settleSteps ?? 12;
     this.probeSteps = options.probeSteps ?? 12;
     this.reprobeSteps = options.reprobeSteps ?? 2000;
     this.margin = options.margin ?? 0.05;
