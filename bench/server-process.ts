@@ -23,9 +23,11 @@ export async function startBenchServer(args: string[], env: Record<string, strin
   const port = await new Promise<number>((resolve, reject) => {
     let listening = 0;
     createInterface({ input: child.stdout! }).on("line", (line) => {
-      const entry = JSON.parse(line) as { msg: string; port?: number };
+      const entry = JSON.parse(line) as { msg: string; port?: number; stepMs?: unknown };
       if (entry.msg === "listening") listening = entry.port!;
       if (entry.msg.startsWith("model loaded")) resolve(listening);
+      // The thread tuner's choices, as they happen (with --threads auto).
+      if (entry.msg.startsWith("decode threads")) process.stderr.write(`service: ${entry.msg} ${JSON.stringify(entry.stepMs)}\n`);
     });
     child.once("exit", (code) => reject(new Error(`server exited with ${code}`)));
   });

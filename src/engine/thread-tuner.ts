@@ -21,8 +21,10 @@ export interface ThreadTunerOptions {
   candidates: readonly number[];
   /** The count to start with (one of the candidates). */
   start: number;
-  /** Steps at the current count before each probe. */
+  /** Steps at the current count before each probe (the latest this many are its baseline). */
   settleSteps?: number;
+  /** Steps before the first probe, soon after start: until then the count may be the slow one. */
+  firstSettleSteps?: number;
   /** Steps measured at a probed count (after one not counted, which meets the change). */
   probeSteps?: number;
   /** Steps between probes; doubled after each round that kept the current count, up to 64×. */
@@ -77,10 +79,10 @@ export class ThreadTuner {
     this.candidates = [...options.candidates];
     this.current = options.start;
     this.settleSteps = options.settleSteps ?? 12;
-    this.probeSteps = options.probeSteps ?? 12;
+    this.probeSteps = options.probeSteps ?? 8;
     this.reprobeSteps = options.reprobeSteps ?? 2000;
     this.margin = options.margin ?? 0.05;
-    this.untilProbe = this.settleSteps;
+    this.untilProbe = options.firstSettleSteps ?? 6;
   }
 
   /** The thread count steps run at now. */

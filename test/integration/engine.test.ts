@@ -135,7 +135,7 @@ describe("LlamaEngine", () => {
         return;
       }
       expect(auto.info.threadCandidates).toEqual([cores - 1, cores]);
-      // 12 steps at the first count, then a probe of the other (12 more, or 4 if it is far slower).
+      // 6 steps at the first count, then a probe of the other (9 more, or 4 if it is far slower).
       await auto.generate(0, chat, { ...greedy, maxNewTokens: 120 }, new AbortController().signal, {
         started: () => {},
         chunk: () => {},

@@ -16,7 +16,7 @@ function tuner(start = 1, candidates = [1, 2]) {
   const applied: number[] = [];
   const decisions: ThreadDecision[] = [];
   const t = new ThreadTuner(
-    { candidates, start, settleSteps: 16, probeSteps: 8, reprobeSteps: 100 },
+    { candidates, start, settleSteps: 16, firstSettleSteps: 16, probeSteps: 8, reprobeSteps: 100 },
     (n) => applied.push(n),
     (d) => decisions.push(d),
   );
