@@ -84,11 +84,17 @@ const CLIENT_MADE = [
   /^server closed the stream without sending trailers$/,
 ];
 
-/** The status name of a ghz error line (`rpc error: code = Canceled desc = …`), when it came from the server. */
-export function serverStatusOf(error: string): string | undefined {
+/** A ghz error line (`rpc error: code = Canceled desc = …`): its status name, and whether the server sent it. */
+function parseError(error: string): { code?: string; fromServer: boolean } {
   const match = /^rpc error: code = (\w+) desc = ([\s\S]*)$/.exec(error);
-  if (!match) return undefined;
-  return CLIENT_MADE.some((pattern) => pattern.test(match[2]!)) ? undefined : match[1];
+  if (!match) return { fromServer: false };
+  return { code: match[1], fromServer: !CLIENT_MADE.some((pattern) => pattern.test(match[2]!)) };
+}
+
+/** The status name of a ghz error line, when it came from the server. */
+export function serverStatusOf(error: string): string | undefined {
+  const { code, fromServer } = parseError(error);
+  return fromServer ? code : undefined;
 }
 
 export function summarizeReport(report: GhzReport): RunSummary {
@@ -100,9 +106,9 @@ export function summarizeReport(report: GhzReport): RunSummary {
   const statuses = { ...(report.statusCodeDistribution ?? {}) };
   const clientErrors: Record<string, number> = {};
   for (const [error, count] of Object.entries(report.errorDistribution ?? {})) {
-    if (serverStatusOf(error) !== undefined) continue;
+    const { code, fromServer } = parseError(error);
+    if (fromServer) continue;
     clientErrors[error] = count;
-    const code = /^rpc error: code = (\w+) /.exec(error)?.[1];
     if (code !== undefined && statuses[code] !== undefined) {
       statuses[code] -= count;
       if (statuses[code] <= 0) delete statuses[code];

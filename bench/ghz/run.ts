@@ -10,11 +10,12 @@
  *   npm run bench:ghz -- [--address host:port | --model models/synthetic/small.q4_0.gguf] [--concurrency 1,4,16,64] [--level-timeout 300]
  */
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { Command } from "commander";
 import { lineChart } from "../chart.js";
+import { writeReport } from "../report-files.js";
 import { startBenchServer } from "../server-process.js";
 import { type GhzReport, INSTALL_GHZ, loadConfigs, runConfig, type RunSummary, summarizeReport } from "./report.js";
 
@@ -69,11 +70,12 @@ try {
   for (const { file, config } of loadConfigs()) {
     for (const c of levels) {
       const path = join(scratch, `${file}.${c}.json`);
-      writeFileSync(path, JSON.stringify(runConfig(config, c, host)));
+      const level = runConfig(config, c, host);
+      writeFileSync(path, JSON.stringify(level));
       const run = await runGhz(path);
       if (run.stdout.trim() === "") throw new Error(`ghz failed on ${file} at ${c} (exit ${run.code}): ${run.stderr}`);
       const summary = summarizeReport(JSON.parse(run.stdout) as GhzReport);
-      const total = runConfig(config, c, host).total;
+      const total = level.total;
       rows.push({ config: file, call: config.call, concurrency: c, total, summary });
       process.stderr.write(
         `${file} c=${c}: ${summary.calls} of ${total} calls${summary.endReason === "normal" ? "" : ` (stopped: ${summary.endReason})`}, ` +
@@ -87,8 +89,6 @@ try {
 }
 
 const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, Node ${process.version}, ${ghzVersion}`;
-mkdirSync(opts.out, { recursive: true });
-writeFileSync(`${opts.out}/ghz.json`, `${JSON.stringify({ date: new Date().toISOString(), machine, host, rows }, null, 2)}\n`);
 const f = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : "–");
 const counts = (byName: Record<string, number>) =>
   Object.entries(byName)
@@ -111,7 +111,7 @@ const md = [
   ),
   "",
 ].join("\n");
-writeFileSync(`${opts.out}/ghz.md`, md);
+writeReport(opts.out, "ghz", { machine, host, rows }, md);
 // p95 latency by concurrency, one line per config.
 const colors = ["#4a7ab5", "#d0803a", "#5a9a4a", "#9a4a8a"];
 writeFileSync(
@@ -126,4 +126,3 @@ writeFileSync(
     })),
   ),
 );
-console.log(md);
