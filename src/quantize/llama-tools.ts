@@ -14,7 +14,18 @@
  * prebuilt.)
  */
 import { spawn, spawnSync } from "node:child_process";
-import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync } from "node:fs";
+import {
+  closeSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  statSync,
+} from "node:fs";
 import os from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -93,6 +104,9 @@ function run(cmd: string, args: string[], cwd: string, onLine?: (line: string) =
   });
 }
 
+/** A CPU backend module of ggml's: `libggml-cpu-<variant>.so` (or `libggml-cpu.so` for a build with one). */
+const CPU_BACKEND = /^libggml-cpu.*\.(so|dylib|dll)$/;
+
 /**
  * The folder of the CPU backend modules the engine loads: node-llama-cpp's
  * prebuilt for this platform (`libggml-cpu-<variant>.so`, one per CPU family).
@@ -100,7 +114,7 @@ function run(cmd: string, args: string[], cwd: string, onLine?: (line: string) =
 export function engineCpuBackendDir(): string {
   const platform = `${process.platform === "darwin" ? "mac" : process.platform}-${process.arch}`;
   const dir = inNodeModules(join("@node-llama-cpp", platform, "bins", platform));
-  if (!dir || !readdirSync(dir).some((f) => /^libggml-cpu.*\.(so|dylib|dll)$/.test(f))) {
+  if (!dir || !readdirSync(dir).some((f) => CPU_BACKEND.test(f))) {
     throw new Error(`node-llama-cpp's prebuilt CPU backend for ${platform} was not found (@node-llama-cpp/${platform})`);
   }
   return dir;
@@ -129,11 +143,17 @@ const BUILDS = {
   },
 } as const;
 
-/** Copies the engine's CPU backend modules next to the tools, where ggml looks for backends. */
+/**
+ * Copies the engine's CPU backend modules next to the tools, where ggml looks
+ * for backends: those missing there, or not the same size (node-llama-cpp was
+ * reinstalled with other binaries of the same commit).
+ */
 function installEngineKernels(binDir: string): void {
   const from = engineCpuBackendDir();
-  for (const file of readdirSync(from)) {
-    if (/^libggml-cpu.*\.(so|dylib|dll)$/.test(file)) copyFileSync(join(from, file), join(binDir, file));
+  for (const file of readdirSync(from).filter((f) => CPU_BACKEND.test(f))) {
+    const source = join(from, file);
+    const target = join(binDir, file);
+    if (!existsSync(target) || statSync(target).size !== statSync(source).size) copyFileSync(source, target);
   }
 }
 
