@@ -13,7 +13,7 @@ import os from "node:os";
 import { promisify } from "node:util";
 import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
-import { defaultThreads } from "../src/config.js";
+import { safeThreadCount } from "../src/engine/thread-tuner.js";
 import { lineChart } from "./chart.js";
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 import { bundledSource, loadedCpuVariant } from "../src/quantize/llama-tools.js";
@@ -33,7 +33,7 @@ const opts = new Command("bench")
   .option(
     "--threads <list>",
     'decode thread counts, each for every target; "auto" adds service rounds with --threads auto, set against each target\'s best count',
-    String(defaultThreads()),
+    String(safeThreadCount()),
   )
   .option("--out <dir>", "results folder", "bench/results")
   .option(

@@ -4,7 +4,6 @@
  * start; a bad value stops the process with one line that names it.
  */
 import { existsSync, readFileSync } from "node:fs";
-import os from "node:os";
 import { Command, InvalidArgumentError, Option } from "commander";
 
 export interface Config {
@@ -83,18 +82,6 @@ function readable(value: string): string {
   if (value === "") return value;
   if (!existsSync(value)) throw new InvalidArgumentError(`no file at ${value}.`);
   return value;
-}
-
-/**
- * Decode threads that are always safe: one per core this process may use, less
- * one for the server process. The engine's threads busy-wait at every step of
- * a decode, so a core taken by the protocol work can stall all of them (on an
- * AMD 2-core machine, 2 threads gave the service 0.24× the speed of 1); on
- * others all the cores are faster (an Intel 2-core machine: 1.8× on a 7B).
- * `--threads auto` (the default) starts here and measures while serving.
- */
-export function defaultThreads(): number {
-  return Math.max(1, os.availableParallelism() - 1);
 }
 
 export function buildCommand(): Command {

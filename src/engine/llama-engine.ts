@@ -29,7 +29,7 @@ import {
 } from "./protocol.js";
 import { assertNativeContext, cheapestGroup, DecodeLoop, type NativeContext, type NativeSampler } from "./decode-loop.js";
 import { type Emission, TextStream } from "./text-stream.js";
-import { type ThreadDecision, ThreadTuner } from "./thread-tuner.js";
+import { safeThreadCount, type ThreadDecision, ThreadTuner } from "./thread-tuner.js";
 
 /** The large tokenizer arrays of a GGUF header: not needed to read a model's facts, so skipped. */
 export const TOKENIZER_ARRAY_KEYS = [
@@ -110,7 +110,7 @@ export class LlamaEngine {
     const cores = os.availableParallelism();
     const auto = options.threads === "auto";
     // With "auto", the safe count first: a core left for the server process (see ThreadTuner).
-    const threads = options.threads === "auto" ? Math.max(1, cores - 1) : options.threads;
+    const threads = options.threads === "auto" ? safeThreadCount() : options.threads;
     const llama = await getLlama({
       gpu: options.gpu === "cpu" ? false : options.gpu,
       logLevel: LlamaLogLevel.error,
@@ -138,7 +138,7 @@ export class LlamaEngine {
         sequences: sequenceCount,
         threads,
         // On a GPU the threads only feed it: nothing to tune.
-        threadCandidates: auto && backend === "cpu" && cores > 1 ? [cores - 1, cores] : [],
+        threadCandidates: auto && backend === "cpu" && cores > threads ? [threads, cores] : [],
         gpuLayers: model.gpuLayers,
         loadMs: 0,
         stepMs: [],

@@ -15,6 +15,16 @@
  * after a few steps, and probes that confirm the current count come less and
  * less often.
  */
+import os from "node:os";
+
+/**
+ * Decode threads that are always safe: one per core this process may use,
+ * less one for the server process. Where the tuner starts, and what a tool
+ * without it (evaluation, the bench's default) uses.
+ */
+export function safeThreadCount(): number {
+  return Math.max(1, os.availableParallelism() - 1);
+}
 
 export interface ThreadTunerOptions {
   /** Thread counts to choose from (at least one). */

@@ -8,7 +8,7 @@ import os from "node:os";
 import { join } from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
-import { defaultThreads } from "../config.js";
+import { safeThreadCount } from "../engine/thread-tuner.js";
 import { Catalog } from "./catalog.js";
 import { type Evaluation, defaultEvaluationText, evaluateVariant, evaluationMarkdown, evaluationSvg } from "./evaluate.js";
 
@@ -25,7 +25,7 @@ const program = new Command("evaluate")
   .option("--text <file>", "text for perplexity (default: data/evaluation.txt)")
   .option("--max-tokens <n>", "tokens of the text scored", int, 512)
   .option("--generate-tokens <n>", "tokens generated to time decoding", int, 64)
-  .option("--threads <n>", "CPU threads", int, defaultThreads())
+  .option("--threads <n>", "CPU threads", int, safeThreadCount())
   .addOption(new Option("--gpu <backend>", "compute backend").choices(["auto", "cuda", "vulkan", "cpu"]).default("auto"))
   .option("--out <dir>", "where the results go", "bench/results")
   .parse();
