@@ -40,13 +40,15 @@ const CONNECT_UNARY_PROTO = /^application\/proto$/i;
 /** A frame's flag bit for a compressed message. */
 const COMPRESSED = 0x01;
 
-/** How connect-es words the failures that are the request's, not the server's (all coded INTERNAL there). */
+/** How connect-es words the two failures that are the request's, not the server's (it codes them INTERNAL). */
+const PARSE_FAILURE_PREFIX = "parse binary: ";
+const UNDECLARED_COMPRESSION = "received compressed envelope, but do not know how to decompress";
+
 function isRequestDecodeFailure(error: unknown): error is ConnectError {
   return (
     error instanceof ConnectError &&
     error.code === Code.Internal &&
-    (error.rawMessage.startsWith("parse binary: ") ||
-      error.rawMessage === "received compressed envelope, but do not know how to decompress")
+    (error.rawMessage.startsWith(PARSE_FAILURE_PREFIX) || error.rawMessage === UNDECLARED_COMPRESSION)
   );
 }
 
@@ -137,7 +139,7 @@ function decodeFailure(input: DescMessage, req: UniversalServerRequest, body: Bu
     else {
       const encoding = req.header.get("grpc-encoding");
       if (encoding === null || encoding === "identity") {
-        return "received compressed envelope, but do not know how to decompress";
+        return UNDECLARED_COMPRESSION;
       }
       message = uncompressed(payload, encoding, maxBytes);
     }
@@ -147,7 +149,7 @@ function decodeFailure(input: DescMessage, req: UniversalServerRequest, body: Bu
     fromBinary(input, message);
     return undefined;
   } catch (error) {
-    return `parse binary: ${error instanceof Error ? error.message : String(error)}`;
+    return `${PARSE_FAILURE_PREFIX}${error instanceof Error ? error.message : String(error)}`;
   }
 }
 

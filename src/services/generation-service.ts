@@ -31,10 +31,10 @@ import { validateGenerateRequest } from "./validate.js";
  * timer ends the call without them: the connection's round trip (the answer
  * must travel back; the request took its part of the client's time on the
  * way in), plus the larger of `floorMs` (time for the server's and the
- * client's processes to be scheduled: on the 2-core test machine with a core
- * kept busy, 10 ms lost 3–6% of the trailers at 20–100 ms deadlines, 20 ms
- * 1–2%, 30 ms none; `bench/results/deadline-margin*.md`) and 10% of the
- * call's time up to 100 ms (a longer call has more to stop).
+ * client's processes to be scheduled: on the 2-core test machine, idle and
+ * with a core kept busy, 10 ms lost 0–3% of the trailers at 20–100 ms
+ * deadlines, 20 ms 0–1%, 30 ms 1 call in 1,200; `bench/results/deadline-margin*.md`)
+ * and 10% of the call's time up to 100 ms (a longer call has more to stop).
  */
 export function deadlineMarginMs(timeoutMs: number, floorMs: number, roundTripMs = 0): number {
   return roundTripMs + Math.max(floorMs, Math.min(100, timeoutMs * 0.1));
@@ -201,10 +201,11 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
             continue;
           }
           if (event.finishReason === "cancelled") {
-            // Tokens the engine held back (part of a character, a possible stop string) still go
-            // out, so the tokens a client received add up to the generated-tokens trailer.
+            // The engine stopped the generation itself (it is shutting down): a call whose own signal
+            // fired has ended already, in untilAborted. Tokens the engine held back (part of a
+            // character, a possible stop string) still go out, so the tokens a client received add
+            // up to the generated-tokens trailer.
             if (event.text !== "" || event.tokens.length > 0) yield { text: event.text, tokenIds: event.tokens };
-            // Stopped by the call's own signal: the catch below reports how.
             throw call.signal.reason ?? new ConnectError("cancelled", Code.Canceled);
           }
           metrics.end();
