@@ -66,7 +66,7 @@ export class ThreadTuner {
   private readonly reprobeSteps: number;
   private readonly margin: number;
   /** The count chosen; during a probe, steps run at `probing` instead. */
-  current: number;
+  private chosen: number;
   private probing: number | undefined;
   /** Step times by size, at the current count (since the last decision) and at the probed one. */
   private baseline = new Map<number, number[]>();
@@ -87,12 +87,17 @@ export class ThreadTuner {
   ) {
     if (!options.candidates.includes(options.start)) throw new Error(`start ${options.start} is not a candidate`);
     this.candidates = [...options.candidates];
-    this.current = options.start;
+    this.chosen = options.start;
     this.settleSteps = options.settleSteps ?? 12;
     this.probeSteps = options.probeSteps ?? 8;
     this.reprobeSteps = options.reprobeSteps ?? 2000;
     this.margin = options.margin ?? 0.05;
     this.untilProbe = options.firstSettleSteps ?? 6;
+  }
+
+  /** The count chosen so far. */
+  get current(): number {
+    return this.chosen;
   }
 
   /** The thread count steps run at now. */
@@ -184,7 +189,7 @@ export class ThreadTuner {
       .sort((a, b) => a.stepMs[a.threads]! / a.stepMs[a.previous]! - b.stepMs[b.threads]! / b.stepMs[b.previous]!)[0];
     const decision = best ?? this.round[0];
     if (best) {
-      this.current = best.threads;
+      this.chosen = best.threads;
       this.quietProbes = 0;
     } else if (decision) {
       this.quietProbes = Math.min(this.quietProbes + 1, 6);
