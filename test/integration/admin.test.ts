@@ -14,7 +14,12 @@ import { startTestServer, type TestServer } from "../helpers/server.js";
 const TOKEN = "test-admin-token-0123456789";
 const auth = { headers: { authorization: `Bearer ${TOKEN}` } };
 // Long enough (seconds on the tiny model) to still run when a swap switches.
-const LONG = { prompt: "नमस्ते", temperature: 0, maxNewTokens: 1500 };
+// Calls that must still be running when a swap switches: a swap starts an engine process first
+// (3-5 s on the 2-core machines, where the tiny model streams ~500 tokens/s per call), so they run
+// near the 4,096-token context (7-8 s there; 1,500 tokens ended before the switch on an AMD one).
+const LONG = { prompt: "नमस्ते", temperature: 0, maxNewTokens: 4000 };
+// A call that waits in the queue behind them, and is quick once it runs.
+const QUEUED = { ...LONG, maxNewTokens: 200 };
 
 let server: TestServer;
 let admin: ReturnType<typeof createClient<typeof AdminService>>;
@@ -125,7 +130,7 @@ describe("SwapVariant", () => {
   it("swaps under load with zero failed calls; each call names the variant that served it", async () => {
     const oldPid = server.app.variants.current!.engine.pid!;
     // Two calls take the two slots, a third waits in the old variant's queue.
-    const running = [1, 2, 3].map(() => client.generate(LONG));
+    const running = [LONG, LONG, QUEUED].map((request) => client.generate(request));
     await new Promise((r) => setTimeout(r, 100));
     let afterSwitch: ReturnType<AiravataClient["generate"]> | undefined;
     const { events, error } = await swap("tiny.q8_0", SwapPolicy.DRAIN, (e) => {
@@ -135,10 +140,10 @@ describe("SwapVariant", () => {
     const phases = [...new Set(events.map((e) => SwapPhase[e.phase]))];
     expect(phases).toEqual(["CHECKING", "LOADING", "WARMING", "SWITCHED", "DRAINING", "RELEASED", "DONE"]);
     expect(events.find((e) => e.phase === SwapPhase.DRAINING)!.inFlight).toBeGreaterThan(0);
-    for (const outcome of await Promise.all(running)) {
+    for (const [i, outcome] of (await Promise.all(running)).entries()) {
       expect(outcome.codeName).toBe("OK");
       expect(outcome.trailers["airavata-variant"]).toBe("tiny.q4_0");
-      expect(outcome.trailers["airavata-generated-tokens"]).toBe("1500");
+      expect(outcome.trailers["airavata-generated-tokens"]).toBe(i < 2 ? "4000" : "200");
     }
     const next = await afterSwitch!;
     expect(next.codeName).toBe("OK");
