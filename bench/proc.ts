@@ -55,9 +55,16 @@ export function openFds(pid: number): number {
 }
 
 let clockTicks: number | undefined;
-/** CPU time (user + system) the process has used, ms. */
-export function cpuMs(pid: number): number {
+/** CPU time the process has used in user and in kernel mode, ms (NaN once it is gone). */
+export function cpuSplitMs(pid: number): { user: number; system: number } {
   clockTicks ??= Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
   const fields = statFields(pid);
-  return fields ? ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicks : NaN;
+  if (!fields) return { user: NaN, system: NaN };
+  return { user: (Number(fields[11]) * 1000) / clockTicks, system: (Number(fields[12]) * 1000) / clockTicks };
+}
+
+/** CPU time (user + system) the process has used, ms. */
+export function cpuMs(pid: number): number {
+  const { user, system } = cpuSplitMs(pid);
+  return user + system;
 }

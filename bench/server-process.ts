@@ -11,10 +11,12 @@ export interface BenchServer {
   stop(): Promise<void>;
 }
 
-export async function startBenchServer(args: string[], env: Record<string, string> = {}): Promise<BenchServer> {
+/** `cwd`: the checkout whose `src/main.ts` runs (another commit's worktree, to compare with). */
+export async function startBenchServer(args: string[], env: Record<string, string> = {}, cwd?: string): Promise<BenchServer> {
   const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts", "--port", "0", ...args], {
     stdio: ["ignore", "pipe", "inherit"],
     env: { ...process.env, ...env },
+    cwd,
   });
   // Never outlive the bench, even when it fails.
   const kill = () => child.kill("SIGKILL");
