@@ -63,6 +63,27 @@ export function cpuSplitMs(pid: number): { user: number; system: number } {
   return { user: (Number(fields[11]) * 1000) / clockTicks, system: (Number(fields[12]) * 1000) / clockTicks };
 }
 
+/** CPU time (user + system) each of the process's threads has used, ms, by thread id (the main thread's is the pid). */
+export function threadCpuMs(pid: number): Map<number, number> {
+  const out = new Map<number, number>();
+  let tids: string[] = [];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  clockTicks ??= Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
+  for (const tid of tids) {
+    try {
+      const fields = readFileSync(`/proc/${pid}/task/${tid}/stat`, "latin1").split(") ")[1]!.split(" ");
+      out.set(Number(tid), ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicks!);
+    } catch {
+      // the thread ended while being read
+    }
+  }
+  return out;
+}
+
 /** CPU time (user + system) the process has used, ms. */
 export function cpuMs(pid: number): number {
   const { user, system } = cpuSplitMs(pid);

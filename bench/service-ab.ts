@@ -14,7 +14,7 @@ import os from "node:os";
 import { join, resolve } from "node:path";
 import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
-import { cpuSplitMs, enginePids } from "./proc.js";
+import { cpuSplitMs, enginePids, threadCpuMs } from "./proc.js";
 import { writeReport } from "./report-files.js";
 import { startBenchServer } from "./server-process.js";
 import { median, type StreamTrace, summarize } from "./stream-stats.js";
@@ -26,9 +26,23 @@ const opts = new Command("service-ab")
   .option("--concurrency <list>", "concurrent streams", "1,4,8")
   .option("--tokens <n>", "tokens per stream", "128")
   .option("--rounds <n>", "rounds per side, thread count and level", "3")
+  .option(
+    "--warm <tokens>",
+    "tokens to stream through each fresh server before measuring (V8 compiles the hot paths over the first few thousand)",
+    "0",
+  )
   .option("--out <dir>", "results folder", "bench/results/ab")
   .parse()
-  .opts<{ baseline: string; model: string; threads: string; concurrency: string; tokens: string; rounds: string; out: string }>();
+  .opts<{
+    baseline: string;
+    model: string;
+    threads: string;
+    concurrency: string;
+    tokens: string;
+    rounds: string;
+    warm: string;
+    out: string;
+  }>();
 
 const model = resolve(opts.model);
 if (!existsSync(model)) {
@@ -57,6 +71,8 @@ const prompt = (i: number) => `भारत की राजधानी क्�
 interface Cost {
   serverUser: number;
   serverSystem: number;
+  /** The server's main (JavaScript) thread; the rest of its CPU is V8's and libuv's helper threads. */
+  serverMain: number;
   engine: number;
   hop: number;
   client: number;
@@ -74,8 +90,18 @@ async function round(cwd: string | undefined, threads: number): Promise<{ traces
   const server = await startBenchServer([...args, "--context-size", String(contextSize)], {}, cwd);
   const client = new AiravataClient(`127.0.0.1:${server.port}`);
   await client.generate({ prompt: "नमस्ते", raw: true, maxNewTokens: 1 });
+  for (let warmed = 0; warmed < Number(opts.warm);) {
+    await Promise.all(
+      Array.from({ length: slots }, (_, i) =>
+        client.generate({ prompt: prompt(i), maxNewTokens: Number(opts.tokens), temperature: 0, repeatPenalty: 1 }, (r) => {
+          warmed += r.tokenIds.length;
+        }),
+      ),
+    );
+  }
   const [engine] = enginePids(server.child.pid!);
   const serverBefore = cpuSplitMs(server.child.pid!);
+  const mainBefore = threadCpuMs(server.child.pid!).get(server.child.pid!)!;
   const engineBefore = cpuSplitMs(engine!);
   const hopBefore = await hopSeconds(server.port);
   const clientBefore = process.cpuUsage();
@@ -99,6 +125,7 @@ async function round(cwd: string | undefined, threads: number): Promise<{ traces
   }
   const clientUsed = process.cpuUsage(clientBefore);
   const serverAfter = cpuSplitMs(server.child.pid!);
+  const mainAfter = threadCpuMs(server.child.pid!).get(server.child.pid!)!;
   const engineAfter = cpuSplitMs(engine!);
   const hopAfter = await hopSeconds(server.port);
   client.close();
@@ -110,6 +137,7 @@ async function round(cwd: string | undefined, threads: number): Promise<{ traces
     cost: {
       serverUser: perToken(serverAfter.user - serverBefore.user),
       serverSystem: perToken(serverAfter.system - serverBefore.system),
+      serverMain: perToken(mainAfter - mainBefore),
       engine: perToken(engineAfter.user + engineAfter.system - engineBefore.user - engineBefore.system),
       hop: ((hopAfter.sum - hopBefore.sum) / (hopAfter.count - hopBefore.count)) * 1e6,
       client: (clientUsed.user + clientUsed.system) / tokens,
@@ -141,8 +169,9 @@ const lines = [
   "",
   `- date: ${new Date().toISOString()}`,
   `- machine: ${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`,
-  `- model: ${opts.model}; ${opts.tokens} greedy tokens per stream; ${slots} slots; ${opts.rounds} rounds per side, alternating which goes first`,
-  `- command: \`npx tsx bench/service-ab.ts --baseline ${opts.baseline} --model ${opts.model} --threads ${opts.threads} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds}\``,
+  `- model: ${opts.model}; ${opts.tokens} greedy tokens per stream; ${slots} slots; ${opts.rounds} rounds per side, alternating which goes first; ` +
+    `${Number(opts.warm) > 0 ? `each server warmed with ${opts.warm} tokens first` : "each server measured from its start (V8 still compiling)"}`,
+  `- command: \`npx tsx bench/service-ab.ts --baseline ${opts.baseline} --model ${opts.model} --threads ${opts.threads} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds} --warm ${opts.warm}\``,
   `- A: ${mine}; B: ${theirs}`,
   "",
   "| threads | streams | A tok/s | B tok/s | A ÷ B | A TTFT p50 ms | B TTFT p50 ms |",
@@ -162,8 +191,8 @@ lines.push(
   "",
   `Per token received, over all levels of a round (µs, medians over rounds; the hop is the mean per chunk, from \`airavata_engine_hop_seconds\`):`,
   "",
-  "| side | threads | server CPU user | server CPU kernel | server CPU | engine CPU | hop | bench client CPU |",
-  "|---|---:|---:|---:|---:|---:|---:|---:|",
+  "| side | threads | server CPU user | server CPU kernel | server CPU | of which its main thread | engine CPU | hop | bench client CPU |",
+  "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
 );
 for (const threads of threadCounts) {
   for (const [label, name] of [
@@ -173,7 +202,7 @@ for (const threads of threadCounts) {
     const costs = runs.get(`${name} ${threads}`)!.costs;
     const m = (pick: (c: Cost) => number) => f1(median(costs.map(pick)));
     lines.push(
-      `| ${label} | ${threads} | ${m((c) => c.serverUser)} | ${m((c) => c.serverSystem)} | ${m((c) => c.serverUser + c.serverSystem)} | ` +
+      `| ${label} | ${threads} | ${m((c) => c.serverUser)} | ${m((c) => c.serverSystem)} | ${m((c) => c.serverUser + c.serverSystem)} | ${m((c) => c.serverMain)} | ` +
         `${m((c) => c.engine)} | ${m((c) => c.hop)} | ${m((c) => c.client)} |`,
     );
   }
