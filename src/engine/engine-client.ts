@@ -15,7 +15,6 @@ import {
   type EngineInfo,
   type EngineOptions,
   type FromEngine,
-  type FromEngineWire,
   type GenerationInput,
   type GenerationOutcome,
   type GenerationProgress,
@@ -24,7 +23,6 @@ import {
   type SamplingSettings,
   type ToEngine,
   sharedClockMs,
-  unbatch,
 } from "./protocol.js";
 
 export type GenerationEvent =
@@ -61,9 +59,7 @@ export class EngineProcess {
     readonly info: EngineInfo,
     private readonly log: Logger,
   ) {
-    child.on("message", (wire: FromEngineWire) => {
-      for (const message of unbatch(wire)) this.onMessage(message);
-    });
+    child.on("message", (message: FromEngine) => this.onMessage(message));
     child.on("exit", (code, signal) => {
       this.exited = true;
       clearInterval(this.watchdog);
@@ -91,21 +87,18 @@ export class EngineProcess {
         reject(new Error(`engine process exited while loading (code ${code}, signal ${signal})`));
       child.once("exit", onExit);
       child.once("error", reject);
-      // `ready` and `load-failed` always end what they arrive in (the engine sends them at once).
-      child.on("message", function first(wire: FromEngineWire) {
-        for (const message of unbatch(wire)) {
-          if (message.type === "ready") {
-            child.off("message", first);
-            child.off("exit", onExit);
-            child.off("error", reject);
-            resolve(new EngineProcess(child, message.info, log));
-          } else if (message.type === "load-progress") {
-            onProgress?.(message.progress);
-          } else if (message.type === "load-failed") {
-            child.off("message", first);
-            child.off("exit", onExit);
-            reject(new Error(message.message));
-          }
+      child.on("message", function first(message: FromEngine) {
+        if (message.type === "ready") {
+          child.off("message", first);
+          child.off("exit", onExit);
+          child.off("error", reject);
+          resolve(new EngineProcess(child, message.info, log));
+        } else if (message.type === "load-progress") {
+          onProgress?.(message.progress);
+        } else if (message.type === "load-failed") {
+          child.off("message", first);
+          child.off("exit", onExit);
+          reject(new Error(message.message));
         }
       });
     });

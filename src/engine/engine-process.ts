@@ -10,32 +10,13 @@ import {
   type EngineCalls,
   type EngineOptions,
   type FromEngine,
-  type FromEngineWire,
   type ToEngine,
   sharedClockMs,
 } from "./protocol.js";
 import { ServiceError } from "../errors.js";
 
-/**
- * What the engine says in one turn of its event loop leaves as one IPC
- * message, after the turn: by then the decode loop has put the next step on
- * the native thread, so it never waits on the pipe, and a step's chunks for
- * several streams wake the server once. `ready` and `load-failed` leave at
- * once (the process may exit next, and the server changes listeners on them).
- */
-let outbox: FromEngine[] = [];
 function send(message: FromEngine): void {
-  outbox.push(message);
-  if (message.type === "ready" || message.type === "load-failed") flush();
-  else if (outbox.length === 1) setImmediate(flush);
-}
-
-function flush(): void {
-  if (outbox.length === 0) return;
-  const messages = outbox;
-  outbox = [];
-  const wire: FromEngineWire = messages.length === 1 ? messages[0]! : { type: "batch", messages };
-  if (process.connected) process.send?.(wire);
+  if (process.connected) process.send?.(message);
 }
 
 const options = JSON.parse(process.argv[2] ?? "{}") as EngineOptions;
@@ -130,7 +111,6 @@ async function shutdown(): Promise<void> {
   shuttingDown = true;
   for (const controller of running.values()) controller.abort();
   await engine?.dispose();
-  flush();
   process.exit(0);
 }
 

@@ -101,14 +101,6 @@ export type FromEngine =
   | { type: "failed"; id: number; kind: ErrorKind; message: string }
   | { type: "result"; id: number; value: unknown };
 
-/** What travels from the engine: one message, or the several it had to say in one turn of its event loop, in order. */
-export type FromEngineWire = FromEngine | { type: "batch"; messages: FromEngine[] };
-
-/** The messages in what came from the engine, in the order they were said. */
-export function unbatch(wire: FromEngineWire): FromEngine[] {
-  return wire.type === "batch" ? wire.messages : [wire];
-}
-
 /**
  * Milliseconds on a clock every process on the machine shares: the system's
  * monotonic clock (`performance.timeOrigin` is not: each process reads the
