@@ -64,6 +64,7 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
       sequences: config.parallel,
       batchSize: config.batchSize,
       batching: config.batching,
+      streamInterval: config.streamInterval,
       maxQueue: config.maxQueue,
     },
     memoryBudget: config.memoryBudget,

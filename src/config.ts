@@ -31,6 +31,8 @@ export interface Config {
   batchSize: number;
   /** How many waiting requests decode together: by measured step cost, or all of them. */
   batching: "measured" | "full";
+  /** Tokens per streamed message after the first (1: every token as it is decoded). */
+  streamInterval: number;
   maxQueue: number;
   maxMessageBytes: number;
   tls: { cert: Buffer; key: Buffer } | undefined;
@@ -167,6 +169,15 @@ export function buildCommand(): Command {
         .env("AIRAVATA_BATCHING")
         .choices(["measured", "full"])
         .default("measured"),
+    )
+    .addOption(
+      new Option(
+        "--stream-interval <tokens>",
+        "tokens per streamed message after the first, which always goes alone: 1 sends each token as it is decoded; more cost the service less per token, and clients get text in steps of that many",
+      )
+        .env("AIRAVATA_STREAM_INTERVAL")
+        .default(1)
+        .argParser(integer(1, 256)),
     )
     .addOption(
       new Option("--max-queue <n>", "requests that may wait for a slot; more are refused with RESOURCE_EXHAUSTED")
@@ -310,6 +321,7 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
     parallel: o.parallel,
     batchSize: o.batchSize,
     batching: o.batching,
+    streamInterval: o.streamInterval,
     maxQueue: o.maxQueue,
     maxMessageBytes: o.maxMessageBytes,
     tls: o.tlsCert ? { cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey) } : undefined,

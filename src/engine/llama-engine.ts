@@ -88,6 +88,7 @@ export class LlamaEngine {
     readonly info: EngineInfo,
     private readonly batchSize: number,
     private readonly native: NativeContext,
+    private readonly streamInterval: number,
   ) {
     this.loop = new DecodeLoop(native, context.batchSize);
   }
@@ -145,7 +146,7 @@ export class LlamaEngine {
       };
       const native = (context as unknown as NodeLlamaCppInternals["context"])._ctx;
       assertNativeContext(native);
-      const engine = new LlamaEngine(llama, model, context, info, options.batchSize, native);
+      const engine = new LlamaEngine(llama, model, context, info, options.batchSize, native, options.streamInterval ?? 1);
       if (options.batching === "measured" && sequenceCount > 1) {
         const stepMs = await engine.measureSteps();
         engine.loop.groupSize = (ready) => cheapestGroup(stepMs, ready);
@@ -335,6 +336,11 @@ export class LlamaEngine {
         ...samplerConfig(sampling),
         ...(penalized ? repeatPenaltyConfig(sampling.repeatPenalty, history.slice(-REPEAT_WINDOW)) : {}),
       });
+    // With a stream interval above 1, what the text stream releases waits here until that many
+    // tokens are ready; the first chunk always goes alone, and what is held goes with the end.
+    const interval = this.streamInterval;
+    let held: Emission = { text: "", tokens: [] };
+    let chunks = 0;
     try {
       configure();
       // What a sampled token means for the generation: false when it ends with this one.
@@ -345,7 +351,12 @@ export class LlamaEngine {
         if (penalized) history.push(token);
         const emission = stream.push(token);
         if (emission.text !== "" || emission.tokens.length > 0) {
-          events.chunk(emission, { prefillMs, batchSize: stepSequences / steps });
+          if (interval > 1) held = { text: held.text + emission.text, tokens: [...held.tokens, ...emission.tokens] };
+          if (interval === 1 || chunks === 0 || held.tokens.length >= interval) {
+            events.chunk(interval === 1 ? emission : held, { prefillMs, batchSize: stepSequences / steps });
+            held = { text: "", tokens: [] };
+            chunks++;
+          }
         }
         if (stream.stopSequence !== undefined) return ended("stop_sequence");
         if (generated >= sampling.maxNewTokens) return ended("length");
@@ -373,8 +384,10 @@ export class LlamaEngine {
     } finally {
       sampler.dispose();
     }
+    const rest = stream.end();
     return {
-      ...stream.end(),
+      text: held.text + rest.text,
+      tokens: [...held.tokens, ...rest.tokens],
       finishReason,
       generatedTokens: generated,
       prefillMs,

@@ -141,4 +141,12 @@ export interface EngineOptions {
    * always decodes every waiting sequence together.
    */
   batching: "measured" | "full";
+  /**
+   * Tokens per streamed chunk after the first (default 1: each token as it is
+   * decoded). Above 1 a chunk leaves once that many tokens are ready: fewer
+   * messages for the engine, the server and the client to handle per token.
+   * The first chunk always leaves alone, so time to first token does not move;
+   * what is held when the generation ends goes with its end.
+   */
+  streamInterval?: number;
 }

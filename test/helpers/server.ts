@@ -29,6 +29,7 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     parallel: 2,
     batchSize: 512,
     batching: "measured",
+    streamInterval: 1,
     maxQueue: 8,
     maxMessageBytes: 64 * 1024,
     tls: undefined,

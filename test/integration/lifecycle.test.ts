@@ -189,6 +189,7 @@ describe("configuration", () => {
     [["--port", "http"], {}, /--port.*'http' is invalid.*integer from 0 to 65535/],
     [["--threads", "0"], {}, /--threads.*integer from 1 to 1024/],
     [["--gpu", "tpu"], {}, /--gpu.*Allowed choices are auto, cuda, vulkan, cpu/],
+    [["--stream-interval", "0"], {}, /--stream-interval.*integer from 1 to 256/],
     [[], { AIRAVATA_CONTEXT_SIZE: "lots" }, /--context-size.*'lots' from env 'AIRAVATA_CONTEXT_SIZE' is invalid/],
     [["--model", "/nope/airavata.gguf"], {}, /no file at \/nope\/airavata.gguf/],
     [["--tls-cert", "package.json"], {}, /--tls-cert and --tls-key go together/],

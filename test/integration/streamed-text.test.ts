@@ -107,3 +107,39 @@ describe("sampling settings are honoured", () => {
     expect(outcome.trailers["airavata-finish-reason"]).toBe("stop_sequence");
   });
 });
+
+describe("--stream-interval 4", () => {
+  let batched: TestServer;
+  let batchedClient: AiravataClient;
+  beforeAll(async () => {
+    batched = await startTestServer({ streamInterval: 4 });
+    batchedClient = new AiravataClient(batched.address);
+  });
+  afterAll(async () => {
+    batchedClient.close();
+    await batched.app.shutdown();
+  });
+
+  it.each([
+    ["40 tokens with a three-byte character inside", { prompt: "नमस्ते", maxNewTokens: 40, temperature: 0 }],
+    ["a generation that ends on end-of-sequence", { prompt: "The", raw: true, temperature: 0 }],
+    ["a stop string", { prompt: "नमस्ते", temperature: 0, stop: ["मॉडल"] }],
+  ] satisfies [string, GenerateInit][])(
+    "%s: the first token alone, then four at a time; the same text and tokens",
+    async (_, request) => {
+      const reference = await generate(request);
+      const outcome = await batchedClient.generate(request);
+      expect(outcome.codeName).toBe("OK");
+      expect(outcome.text).toBe(reference.outcome.text);
+      expect(outcome.responses.flatMap((r) => r.tokenIds)).toEqual(reference.tokens);
+      const sizes = outcome.responses.map((r) => r.tokenIds.length);
+      expect(sizes[0]).toBe(1);
+      // Every message between the first and the last carries at least four tokens; the last, what was left.
+      for (const size of sizes.slice(1, -1)) expect(size).toBeGreaterThanOrEqual(4);
+      expect(sizes.length).toBeLessThanOrEqual(2 + Math.ceil((reference.tokens.length - 1) / 4));
+      expect(outcome.responses.at(-1)?.finishReason).toBe(reference.outcome.responses.at(-1)?.finishReason);
+      expect(Number(outcome.trailers["airavata-generated-tokens"])).toBe(reference.tokens.length);
+      for (const r of outcome.responses) expect(r.text.isWellFormed() && !r.text.includes("\uFFFD")).toBe(true);
+    },
+  );
+});
