@@ -4,7 +4,9 @@
  * rounds alternating which one goes first. Besides tokens/s and TTFT, each
  * side's cost per token received: the server process's CPU (user and kernel),
  * the engine process's CPU, the engine → server hop and the bench client's CPU.
- *   npx tsx bench/service-ab.ts --baseline <git ref> [--model …] [--threads 1,2] [--concurrency 1,4,8] [--tokens 128] [--rounds 3] [--out bench/results/ab]
+ *   npx tsx bench/service-ab.ts --baseline <git ref> [--args "<flags>"] [--baseline-args "<flags>"] [--warm <tokens>]
+ *     [--model …] [--threads 1,2] [--concurrency 1,4,8] [--tokens 128] [--rounds 3] [--out bench/results/ab]
+ * With `--baseline HEAD` and `--args`, it compares a setting with the default on the same code.
  * The baseline runs from a git worktree of the ref (under the system's temp
  * folder), with this checkout's node_modules.
  */
@@ -21,6 +23,8 @@ import { median, type StreamTrace, summarize } from "./stream-stats.js";
 
 const opts = new Command("service-ab")
   .requiredOption("--baseline <ref>", "the commit to compare with (any git ref)")
+  .option("--args <flags>", "service flags for this checkout's side only (e.g. a setting under test)", "")
+  .option("--baseline-args <flags>", "service flags for the baseline's side only", "")
   .option("--model <path>", "GGUF model", "models/synthetic/small.Q4_K_M.gguf")
   .option("--threads <list>", "decode thread counts", "1,2")
   .option("--concurrency <list>", "concurrent streams", "1,4,8")
@@ -35,6 +39,8 @@ const opts = new Command("service-ab")
   .parse()
   .opts<{
     baseline: string;
+    args: string;
+    baselineArgs: string;
     model: string;
     threads: string;
     concurrency: string;
@@ -57,9 +63,11 @@ if (!existsSync(worktree)) {
   execFileSync("git", ["worktree", "add", "--detach", worktree, baseline], { stdio: "ignore" });
   symlinkSync(resolve("node_modules"), join(worktree, "node_modules"));
 }
+const flags = (list: string) => list.split(/\s+/).filter(Boolean);
+const withFlags = (name: string, list: string) => (list.trim() === "" ? name : `${name} ${list.trim()}`);
 const SIDES = [
-  { name: `this checkout (${current})`, cwd: undefined },
-  { name: `baseline (${baseline})`, cwd: worktree },
+  { name: withFlags(`this checkout (${current})`, opts.args), cwd: undefined, flags: flags(opts.args) },
+  { name: withFlags(`baseline (${baseline})`, opts.baselineArgs), cwd: worktree, flags: flags(opts.baselineArgs) },
 ] as const;
 const levels = opts.concurrency.split(",").map(Number);
 const threadCounts = opts.threads.split(",").map(Number);
@@ -85,9 +93,9 @@ async function hopSeconds(port: number): Promise<{ sum: number; count: number }>
 }
 
 /** One side at one thread count: every level once, its traces and what each token cost. */
-async function round(cwd: string | undefined, threads: number): Promise<{ traces: Map<number, StreamTrace[]>; cost: Cost }> {
-  const args = ["--model", model, "--gpu", "cpu", "--threads", String(threads), "--parallel", String(slots)];
-  const server = await startBenchServer([...args, "--context-size", String(contextSize)], {}, cwd);
+async function round(side: (typeof SIDES)[number], threads: number): Promise<{ traces: Map<number, StreamTrace[]>; cost: Cost }> {
+  const args = ["--model", model, "--gpu", "cpu", "--threads", String(threads), "--parallel", String(slots), ...side.flags];
+  const server = await startBenchServer([...args, "--context-size", String(contextSize)], {}, side.cwd);
   const client = new AiravataClient(`127.0.0.1:${server.port}`);
   await client.generate({ prompt: "नमस्ते", raw: true, maxNewTokens: 1 });
   for (let warmed = 0; warmed < Number(opts.warm);) {
@@ -146,14 +154,18 @@ async function round(cwd: string | undefined, threads: number): Promise<{ traces
 }
 
 /** By side and thread count: each round's traces per level, and each round's costs. */
-const runs = new Map<string, { traces: Map<number, StreamTrace[][]>; costs: Cost[] }>();
+interface Run {
+  traces: Map<number, StreamTrace[][]>;
+  costs: Cost[];
+}
+const runs = new Map<string, Run>();
 for (let r = 0; r < Number(opts.rounds); r++) {
   for (const threads of threadCounts) {
     const order = r % 2 === 0 ? SIDES : [...SIDES].reverse();
     for (const side of order) {
-      const { traces, cost } = await round(side.cwd, threads);
+      const { traces, cost } = await round(side, threads);
       const key = `${side.name} ${threads}`;
-      const run = runs.get(key) ?? { traces: new Map(), costs: [] };
+      const run: Run = runs.get(key) ?? { traces: new Map(), costs: [] };
       for (const [c, t] of traces) run.traces.set(c, [...(run.traces.get(c) ?? []), t]);
       run.costs.push(cost);
       runs.set(key, run);
@@ -171,7 +183,8 @@ const lines = [
   `- machine: ${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`,
   `- model: ${opts.model}; ${opts.tokens} greedy tokens per stream; ${slots} slots; ${opts.rounds} rounds per side, alternating which goes first; ` +
     `${Number(opts.warm) > 0 ? `each server warmed with ${opts.warm} tokens first` : "each server measured from its start (V8 still compiling)"}`,
-  `- command: \`npx tsx bench/service-ab.ts --baseline ${opts.baseline} --model ${opts.model} --threads ${opts.threads} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds} --warm ${opts.warm}\``,
+  `- command: \`npx tsx bench/service-ab.ts --baseline ${opts.baseline} --model ${opts.model} --threads ${opts.threads} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds} --warm ${opts.warm}` +
+    `${opts.args ? ` --args "${opts.args}"` : ""}${opts.baselineArgs ? ` --baseline-args "${opts.baselineArgs}"` : ""}\``,
   `- A: ${mine}; B: ${theirs}`,
   "",
   "| threads | streams | A tok/s | B tok/s | A ÷ B | A TTFT p50 ms | B TTFT p50 ms |",
