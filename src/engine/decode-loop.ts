@@ -14,9 +14,14 @@
  * per sequence, llama.cpp decodes a batch in one pass only over a run of
  * consecutive ascending ids and splits it anywhere else.
  *
- * The loop also owns the sequences' KV cells: it empties a sequence before
- * work starts on it at position 0 and when the work ends, always between
- * decodes, never while one is running on the native thread.
+ * The loop also owns the sequences' KV cells, and knows which tokens each
+ * sequence's cells hold. Work that starts at position 0 starts on an emptied
+ * sequence; with `prefixCache` on, work that allows it (`cache`) keeps the
+ * cells of the longest prefix its tokens share with what the sequence holds
+ * (all but its last token at most: the next token's logits must come from a
+ * real decode) and leaves its own cells behind when it ends, for the next
+ * work with the same prefix. Cells are removed only between decodes, never
+ * while one is running on the native thread.
  */
 
 /** Index of a token's logits in the batch just decoded. */
@@ -74,6 +79,13 @@ export interface SequenceWork {
   /** Logits for every token fed ("all", to score a text), or for the last one only ("last", to generate). */
   readonly logits: "all" | "last";
   /**
+   * With the loop's `prefixCache` on, work starting at position 0 begins after
+   * the prefix its tokens share with the sequence's cells, and its cells stay
+   * when it ends. The loop sets `cachedTokens` to the tokens it did not feed.
+   */
+  readonly cache?: boolean;
+  cachedTokens?: number;
+  /**
    * After a step that fed this work, in a batch of `sequences` sequences:
    * `indexes` are the logits it asked for (none while a prompt is still going
    * in). It sets `pending` for the next step, or returns false when it is done.
@@ -90,6 +102,15 @@ export class DecodeLoop {
   /** Why the loop takes no more work, once closed. */
   private closed: unknown;
   private idle: (() => void)[] = [];
+  /** Per sequence id: the tokens its KV cells hold, by position (none listed: an empty sequence). */
+  private readonly held = new Map<number, number[]>();
+  /** Where each work's sequence must be cut back to before the work is first fed. */
+  private readonly cutAt = new Map<SequenceWork, number>();
+  /** When each sequence last took work (a counter), to choose the least recently used. */
+  private readonly lastUsed = new Map<number, number>();
+  private uses = 0;
+  /** Keep sequences' cells between works that allow it (`SequenceWork.cache`). */
+  prefixCache = false;
 
   /**
    * @param batchSize most tokens in one decode (node-llama-cpp's context batch size)
@@ -115,6 +136,17 @@ export class DecodeLoop {
       return Promise.reject(new Error(`sequence ${work.sequenceId} already has work in the decode loop`));
     }
     const done = new Promise<void>((resolve, reject) => this.settle.set(work, { resolve, reject }));
+    this.lastUsed.set(work.sequenceId, ++this.uses);
+    if (work.position === 0) {
+      const held = this.held.get(work.sequenceId) ?? [];
+      const reuse = this.prefixCache && work.cache === true;
+      const common = reuse ? Math.max(0, Math.min(commonPrefix(held, work.pending), work.pending.length - 1)) : 0;
+      this.cutAt.set(work, common);
+      this.held.set(work.sequenceId, held.slice(0, common));
+      work.position = common;
+      work.pending = work.pending.slice(common);
+      work.cachedTokens = common;
+    }
     this.ready.push(work);
     if (!this.running) {
       this.running = true;
@@ -122,6 +154,40 @@ export class DecodeLoop {
       setImmediate(() => void this.loop());
     }
     return done;
+  }
+
+  /**
+   * The sequence, of `sequences`, that new work on `tokens` should take: with
+   * the prefix cache, the free one holding the longest prefix of them (ties:
+   * the least recently used, so that recent conversations keep their cells);
+   * without it, the lowest free id (consecutive ids decode in one pass).
+   * Undefined when all are busy.
+   */
+  choose(tokens: readonly number[], sequences: number): number | undefined {
+    let best: number | undefined;
+    let bestCommon = -1;
+    for (let id = 0; id < sequences; id++) {
+      if (this.busy(id)) continue;
+      if (!this.prefixCache) return id;
+      const common = commonPrefix(this.held.get(id) ?? [], tokens);
+      if (common > bestCommon || (common === bestCommon && (this.lastUsed.get(id) ?? 0) < (this.lastUsed.get(best!) ?? 0))) {
+        best = id;
+        bestCommon = common;
+      }
+    }
+    return best;
+  }
+
+  /** Tokens held in KV cells over all sequences (what the prefix cache keeps, and work in progress). */
+  get heldTokens(): number {
+    let n = 0;
+    for (const tokens of this.held.values()) n += tokens.length;
+    return n;
+  }
+
+  /** Whether any work is in the loop. */
+  get working(): boolean {
+    return this.settle.size > 0;
   }
 
   /** Whether work on `sequenceId` is in the loop (from `run` until its promise settles). */
@@ -152,7 +218,7 @@ export class DecodeLoop {
   private async step(): Promise<void> {
     const size = Math.max(1, Math.min(this.ready.length, this.groupSize(this.ready.length)));
     const chosen = this.ready.splice(0, size).sort((a, b) => a.sequenceId - b.sequenceId);
-    const fed: { work: SequenceWork; count: number; indexes: Uint32Array }[] = [];
+    const fed: { work: SequenceWork; count: number; tokens: number[]; indexes: Uint32Array }[] = [];
     const leftOut: SequenceWork[] = [];
     let room = this.batchSize;
     for (const work of chosen) {
@@ -162,16 +228,21 @@ export class DecodeLoop {
         continue;
       }
       room -= count;
-      fed.push({ work, count, indexes: new Uint32Array(0) });
+      fed.push({ work, count, tokens: work.pending.slice(0, count), indexes: new Uint32Array(0) });
     }
     // No room left for them in this batch (a long prompt took it): first in line for the next.
     this.ready.unshift(...leftOut);
     const started = performance.now();
     try {
-      for (const { work } of fed) if (work.position === 0) this.native.removeTokenCellsFromSequence(work.sequenceId, 0, -1);
+      for (const { work } of fed) {
+        const cut = this.cutAt.get(work);
+        if (cut === undefined) continue;
+        this.native.removeTokenCellsFromSequence(work.sequenceId, cut, -1);
+        this.cutAt.delete(work);
+      }
       this.native.initBatch(this.batchSize - room);
       for (const entry of fed) {
-        const { work, count } = entry;
+        const { work, count, tokens } = entry;
         const complete = count === work.pending.length;
         const logitIndexes =
           work.logits === "all"
@@ -179,12 +250,7 @@ export class DecodeLoop {
             : complete
               ? Uint32Array.of(count - 1)
               : new Uint32Array(0);
-        entry.indexes = this.native.addToBatch(
-          work.sequenceId,
-          work.position,
-          Uint32Array.from(work.pending.slice(0, count)),
-          logitIndexes,
-        );
+        entry.indexes = this.native.addToBatch(work.sequenceId, work.position, Uint32Array.from(tokens), logitIndexes);
         work.position += count;
         work.pending = work.pending.slice(count);
       }
@@ -193,6 +259,7 @@ export class DecodeLoop {
       for (const { work } of fed) this.end(work, error);
       return;
     }
+    for (const { work, tokens } of fed) this.held.get(work.sequenceId)?.push(...tokens);
     // Every sequence samples at once: the calls queue together on the native side.
     const goOn = await Promise.all(
       fed.map(({ work, indexes }) =>
@@ -212,19 +279,37 @@ export class DecodeLoop {
     });
   }
 
-  /** Work leaves the loop, its sequence emptied (no decode is running here); with an `error` it failed. Always false. */
+  /**
+   * Work leaves the loop (no decode is running here); with an `error` it
+   * failed. Its sequence is emptied, unless the work's cells are to stay
+   * (prefix cache, a clean end): then they hold exactly the tokens listed. Always false.
+   */
   private end(work: SequenceWork, error?: unknown): false {
-    try {
-      this.native.removeTokenCellsFromSequence(work.sequenceId, 0, -1);
-    } catch {
-      // The context is gone (disposed): so are the cells.
-    }
+    this.cutAt.delete(work);
+    if (!(this.prefixCache && work.cache === true && error === undefined)) this.empty(work.sequenceId);
     const settle = this.settle.get(work);
     this.settle.delete(work);
     if (error === undefined) settle?.resolve();
     else settle?.reject(error);
     return false;
   }
+
+  private empty(sequenceId: number): void {
+    this.held.delete(sequenceId);
+    try {
+      this.native.removeTokenCellsFromSequence(sequenceId, 0, -1);
+    } catch {
+      // The context is gone (disposed): so are the cells.
+    }
+  }
+}
+
+/** How many tokens `a` and `b` share from the start. */
+export function commonPrefix(a: readonly number[], b: readonly number[]): number {
+  const n = Math.min(a.length, b.length);
+  let i = 0;
+  while (i < n && a[i] === b[i]) i++;
+  return i;
 }
 
 /**

@@ -48,8 +48,8 @@ function fakeNative(failOnDecode?: number): NativeContext & { batches: Batch[]; 
       await new Promise((r) => setImmediate(r));
       return 100 + bySlot[index]!;
     },
-    removeTokenCellsFromSequence: (seq: number) => {
-      log.push(`empty ${seq}${decoding ? " DURING A DECODE" : ""}`);
+    removeTokenCellsFromSequence: (seq: number, start: number) => {
+      log.push(`${start === 0 ? `empty ${seq}` : `cut ${seq} at ${start}`}${decoding ? " DURING A DECODE" : ""}`);
       return true;
     },
   };
@@ -58,24 +58,36 @@ function fakeNative(failOnDecode?: number): NativeContext & { batches: Batch[]; 
 
 const sampler = {} as NativeSampler;
 
-/** A generation of `tokens` tokens after a prompt of `prompt` tokens; resolves with the tokens it sampled. */
-function generation(loop: DecodeLoop, seq: number, prompt: number, tokens: number): Promise<number[]> {
+/**
+ * A generation of `tokens` tokens after a prompt of `prompt` tokens (0, 1, 2…, or the given
+ * tokens); resolves with the tokens it sampled. `cache`: it may use and leave cached cells.
+ */
+function generation(
+  loop: DecodeLoop,
+  seq: number,
+  prompt: number | number[],
+  tokens: number,
+  cache = false,
+  onStart?: (work: SequenceWork) => void,
+): Promise<number[]> {
   const got: number[] = [];
-  return loop
-    .run({
-      sequenceId: seq,
-      pending: Array.from({ length: prompt }, (_, i) => i),
-      position: 0,
-      logits: "last",
-      async afterStep(native, indexes) {
-        if (indexes.length === 0) return true;
-        got.push(await native.sampleToken(indexes[0]!, sampler));
-        if (got.length === tokens) return false;
-        this.pending = [got.at(-1)!];
-        return true;
-      },
-    } satisfies SequenceWork)
-    .then(() => got);
+  const work: SequenceWork = {
+    sequenceId: seq,
+    pending: typeof prompt === "number" ? Array.from({ length: prompt }, (_, i) => i) : [...prompt],
+    position: 0,
+    logits: "last",
+    cache,
+    async afterStep(native, indexes) {
+      if (indexes.length === 0) return true;
+      got.push(await native.sampleToken(indexes[0]!, sampler));
+      if (got.length === tokens) return false;
+      this.pending = [got.at(-1)!];
+      return true;
+    },
+  };
+  const done = loop.run(work);
+  onStart?.(work);
+  return done.then(() => got);
 }
 
 describe("DecodeLoop", () => {
@@ -248,5 +260,70 @@ describe("cheapestGroup", () => {
     expect(cheapestGroup([0, 4.4, 0, 9], 2)).toBe(1);
     expect(cheapestGroup([0, 0, 0, 9], 3)).toBe(3);
     expect(cheapestGroup([], 5)).toBe(5);
+  });
+});
+
+describe("DecodeLoop with the prefix cache", () => {
+  it("starts new work after the prefix its sequence holds, feeding only the rest, and keeps the cells after", async () => {
+    const native = fakeNative();
+    const loop = new DecodeLoop(native, 512);
+    loop.prefixCache = true;
+    // Turn 1: prompt [0..4], 3 tokens sampled (100s); the first two are fed, the last is not.
+    expect(await generation(loop, 0, 5, 3, true)).toEqual([100, 100, 100]);
+    expect(loop.heldTokens).toBe(7);
+    expect(native.log.filter((l) => l !== "decode")).toEqual(["empty 0"]); // emptied before, not after
+    // Turn 2 repeats turn 1 and its answer, then two new tokens.
+    let cached = -1;
+    await generation(loop, 0, [0, 1, 2, 3, 4, 100, 100, 100, 7, 8], 1, true, (w) => (cached = w.cachedTokens!));
+    expect(cached).toBe(7);
+    expect(native.log.filter((l) => l !== "decode")).toEqual(["empty 0", "cut 0 at 7"]);
+    expect(native.batches.at(-1)).toEqual([{ seq: 0, positions: [7, 8, 9], logits: [2] }]);
+  });
+
+  it("always evaluates at least the prompt's last token, even when all of it is held", async () => {
+    const native = fakeNative();
+    const loop = new DecodeLoop(native, 512);
+    loop.prefixCache = true;
+    await generation(loop, 0, 6, 2, true);
+    let cached = -1;
+    await generation(loop, 0, 6, 1, true, (w) => (cached = w.cachedTokens!));
+    expect(cached).toBe(5);
+    expect(native.batches.at(-1)).toEqual([{ seq: 0, positions: [5], logits: [0] }]);
+  });
+
+  it("chooses the free sequence holding the longest prefix, then the least recently used; without the cache the lowest free", async () => {
+    const native = fakeNative();
+    const loop = new DecodeLoop(native, 512);
+    expect(loop.choose([0, 1, 2], 3)).toBe(0);
+    loop.prefixCache = true;
+    await generation(loop, 0, [5, 6, 7], 1, true);
+    await generation(loop, 1, [0, 1, 2, 3], 1, true);
+    await generation(loop, 2, [0, 1, 9], 1, true);
+    expect(loop.choose([0, 1, 2, 3, 4], 3)).toBe(1);
+    expect(loop.choose([0, 1, 9, 9], 3)).toBe(2);
+    // Nothing shared anywhere: the least recently used (0), keeping the recent ones' cells.
+    expect(loop.choose([42], 3)).toBe(0);
+    // A busy sequence is never chosen.
+    const running = generation(loop, 1, [0, 1, 2, 3, 4], 3, true);
+    expect(loop.choose([0, 1, 2, 3, 4], 3)).not.toBe(1);
+    await running;
+    loop.prefixCache = false;
+    expect(loop.choose([0, 1, 2, 3], 3)).toBe(0);
+  });
+
+  it("empties a sequence whose decode failed, and work without `cache` neither uses nor leaves cells", async () => {
+    const native = fakeNative(2);
+    const loop = new DecodeLoop(native, 512);
+    loop.prefixCache = true;
+    await generation(loop, 0, 4, 1, true); // decode 1: fine, cells kept
+    await expect(generation(loop, 0, 6, 2, true)).rejects.toThrow("decode failed"); // decode 2 fails
+    expect(loop.heldTokens).toBe(0);
+    let cached = -1;
+    await generation(loop, 0, 4, 1, true, (w) => (cached = w.cachedTokens!));
+    expect(cached).toBe(0);
+    await generation(loop, 0, 4, 1, false, (w) => (cached = w.cachedTokens!));
+    expect(cached).toBe(0);
+    expect(loop.heldTokens).toBe(0);
+    expect(native.log.filter((l) => l !== "decode").slice(-2)).toEqual(["empty 0", "empty 0"]);
   });
 });
