@@ -17,12 +17,17 @@ const engine = await LlamaEngine.load({
   sequences: Number(sequences),
   batchSize: 512,
   batching: "measured",
+  // As the bench runs the service and llama-server: every prompt evaluated whole.
+  prefixCache: false,
 });
 // Warm-up, as the service's engine does before it takes calls.
-await engine.generate(0, { kind: "raw", text: "नमस्ते" }, greedySampling(1), new AbortController().signal, {
-  started: () => {},
-  chunk: () => {},
-});
+await engine.generate(
+  { kind: "raw", text: "नमस्ते" },
+  greedySampling(1),
+  new AbortController().signal,
+  { started: () => {}, chunk: () => {} },
+  { cache: false },
+);
 for await (const run of inProcessTraces(engine, levels!.split(",").map(Number), Number(tokens))) {
   console.log(JSON.stringify(run));
 }

@@ -19,7 +19,6 @@ export async function* inProcessTraces(
       Array.from({ length: concurrency }, async (_, i): Promise<StreamTrace> => {
         const trace: StreamTrace = { sentAt: performance.now(), tokenTimes: [] };
         await engine.generate(
-          i,
           { kind: "chat", messages: [{ role: "user", content: `भारत की राजधानी क्या है? (${i})` }] },
           { ...SAMPLING, maxNewTokens: tokens },
           new AbortController().signal,

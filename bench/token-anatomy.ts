@@ -45,7 +45,6 @@ for (let round = 0; round < Number(rounds); round++) {
   timed.sampleToken = [];
   const arrivals: number[] = [];
   await engine.generate(
-    0,
     { kind: "chat", messages: [{ role: "user", content: "भारत की राजधानी क्या है?" }] },
     greedySampling(128),
     new AbortController().signal,

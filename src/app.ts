@@ -65,6 +65,7 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
       batchSize: config.batchSize,
       batching: config.batching,
       streamInterval: config.streamInterval,
+      prefixCache: config.prefixCache,
       maxQueue: config.maxQueue,
     },
     memoryBudget: config.memoryBudget,
@@ -82,6 +83,7 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
     running: () => variants.current?.scheduler.running ?? 0,
     waiting: () => variants.current?.scheduler.waiting ?? 0,
     variant: () => variants.current?.entry.id ?? "",
+    kvCells: () => variants.current?.engine.kvCells ?? { used: 0, total: 0 },
   });
   const reflection = createReflectionServices([GenerationService, AdminService, Health]);
   const generation = createGenerationService({

@@ -33,6 +33,8 @@ export interface Config {
   batching: "measured" | "full";
   /** Tokens per streamed message after the first (1: every token as it is decoded). */
   streamInterval: number;
+  /** Slots keep their KV cells after a call; a new call reuses the longest shared prompt prefix. */
+  prefixCache: boolean;
   maxQueue: number;
   maxMessageBytes: number;
   tls: { cert: Buffer; key: Buffer } | undefined;
@@ -169,6 +171,15 @@ export function buildCommand(): Command {
         .env("AIRAVATA_BATCHING")
         .choices(["measured", "full"])
         .default("measured"),
+    )
+    .addOption(
+      new Option(
+        "--prefix-cache <on|off>",
+        "on: a slot keeps its KV cells after a call, and a new call takes the free slot sharing the longest prompt prefix and evaluates only the rest; off: every prompt is evaluated whole",
+      )
+        .env("AIRAVATA_PREFIX_CACHE")
+        .choices(["on", "off"])
+        .default("on"),
     )
     .addOption(
       new Option(
@@ -322,6 +333,7 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
     batchSize: o.batchSize,
     batching: o.batching,
     streamInterval: o.streamInterval,
+    prefixCache: o.prefixCache === "on",
     maxQueue: o.maxQueue,
     maxMessageBytes: o.maxMessageBytes,
     tls: o.tlsCert ? { cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey) } : undefined,

@@ -51,6 +51,8 @@ export class EngineProcess {
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
   private exited = false;
+  /** KV cells holding tokens, of all the context's, as the engine last said (after each generation). */
+  kvCells = { used: 0, total: 0 };
   private watchdog: NodeJS.Timeout | undefined;
   private readonly exitListeners: ((code: number | null, signal: NodeJS.Signals | null) => void)[] = [];
 
@@ -140,14 +142,16 @@ export class EngineProcess {
   }
 
   /**
-   * Generates on sequence `slot`. Aborting `signal` asks the engine to stop
-   * after the token in flight; the stream then ends with a `cancelled` done.
+   * Generates on a sequence the engine chooses (the caller holds one of its
+   * slots). Aborting `signal` asks the engine to stop after the token in
+   * flight; the stream then ends with a `cancelled` done. `cache: false`
+   * neither uses nor leaves cached KV cells.
    */
   generate(
-    slot: number,
     input: GenerationInput,
     sampling: SamplingSettings,
     signal: AbortSignal,
+    options: { cache?: boolean } = {},
   ): AsyncIterable<GenerationEvent> {
     const events = new AsyncQueue<GenerationEvent>();
     if (this.exited) {
@@ -159,7 +163,7 @@ export class EngineProcess {
     const onAbort = () => this.send({ type: "cancel", id });
     signal.addEventListener("abort", onAbort, { once: true });
     const cleanup = () => signal.removeEventListener("abort", onAbort);
-    this.send({ type: "generate", id, slot, input, sampling });
+    this.send({ type: "generate", id, input, sampling, cache: options.cache });
     if (signal.aborted) onAbort();
     return {
       [Symbol.asyncIterator]: () => {
@@ -212,9 +216,12 @@ export class EngineProcess {
     });
   }
 
-  /** One greedy token on sequence 0: the model decodes before it takes calls. */
+  /** One greedy token: the model decodes before it takes calls (and caches nothing). */
   async warm(): Promise<void> {
-    for await (const _event of this.generate(0, { kind: "raw", text: "नमस्ते" }, greedySampling(1), new AbortController().signal)) {
+    const events = this.generate({ kind: "raw", text: "नमस्ते" }, greedySampling(1), new AbortController().signal, {
+      cache: false,
+    });
+    for await (const _event of events) {
       // a decode ran; the token itself does not matter
     }
   }
@@ -224,6 +231,10 @@ export class EngineProcess {
   }
 
   private onMessage(message: FromEngine): void {
+    if (message.type === "kv-cells") {
+      this.kvCells = { used: message.used, total: message.total };
+      return;
+    }
     if (message.type === "threads") {
       const { decision } = message;
       this.info.threads = decision.threads;
@@ -256,6 +267,7 @@ export class EngineProcess {
           tokens: message.tokens,
           prefillMs: message.prefillMs,
           batchSize: message.batchSize,
+          cachedTokens: message.cachedTokens,
           hopMs: sharedClockMs() - message.sentAt,
         });
         break;

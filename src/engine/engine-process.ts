@@ -94,10 +94,17 @@ async function generate(message: Extract<ToEngine, { type: "generate" }>): Promi
   const controller = new AbortController();
   running.set(id, controller);
   try {
-    const result = await loaded.generate(message.slot, message.input, message.sampling, controller.signal, {
-      started: (promptTokens) => send({ type: "started", id, promptTokens }),
-      chunk: ({ text, tokens }, progress) => send({ type: "chunk", id, text, tokens, ...progress, sentAt: sharedClockMs() }),
-    });
+    const result = await loaded.generate(
+      message.input,
+      message.sampling,
+      controller.signal,
+      {
+        started: (promptTokens) => send({ type: "started", id, promptTokens }),
+        chunk: ({ text, tokens }, progress) => send({ type: "chunk", id, text, tokens, ...progress, sentAt: sharedClockMs() }),
+      },
+      { cache: message.cache },
+    );
+    send({ type: "kv-cells", ...loaded.kvCells() });
     send({ type: "done", id, ...result });
   } catch (error) {
     send(failure(id, error));

@@ -27,7 +27,14 @@ import {
   type MemoryEstimate,
   type SamplingSettings,
 } from "./protocol.js";
-import { assertNativeContext, cheapestGroup, DecodeLoop, type NativeContext, type NativeSampler } from "./decode-loop.js";
+import {
+  assertNativeContext,
+  cheapestGroup,
+  DecodeLoop,
+  type NativeContext,
+  type NativeSampler,
+  type SequenceWork,
+} from "./decode-loop.js";
 import { type Emission, TextStream } from "./text-stream.js";
 import { safeThreadCount, type ThreadDecision, ThreadTuner } from "./thread-tuner.js";
 
@@ -152,6 +159,7 @@ export class LlamaEngine {
         engine.loop.groupSize = (ready) => cheapestGroup(stepMs, ready);
         info.stepMs = stepMs;
       }
+      engine.loop.prefixCache = options.prefixCache ?? true;
       if (info.threadCandidates.length > 1) {
         const tuner = new ThreadTuner(
           { candidates: info.threadCandidates, start: threads },
@@ -188,7 +196,9 @@ export class LlamaEngine {
       for (let size = 1; size <= this.info.sequences; size++) {
         this.loop.groupSize = () => size;
         await Promise.all(
-          Array.from({ length: size }, (_, slot) => this.generate(slot, input, greedySampling(MEASURED_STEPS), signal, quiet)),
+          Array.from({ length: size }, () =>
+            this.generate(input, greedySampling(MEASURED_STEPS), signal, quiet, { cache: false }),
+          ),
         );
       }
     } finally {
@@ -237,12 +247,12 @@ export class LlamaEngine {
    * Perplexity of `text` (its first `maxTokens` tokens after BOS) on sequence
    * 0: exp of the mean negative log-probability the model gives each token,
    * from node-llama-cpp's full next-token distributions (temperature 1).
-   * Sequence 0 must be idle: an engine that serves calls is refused
+   * The engine must be idle: while a generation runs it is refused
    * (`failed_precondition`), never mixed with one.
    */
   async perplexity(text: string, maxTokens: number): Promise<{ perplexity: number; scoredTokens: number }> {
-    if (this.loop.busy(0)) {
-      throw new ServiceError("failed_precondition", "perplexity needs an idle engine: sequence 0 is generating");
+    if (this.loop.working) {
+      throw new ServiceError("failed_precondition", "perplexity needs an idle engine: a generation is running");
     }
     const bos = this.model.tokens.bos;
     const limit = Math.min(maxTokens, this.info.contextSize - 1);
@@ -287,19 +297,18 @@ export class LlamaEngine {
   }
 
   /**
-   * Generates on sequence `slot`. The signal stops generation after the token
+   * Generates on a free sequence: with the prefix cache, the one holding the
+   * longest prefix of the prompt (see DecodeLoop.choose); `cache: false`
+   * neither uses nor leaves cached cells. The signal stops generation after the token
    * being decoded when it fires, and the sequence is free again on return.
    */
   async generate(
-    slot: number,
     input: GenerationInput,
     sampling: SamplingSettings,
     signal: AbortSignal,
     events: GenerationEvents,
+    options: { cache?: boolean } = {},
   ): Promise<GenerationOutcome> {
-    if (!(Number.isInteger(slot) && slot >= 0 && slot < this.info.sequences)) {
-      throw new ServiceError("internal", `no sequence ${slot}`);
-    }
     const prompt = this.promptTokens(input);
     // Told first, so that a prompt refused below still reports its token count.
     events.started(prompt.length);
@@ -313,7 +322,10 @@ export class LlamaEngine {
       );
     }
     if (signal.aborted)
-      return { text: "", tokens: [], finishReason: "cancelled", generatedTokens: 0, prefillMs: 0, batchSize: 0 };
+      return { text: "", tokens: [], finishReason: "cancelled", generatedTokens: 0, prefillMs: 0, batchSize: 0, cachedTokens: 0 };
+    // The server admits no more generations than there are sequences, so one is free.
+    const sequenceId = this.loop.choose(prompt, this.info.sequences);
+    if (sequenceId === undefined) throw new ServiceError("internal", "no free sequence: more generations than sequences");
     const model = this.model;
     const stream = new TextStream((tokens, last) => model.detokenize(tokens as Token[], false, last as Token[]), sampling.stop);
     const penalized = sampling.repeatPenalty !== 1;
@@ -341,6 +353,7 @@ export class LlamaEngine {
     const interval = this.streamInterval;
     let held: Emission = { text: "", tokens: [] };
     let chunks = 0;
+    let cachedTokens = 0;
     try {
       configure();
       // What a sampled token means for the generation: false when it ends with this one.
@@ -353,7 +366,11 @@ export class LlamaEngine {
         if (emission.text !== "" || emission.tokens.length > 0) {
           if (interval > 1) held = { text: held.text + emission.text, tokens: [...held.tokens, ...emission.tokens] };
           if (interval === 1 || chunks === 0 || held.tokens.length >= interval) {
-            events.chunk(interval === 1 ? emission : held, { prefillMs, batchSize: stepSequences / steps });
+            events.chunk(interval === 1 ? emission : held, {
+              prefillMs,
+              batchSize: stepSequences / steps,
+              cachedTokens: work.cachedTokens ?? 0,
+            });
             held = { text: "", tokens: [] };
             chunks++;
           }
@@ -363,12 +380,12 @@ export class LlamaEngine {
         if (signal.aborted) return ended("cancelled");
         return true;
       };
-      await this.loop.run({
-        // The context's sequences are numbered 0… like the slots.
-        sequenceId: slot,
+      const work: SequenceWork = {
+        sequenceId,
         pending: prompt,
         position: 0,
         logits: "last",
+        cache: options.cache ?? true,
         async afterStep(native, indexes, sequences) {
           if (indexes.length === 0) return true; // the prompt is still going in
           steps++;
@@ -380,7 +397,9 @@ export class LlamaEngine {
           this.pending = [token];
           return true;
         },
-      });
+      };
+      await this.loop.run(work);
+      cachedTokens = work.cachedTokens ?? 0;
     } finally {
       sampler.dispose();
     }
@@ -392,7 +411,13 @@ export class LlamaEngine {
       generatedTokens: generated,
       prefillMs,
       batchSize: steps > 0 ? stepSequences / steps : 0,
+      cachedTokens,
     };
+  }
+
+  /** KV cells holding tokens (the prefix cache's and work in progress), of all the context's cells. */
+  kvCells(): { used: number; total: number } {
+    return { used: this.loop.heldTokens, total: this.info.contextSize * this.info.sequences };
   }
 
   private promptTokens(input: GenerationInput): Token[] {

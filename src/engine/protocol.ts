@@ -67,7 +67,8 @@ export interface EngineCalls {
 export type EngineCall = { [M in keyof EngineCalls]: { method: M; args: EngineCalls[M]["args"] } }[keyof EngineCalls];
 
 export type ToEngine =
-  | { type: "generate"; id: number; slot: number; input: GenerationInput; sampling: SamplingSettings }
+  /** `cache: false`: neither use nor leave cached KV cells (the warm-up). The engine chooses the sequence. */
+  | { type: "generate"; id: number; input: GenerationInput; sampling: SamplingSettings; cache?: boolean }
   | { type: "cancel"; id: number }
   | { type: "call"; id: number; call: EngineCall }
   | { type: "shutdown" };
@@ -78,6 +79,8 @@ export interface GenerationProgress {
   prefillMs: number;
   /** Mean number of sequences in the decode steps that gave the generation its tokens (0: none). */
   batchSize: number;
+  /** Prompt tokens whose KV cells the sequence already held (the prefix cache), not evaluated again. */
+  cachedTokens: number;
 }
 
 /** How a generation ended: the text and tokens still held back, and its counts and timings. */
@@ -95,6 +98,8 @@ export type FromEngine =
   /** The thread tuner decided (kept or changed the count) after a probe. */
   | { type: "threads"; decision: ThreadDecision }
   | { type: "started"; id: number; promptTokens: number }
+  /** After each generation: KV cells holding tokens (cached or in use), of all the context's cells. */
+  | { type: "kv-cells"; used: number; total: number }
   /** `sentAt`: `sharedClockMs()` in the engine when sent, so the server can time the hop. */
   | ({ type: "chunk"; id: number; text: string; tokens: number[]; sentAt: number } & GenerationProgress)
   | ({ type: "done"; id: number } & GenerationOutcome)
@@ -149,4 +154,10 @@ export interface EngineOptions {
    * what is held when the generation ends goes with its end.
    */
   streamInterval?: number;
+  /**
+   * Keep each sequence's KV cells after a generation, and start a new one on
+   * the free sequence sharing the longest prefix with its prompt, evaluating
+   * only the rest (default true).
+   */
+  prefixCache?: boolean;
 }

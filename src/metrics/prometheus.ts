@@ -66,6 +66,18 @@ export class ServiceMetrics {
     labelNames: ["variant"],
     registers: [this.registry],
   });
+  private readonly promptTokensBySource = new Counter({
+    name: "airavata_prompt_tokens_by_source_total",
+    help: 'Prompt tokens by where their KV cells came from: "cached" (a slot held them from an earlier call) or "evaluated".',
+    labelNames: ["variant", "source"],
+    registers: [this.registry],
+  });
+  private readonly prefixCacheHits = new Counter({
+    name: "airavata_prefix_cache_hits_total",
+    help: "Generate calls that found part of their prompt in a slot's KV cells.",
+    labelNames: ["variant"],
+    registers: [this.registry],
+  });
   private readonly generationTokens = new Counter({
     name: "airavata_generation_tokens_total",
     help: "Tokens generated.",
@@ -98,7 +110,24 @@ export class ServiceMetrics {
     registers: [this.registry],
   });
 
-  constructor(gauges: { running(): number; waiting(): number; variant(): string }) {
+  constructor(gauges: {
+    running(): number;
+    waiting(): number;
+    variant(): string;
+    /** KV cells holding tokens and all the cells, of the variant in service. */
+    kvCells(): { used: number; total: number };
+  }) {
+    new Gauge({
+      name: "airavata_kv_cache_usage_perc",
+      help: "Fraction (0-1) of the variant's KV cells holding tokens: running calls' and those slots keep for the prefix cache.",
+      labelNames: ["variant"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        const { used, total } = gauges.kvCells();
+        this.set({ variant: gauges.variant() }, total > 0 ? used / total : 0);
+      },
+    });
     new Gauge({
       name: "airavata_num_requests_running",
       help: "Generate calls holding a slot.",
@@ -142,6 +171,9 @@ export class ServiceMetrics {
     this.e2e.observe(variant, m.totalMs / 1000);
     this.queue.observe(variant, m.queueMs / 1000);
     this.promptTokens.inc(variant, m.promptTokens);
+    this.promptTokensBySource.inc({ ...variant, source: "cached" }, m.cachedPromptTokens);
+    this.promptTokensBySource.inc({ ...variant, source: "evaluated" }, m.promptTokens - m.cachedPromptTokens);
+    if (m.cachedPromptTokens > 0) this.prefixCacheHits.inc(variant);
     this.generationTokens.inc(variant, m.generatedTokens);
     if (m.generatedTokens > 0) this.ttft.observe(variant, m.ttftMs / 1000);
     if (m.generatedTokens > 0) this.prefill.observe(variant, m.prefillMs / 1000);

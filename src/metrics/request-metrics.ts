@@ -18,6 +18,8 @@ export interface MetricsSnapshot {
   engineHopMs: number;
   /** Mean number of requests decoded together in the steps that gave this one its tokens (0: none). */
   batchSize: number;
+  /** Prompt tokens the prefix cache held, not evaluated again. */
+  cachedPromptTokens: number;
 }
 
 export class RequestMetrics {
@@ -27,6 +29,7 @@ export class RequestMetrics {
   generatedTokens: number | undefined;
   prefillMs = 0;
   batchSize = 0;
+  cachedPromptTokens = 0;
   finishReason: FinishReason = "error";
   private readonly receivedAt = performance.now();
   private queuedAt: number | undefined;
@@ -69,6 +72,7 @@ export class RequestMetrics {
   progress(p: GenerationProgress): void {
     this.prefillMs = p.prefillMs;
     this.batchSize = p.batchSize;
+    this.cachedPromptTokens = p.cachedTokens;
   }
 
   end(): void {
@@ -92,6 +96,7 @@ export class RequestMetrics {
       finishReason: this.finishReason,
       engineHopMs: this.hops > 0 ? this.hopMsTotal / this.hops : 0,
       batchSize: this.batchSize,
+      cachedPromptTokens: this.cachedPromptTokens,
     };
   }
 }

@@ -89,7 +89,7 @@ export class Inference {
       }
     }
     metrics.admitted();
-    const events = this.engine.generate(lease.slot, input, sampling, controller.signal)[Symbol.asyncIterator]();
+    const events = this.engine.generate(input, sampling, controller.signal)[Symbol.asyncIterator]();
     let finished = false;
     try {
       for (;;) {

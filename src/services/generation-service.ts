@@ -69,6 +69,7 @@ function metricsMessage(m: MetricsSnapshot) {
     decodeTokensPerSecond: m.decodeTokensPerSecond,
     totalMs: m.totalMs,
     finishReason: FINISH[m.finishReason],
+    cachedPromptTokens: m.cachedPromptTokens,
   });
 }
 
@@ -77,6 +78,7 @@ function trailerValues(m: MetricsSnapshot): Record<(typeof METRIC_TRAILERS)[numb
   return {
     "airavata-variant": m.variant,
     "airavata-prompt-tokens": String(m.promptTokens),
+    "airavata-cached-prompt-tokens": String(m.cachedPromptTokens),
     "airavata-generated-tokens": String(m.generatedTokens),
     "airavata-queue-ms": m.queueMs.toFixed(2),
     "airavata-ttft-ms": m.ttftMs.toFixed(2),
@@ -92,6 +94,7 @@ function trailerValues(m: MetricsSnapshot): Record<(typeof METRIC_TRAILERS)[numb
 export const METRIC_TRAILERS = [
   "airavata-variant",
   "airavata-prompt-tokens",
+  "airavata-cached-prompt-tokens",
   "airavata-generated-tokens",
   "airavata-queue-ms",
   "airavata-ttft-ms",

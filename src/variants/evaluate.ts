@@ -75,7 +75,8 @@ export async function evaluateVariant(
   let engine: EngineProcess | undefined;
   try {
     engine = await EngineProcess.start(
-      { ...engineSettings, modelPath: entry.path, sequences: 1, contextSize, batching: "full" },
+      // Each round's prompt is the same: time to first token must be the whole prompt's.
+      { ...engineSettings, modelPath: entry.path, sequences: 1, contextSize, batching: "full", prefixCache: false },
       log,
     );
     const needs = await engine.estimate(entry.path);
@@ -86,7 +87,6 @@ export async function evaluateVariant(
     let last = 0;
     let tokens = 0;
     for await (const event of engine.generate(
-      0,
       { kind: "chat", messages: [{ role: "user", content: PROMPT }] },
       sampling,
       new AbortController().signal,

@@ -30,6 +30,7 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     batchSize: 512,
     batching: "measured",
     streamInterval: 1,
+    prefixCache: true,
     maxQueue: 8,
     maxMessageBytes: 64 * 1024,
     tls: undefined,

@@ -38,7 +38,6 @@ describe("the bench's kernel reference", () => {
     let engineCount = 0;
     try {
       await engine.generate(
-        0,
         { kind: "chat", messages: [{ role: "user", content }] },
         greedySampling(1),
         new AbortController().signal,

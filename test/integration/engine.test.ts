@@ -70,7 +70,7 @@ describe("LlamaEngine", () => {
     const controller = new AbortController();
     let seen = 0;
     let tokensAtAbort = 0;
-    const result = await engine.generate(0, chat, greedy, controller.signal, {
+    const result = await engine.generate(chat, greedy, controller.signal, {
       started: () => {},
       chunk: (e) => {
         seen += e.tokens.length;
@@ -82,7 +82,7 @@ describe("LlamaEngine", () => {
     });
     expect(result.finishReason).toBe("cancelled");
     expect(result.generatedTokens - tokensAtAbort).toBeLessThanOrEqual(1);
-    const again = await engine.generate(0, { kind: "raw", text: "The" }, greedy, new AbortController().signal, {
+    const again = await engine.generate({ kind: "raw", text: "The" }, greedy, new AbortController().signal, {
       started: () => {},
       chunk: () => {},
     });
@@ -90,24 +90,24 @@ describe("LlamaEngine", () => {
   });
 
   it("two sequences generate side by side with the same text as alone", async () => {
-    const collect = async (slot: number) => {
+    const collect = async () => {
       let text = "";
-      await engine.generate(slot, chat, { ...greedy, maxNewTokens: 60 }, new AbortController().signal, {
+      await engine.generate(chat, { ...greedy, maxNewTokens: 60 }, new AbortController().signal, {
         started: () => {},
         chunk: (e) => (text += e.text),
       });
       return text;
     };
-    const alone = await collect(0);
-    const [a, b] = await Promise.all([collect(0), collect(1)]);
+    const alone = await collect();
+    const [a, b] = await Promise.all([collect(), collect()]);
     expect(a).toBe(alone);
     expect(b).toBe(alone);
   });
 
-  it("refuses a perplexity while sequence 0 generates, and the generation is not disturbed", async () => {
+  it("refuses a perplexity while a generation runs, and the generation is not disturbed", async () => {
     const collect = async () => {
       let text = "";
-      await engine.generate(0, chat, { ...greedy, maxNewTokens: 40 }, new AbortController().signal, {
+      await engine.generate(chat, { ...greedy, maxNewTokens: 40 }, new AbortController().signal, {
         started: () => {},
         chunk: (e) => (text += e.text),
       });
@@ -117,7 +117,7 @@ describe("LlamaEngine", () => {
     const running = collect();
     await expect(engine.perplexity("नमस्ते दुनिया", 16)).rejects.toMatchObject({
       kind: "failed_precondition",
-      message: "perplexity needs an idle engine: sequence 0 is generating",
+      message: "perplexity needs an idle engine: a generation is running",
     });
     expect(await running).toBe(alone);
     // Idle again: the same call scores the text.
@@ -136,7 +136,7 @@ describe("LlamaEngine", () => {
       }
       expect(auto.info.threadCandidates).toEqual([cores - 1, cores]);
       // 6 steps at the first count, then a probe of the other (9 more, or 4 if it is far slower).
-      await auto.generate(0, chat, { ...greedy, maxNewTokens: 120 }, new AbortController().signal, {
+      await auto.generate(chat, { ...greedy, maxNewTokens: 120 }, new AbortController().signal, {
         started: () => {},
         chunk: () => {},
       });
