@@ -9,6 +9,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { type IncomingMessage, request } from "node:http";
 import { createServer } from "node:net";
 import { formatAiravataChat } from "../src/engine/chat-format.js";
+import type { ChatTurn } from "../src/engine/protocol.js";
 import { ensureLlamaTool, loadedCpuVariant } from "../src/quantize/llama-tools.js";
 import type { StreamTrace } from "./stream-stats.js";
 
@@ -115,19 +116,26 @@ export async function startLlamaServer(binary: string, options: LlamaServerOptio
 
 /**
  * One streamed completion, each token's arrival time recorded (token ids come
- * with every event). Greedy, a fixed number of tokens (EOS ignored, as the
- * service's runs never stop early on the synthetic model's chat script), no
- * prompt cache: every request evaluates its whole prompt, as the service does.
+ * with every event), and its text. Greedy, a fixed number of tokens (EOS
+ * ignored, as the service's runs never stop early on the synthetic model's
+ * chat script). `content` is one user message, or the whole conversation. By
+ * default no prompt cache: every request evaluates its whole prompt, as the
+ * service does with `--prefix-cache off`; `cachePrompt` turns llama-server's on.
  */
-export async function llamaServerTrace(port: number, content: string, tokens: number): Promise<StreamTrace> {
-  const trace: StreamTrace = { sentAt: performance.now(), tokenTimes: [] };
+export async function llamaServerTrace(
+  port: number,
+  content: string | ChatTurn[],
+  tokens: number,
+  { cachePrompt = false } = {},
+): Promise<StreamTrace & { text: string }> {
+  const trace: StreamTrace & { text: string } = { sentAt: performance.now(), tokenTimes: [], text: "" };
   const body = JSON.stringify({
-    prompt: formatAiravataChat([{ role: "user", content }]),
+    prompt: formatAiravataChat(typeof content === "string" ? [{ role: "user", content }] : content),
     n_predict: tokens,
     temperature: 0,
     repeat_penalty: 1,
     ignore_eos: true,
-    cache_prompt: false,
+    cache_prompt: cachePrompt,
     stream: true,
   });
   // A connection per request (no keep-alive pool): a pooled connection that the server closed while
@@ -160,7 +168,11 @@ export async function llamaServerTrace(port: number, content: string, tokens: nu
       if (!data.startsWith("{")) continue;
       // `tokens_predicted` counts every token so far (the ids of tokens that end inside a character are
       // left out of an event's `tokens`), so count by the running total.
-      const { tokens_predicted: predicted } = JSON.parse(data) as { tokens_predicted?: number };
+      const { tokens_predicted: predicted, content: text = "" } = JSON.parse(data) as {
+        tokens_predicted?: number;
+        content?: string;
+      };
+      trace.text += text;
       while (predicted !== undefined && trace.tokenTimes.length < predicted) trace.tokenTimes.push(now);
     }
   }

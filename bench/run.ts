@@ -37,6 +37,12 @@ const opts = new Command("bench")
   )
   .option("--out <dir>", "results folder", "bench/results")
   .option(
+    "--scenario <name>",
+    '"streams": concurrent single-turn streams (the tables above); "chat": conversations of --turns turns behind a long shared system prompt, TTFT per turn',
+    "streams",
+  )
+  .option("--turns <n>", "turns per conversation (--scenario chat)", "5")
+  .option(
     "--targets <list>",
     "service, in-process, llama-server, kernel (llama-server and llama-batched-bench: built from source on first use, minutes)",
     "service,in-process,llama-server,kernel",
@@ -50,10 +56,31 @@ const opts = new Command("bench")
     threads: string;
     out: string;
     targets: string;
+    scenario: string;
+    turns: string;
   }>();
 if (!existsSync(opts.model)) {
   console.error(`no model at ${opts.model}: run \`npm run models -- --shape small --types q4_0\` first`);
   process.exit(1);
+}
+if (opts.scenario === "chat") {
+  const { chatScenario } = await import("./chat.js");
+  await chatScenario({
+    model: opts.model,
+    threads: Number(opts.threads.split(",")[0]),
+    levels: opts.concurrency.split(",").map(Number),
+    turns: Number(opts.turns),
+    tokens: Number(opts.tokens),
+    rounds: Number(opts.rounds),
+    out: opts.out,
+    command:
+      `npm run bench -- --scenario chat --model ${opts.model} --threads ${opts.threads} --concurrency ${opts.concurrency} ` +
+      `--turns ${opts.turns} --tokens ${opts.tokens} --rounds ${opts.rounds}`,
+  });
+  process.exit(0);
+} else if (opts.scenario !== "streams") {
+  console.error(`--scenario: "${opts.scenario}" is not one of streams, chat`);
+  process.exit(2);
 }
 const levels = opts.concurrency.split(",").map(Number);
 const threadList = opts.threads.split(",");
@@ -150,6 +177,9 @@ async function serviceRound(threads: number | "auto"): Promise<Map<number, Strea
     String(slots),
     "--context-size",
     String(contextSize),
+    // As llama-server runs here (no prompt cache): every prompt evaluated whole.
+    "--prefix-cache",
+    "off",
   ]);
   const port = server.port;
   const client = new AiravataClient(`127.0.0.1:${port}`);
