@@ -21,7 +21,7 @@ import { kernelBinary, kernelRound, promptTokenCount } from "./kernel.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
 import { writeReport } from "./report-files.js";
 import { cpuMs } from "./proc.js";
-import { startBenchServer } from "./server-process.js";
+import { hopSeconds, serviceTrace, startBenchServer } from "./server-process.js";
 import { median, type RunStats, type StreamTrace, summarize } from "./stream-stats.js";
 
 const exec = promisify(execFile);
@@ -158,13 +158,6 @@ function tokensIn(round: Map<number, StreamTrace[]>): number {
   return [...round.values()].flat().reduce((n, t) => n + t.tokenTimes.length, 0);
 }
 
-/** The service's engine-hop histogram (sum, count) from /metrics. */
-async function hopSeconds(port: number): Promise<{ sum: number; count: number }> {
-  const scraped = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const sample = (name: string) => Number(new RegExp(`^${name}\\{[^}]*\\} (\\S+)$`, "m").exec(scraped)?.[1] ?? 0);
-  return { sum: sample("airavata_engine_hop_seconds_sum"), count: sample("airavata_engine_hop_seconds_count") };
-}
-
 async function serviceRound(threads: number | "auto"): Promise<Map<number, StreamTrace[]>> {
   const server = await startBenchServer([
     "--model",
@@ -189,20 +182,7 @@ async function serviceRound(threads: number | "auto"): Promise<Map<number, Strea
   const cpuBefore = cpuMs(server.child.pid!);
   const clientBefore = process.cpuUsage();
   for (const c of levels) {
-    const traces = await Promise.all(
-      Array.from({ length: c }, async (_, i) => {
-        const trace: StreamTrace = { sentAt: performance.now(), tokenTimes: [] };
-        const outcome = await client.generate(
-          { prompt: prompt(i), maxNewTokens: Number(opts.tokens), temperature: 0, repeatPenalty: 1 },
-          (r) => {
-            const now = performance.now();
-            for (let k = 0; k < r.tokenIds.length; k++) trace.tokenTimes.push(now);
-          },
-        );
-        if (outcome.codeName !== "OK") throw new Error(`${outcome.codeName}: ${outcome.message}`);
-        return trace;
-      }),
-    );
+    const traces = await Promise.all(Array.from({ length: c }, (_, i) => serviceTrace(client, prompt(i), Number(opts.tokens))));
     out.set(c, traces);
   }
   const serverCpu = cpuMs(server.child.pid!) - cpuBefore;

@@ -4,6 +4,8 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
+import type { AiravataClient } from "../clients/grpc-client.js";
+import type { StreamTrace } from "./stream-stats.js";
 
 export interface BenchServer {
   child: ChildProcess;
@@ -41,4 +43,22 @@ export async function startBenchServer(args: string[], env: Record<string, strin
       await new Promise((r) => child.once("exit", r));
     },
   };
+}
+
+/** One greedy stream of `tokens` tokens from the service, each token's arrival time recorded. */
+export async function serviceTrace(client: AiravataClient, prompt: string, tokens: number): Promise<StreamTrace> {
+  const trace: StreamTrace = { sentAt: performance.now(), tokenTimes: [] };
+  const outcome = await client.generate({ prompt, maxNewTokens: tokens, temperature: 0, repeatPenalty: 1 }, (r) => {
+    const now = performance.now();
+    for (let k = 0; k < r.tokenIds.length; k++) trace.tokenTimes.push(now);
+  });
+  if (outcome.codeName !== "OK") throw new Error(`${outcome.codeName}: ${outcome.message}`);
+  return trace;
+}
+
+/** The service's engine-hop histogram (sum, count) from /metrics. */
+export async function hopSeconds(port: number): Promise<{ sum: number; count: number }> {
+  const scraped = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const sample = (name: string) => Number(new RegExp(`^${name}\\{[^}]*\\} (\\S+)$`, "m").exec(scraped)?.[1] ?? 0);
+  return { sum: sample("airavata_engine_hop_seconds_sum"), count: sample("airavata_engine_hop_seconds_count") };
 }

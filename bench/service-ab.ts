@@ -18,7 +18,7 @@ import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
 import { cpuSplitMs, enginePids, threadCpuMs } from "./proc.js";
 import { writeReport } from "./report-files.js";
-import { startBenchServer } from "./server-process.js";
+import { hopSeconds, serviceTrace, startBenchServer } from "./server-process.js";
 import { median, type StreamTrace, summarize } from "./stream-stats.js";
 
 const opts = new Command("service-ab")
@@ -86,12 +86,6 @@ interface Cost {
   client: number;
 }
 
-async function hopSeconds(port: number): Promise<{ sum: number; count: number }> {
-  const scraped = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const sample = (name: string) => Number(new RegExp(`^${name}\\{[^}]*\\} (\\S+)$`, "m").exec(scraped)?.[1] ?? 0);
-  return { sum: sample("airavata_engine_hop_seconds_sum"), count: sample("airavata_engine_hop_seconds_count") };
-}
-
 /** One side at one thread count: every level once, its traces and what each token cost. */
 async function round(side: (typeof SIDES)[number], threads: number): Promise<{ traces: Map<number, StreamTrace[]>; cost: Cost }> {
   const args = ["--model", model, "--gpu", "cpu", "--threads", String(threads), "--parallel", String(slots), ...side.flags];
@@ -115,20 +109,7 @@ async function round(side: (typeof SIDES)[number], threads: number): Promise<{ t
   const clientBefore = process.cpuUsage();
   const traces = new Map<number, StreamTrace[]>();
   for (const c of levels) {
-    const streams = await Promise.all(
-      Array.from({ length: c }, async (_, i) => {
-        const trace: StreamTrace = { sentAt: performance.now(), tokenTimes: [] };
-        const outcome = await client.generate(
-          { prompt: prompt(i), maxNewTokens: Number(opts.tokens), temperature: 0, repeatPenalty: 1 },
-          (r) => {
-            const now = performance.now();
-            for (let k = 0; k < r.tokenIds.length; k++) trace.tokenTimes.push(now);
-          },
-        );
-        if (outcome.codeName !== "OK") throw new Error(`${outcome.codeName}: ${outcome.message}`);
-        return trace;
-      }),
-    );
+    const streams = await Promise.all(Array.from({ length: c }, (_, i) => serviceTrace(client, prompt(i), Number(opts.tokens))));
     traces.set(c, streams);
   }
   const clientUsed = process.cpuUsage(clientBefore);
