@@ -38,7 +38,7 @@ interface Turn {
 }
 
 // About 1,000 tokens of the synthetic models' vocabulary: the same for every conversation.
-const SYSTEM = `You are a helpful assistant for Hindi and English speakers. ${"Answer clearly, briefly and politely; say when you are not sure. भारत के बारे में प्रश्नों का उत्तर हिंदी में दें। ".repeat(24)}`;
+const SYSTEM = `You are a helpful assistant for Hindi and English speakers. ${"Answer clearly, briefly and politely; say when you are not sure. भारत के बारे में प्रश्नों का उत्तर हिंदी में दें। ".repeat(12)}`;
 const QUESTIONS = ["नमस्ते", "भारत की राजधानी क्या है?", "और बताइए", "धन्यवाद", "Tell me more"];
 
 /** One conversation against a target: each turn sends everything so far; the answers are the target's own. */
