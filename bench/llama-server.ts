@@ -127,8 +127,8 @@ export async function llamaServerTrace(
   content: string | ChatTurn[],
   tokens: number,
   { cachePrompt = false } = {},
-): Promise<StreamTrace & { text: string }> {
-  const trace: StreamTrace & { text: string } = { sentAt: performance.now(), tokenTimes: [], text: "" };
+): Promise<StreamTrace & { text: string; promptEvaluated?: number }> {
+  const trace: StreamTrace & { text: string; promptEvaluated?: number } = { sentAt: performance.now(), tokenTimes: [], text: "" };
   const body = JSON.stringify({
     prompt: formatAiravataChat(typeof content === "string" ? [{ role: "user", content }] : content),
     n_predict: tokens,
@@ -168,11 +168,18 @@ export async function llamaServerTrace(
       if (!data.startsWith("{")) continue;
       // `tokens_predicted` counts every token so far (the ids of tokens that end inside a character are
       // left out of an event's `tokens`), so count by the running total.
-      const { tokens_predicted: predicted, content: text = "" } = JSON.parse(data) as {
+      const {
+        tokens_predicted: predicted,
+        content: text = "",
+        timings,
+      } = JSON.parse(data) as {
         tokens_predicted?: number;
         content?: string;
+        /** On the last event: `prompt_n`, the prompt tokens it evaluated (not taken from its cache). */
+        timings?: { prompt_n?: number };
       };
       trace.text += text;
+      if (timings?.prompt_n !== undefined) trace.promptEvaluated = timings.prompt_n;
       while (predicted !== undefined && trace.tokenTimes.length < predicted) trace.tokenTimes.push(now);
     }
   }
