@@ -148,6 +148,8 @@ describe("SwapVariant", () => {
     const next = await afterSwitch!;
     expect(next.codeName).toBe("OK");
     expect(next.trailers["airavata-variant"]).toBe("tiny.q8_0");
+    // The new engine starts with nothing cached (its warm-up caches nothing).
+    expect(next.trailers["airavata-cached-prompt-tokens"]).toBe("0");
     expect((await admin.getStatus({}, auth)).activeVariant).toBe("tiny.q8_0");
     // The old engine process is gone, so its memory is given back.
     expect(() => process.kill(oldPid, 0)).toThrow();
