@@ -6,10 +6,15 @@
 import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 
-/** Fields of /proc/<pid>/stat after the command name: [0] state, [1] ppid, … [11] utime, [12] stime. */
-function statFields(pid: number): string[] | undefined {
+/**
+ * Fields of /proc/<pid>/stat (or a thread's, `task/<tid>` under it) after the
+ * command name: [0] state, [1] ppid, … [11] utime, [12] stime.
+ */
+function statFields(pid: number, tid?: string): string[] | undefined {
   try {
-    return readFileSync(`/proc/${pid}/stat`, "latin1").split(") ")[1]!.split(" ");
+    return readFileSync(`/proc/${pid}${tid === undefined ? "" : `/task/${tid}`}/stat`, "latin1")
+      .split(") ")[1]!
+      .split(" ");
   } catch {
     return undefined;
   }
@@ -55,12 +60,17 @@ export function openFds(pid: number): number {
 }
 
 let clockTicks: number | undefined;
+/** ms per clock tick, the unit of utime and stime. */
+function msPerTick(): number {
+  clockTicks ??= Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
+  return 1000 / clockTicks;
+}
+
 /** CPU time the process has used in user and in kernel mode, ms (NaN once it is gone). */
 export function cpuSplitMs(pid: number): { user: number; system: number } {
-  clockTicks ??= Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
   const fields = statFields(pid);
   if (!fields) return { user: NaN, system: NaN };
-  return { user: (Number(fields[11]) * 1000) / clockTicks, system: (Number(fields[12]) * 1000) / clockTicks };
+  return { user: Number(fields[11]) * msPerTick(), system: Number(fields[12]) * msPerTick() };
 }
 
 /** CPU time (user + system) each of the process's threads has used, ms, by thread id (the main thread's is the pid). */
@@ -72,14 +82,9 @@ export function threadCpuMs(pid: number): Map<number, number> {
   } catch {
     return out;
   }
-  clockTicks ??= Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
   for (const tid of tids) {
-    try {
-      const fields = readFileSync(`/proc/${pid}/task/${tid}/stat`, "latin1").split(") ")[1]!.split(" ");
-      out.set(Number(tid), ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicks!);
-    } catch {
-      // the thread ended while being read
-    }
+    const fields = statFields(pid, tid); // undefined: the thread ended while being read
+    if (fields) out.set(Number(tid), (Number(fields[11]) + Number(fields[12])) * msPerTick());
   }
   return out;
 }
