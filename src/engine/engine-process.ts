@@ -104,12 +104,13 @@ async function generate(message: Extract<ToEngine, { type: "generate" }>): Promi
       },
       { cache: message.cache },
     );
-    send({ type: "kv-cells", ...loaded.kvCells() });
     send({ type: "done", id, ...result });
   } catch (error) {
     send(failure(id, error));
   } finally {
     running.delete(id);
+    // A failed generation emptied its sequence: the count changes either way.
+    send({ type: "kv-cells", ...loaded.kvCells() });
   }
 }
 

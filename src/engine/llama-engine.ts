@@ -353,53 +353,51 @@ export class LlamaEngine {
     const interval = this.streamInterval;
     let held: Emission = { text: "", tokens: [] };
     let chunks = 0;
-    let cachedTokens = 0;
+    // What a sampled token means for the generation: false when it ends with this one.
+    const take = (token: Token): boolean => {
+      if (model.isEogToken(token)) return ended("stop");
+      if (generated === 0) prefillMs = performance.now() - started;
+      generated++;
+      if (penalized) history.push(token);
+      const emission = stream.push(token);
+      if (emission.text !== "" || emission.tokens.length > 0) {
+        if (interval > 1) held = { text: held.text + emission.text, tokens: [...held.tokens, ...emission.tokens] };
+        if (interval === 1 || chunks === 0 || held.tokens.length >= interval) {
+          events.chunk(interval === 1 ? emission : held, {
+            prefillMs,
+            batchSize: stepSequences / steps,
+            cachedTokens: work.cachedTokens ?? 0,
+          });
+          held = { text: "", tokens: [] };
+          chunks++;
+        }
+      }
+      if (stream.stopSequence !== undefined) return ended("stop_sequence");
+      if (generated >= sampling.maxNewTokens) return ended("length");
+      if (signal.aborted) return ended("cancelled");
+      return true;
+    };
+    const work: SequenceWork = {
+      sequenceId,
+      pending: prompt,
+      position: 0,
+      logits: "last",
+      cache: options.cache ?? true,
+      async afterStep(native, indexes, sequences) {
+        if (indexes.length === 0) return true; // the prompt is still going in
+        steps++;
+        stepSequences += sequences;
+        if (penalized) configure();
+        const token = (await native.sampleToken(indexes[0]!, sampler)) as Token;
+        if (token === -1) throw new Error("node-llama-cpp failed to sample the next token");
+        if (!take(token)) return false;
+        this.pending = [token];
+        return true;
+      },
+    };
     try {
       configure();
-      // What a sampled token means for the generation: false when it ends with this one.
-      const take = (token: Token): boolean => {
-        if (model.isEogToken(token)) return ended("stop");
-        if (generated === 0) prefillMs = performance.now() - started;
-        generated++;
-        if (penalized) history.push(token);
-        const emission = stream.push(token);
-        if (emission.text !== "" || emission.tokens.length > 0) {
-          if (interval > 1) held = { text: held.text + emission.text, tokens: [...held.tokens, ...emission.tokens] };
-          if (interval === 1 || chunks === 0 || held.tokens.length >= interval) {
-            events.chunk(interval === 1 ? emission : held, {
-              prefillMs,
-              batchSize: stepSequences / steps,
-              cachedTokens: work.cachedTokens ?? 0,
-            });
-            held = { text: "", tokens: [] };
-            chunks++;
-          }
-        }
-        if (stream.stopSequence !== undefined) return ended("stop_sequence");
-        if (generated >= sampling.maxNewTokens) return ended("length");
-        if (signal.aborted) return ended("cancelled");
-        return true;
-      };
-      const work: SequenceWork = {
-        sequenceId,
-        pending: prompt,
-        position: 0,
-        logits: "last",
-        cache: options.cache ?? true,
-        async afterStep(native, indexes, sequences) {
-          if (indexes.length === 0) return true; // the prompt is still going in
-          steps++;
-          stepSequences += sequences;
-          if (penalized) configure();
-          const token = (await native.sampleToken(indexes[0]!, sampler)) as Token;
-          if (token === -1) throw new Error("node-llama-cpp failed to sample the next token");
-          if (!take(token)) return false;
-          this.pending = [token];
-          return true;
-        },
-      };
       await this.loop.run(work);
-      cachedTokens = work.cachedTokens ?? 0;
     } finally {
       sampler.dispose();
     }
@@ -411,7 +409,7 @@ export class LlamaEngine {
       generatedTokens: generated,
       prefillMs,
       batchSize: steps > 0 ? stepSequences / steps : 0,
-      cachedTokens,
+      cachedTokens: work.cachedTokens ?? 0,
     };
   }
 

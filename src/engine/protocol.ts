@@ -98,7 +98,7 @@ export type FromEngine =
   /** The thread tuner decided (kept or changed the count) after a probe. */
   | { type: "threads"; decision: ThreadDecision }
   | { type: "started"; id: number; promptTokens: number }
-  /** After each generation: KV cells holding tokens (cached or in use), of all the context's cells. */
+  /** After each generation, ended or failed: KV cells holding tokens (cached or in use), of all the context's cells. */
   | { type: "kv-cells"; used: number; total: number }
   /** `sentAt`: `sharedClockMs()` in the engine when sent, so the server can time the hop. */
   | ({ type: "chunk"; id: number; text: string; tokens: number[]; sentAt: number } & GenerationProgress)

@@ -119,7 +119,7 @@ export class ServiceMetrics {
   }) {
     new Gauge({
       name: "airavata_kv_cache_usage_perc",
-      help: "Fraction (0-1) of the variant's KV cells holding tokens: running calls' and those slots keep for the prefix cache.",
+      help: "Fraction (0-1) of the variant's KV cells holding tokens (running calls' and those slots keep for the prefix cache), as the engine reported after its last finished call.",
       labelNames: ["variant"],
       registers: [this.registry],
       collect() {

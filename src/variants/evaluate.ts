@@ -75,8 +75,17 @@ export async function evaluateVariant(
   let engine: EngineProcess | undefined;
   try {
     engine = await EngineProcess.start(
-      // Each round's prompt is the same: time to first token must be the whole prompt's.
-      { ...engineSettings, modelPath: entry.path, sequences: 1, contextSize, batching: "full", prefixCache: false },
+      // Each round's prompt is the same: time to first token must be the whole prompt's; and the
+      // decode is timed token by token, whatever the service streams with.
+      {
+        ...engineSettings,
+        modelPath: entry.path,
+        sequences: 1,
+        contextSize,
+        batching: "full",
+        prefixCache: false,
+        streamInterval: 1,
+      },
       log,
     );
     const needs = await engine.estimate(entry.path);
