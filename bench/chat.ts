@@ -11,7 +11,7 @@ import { AiravataClient } from "../clients/grpc-client.js";
 import type { ChatTurn } from "../src/engine/protocol.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
 import { writeReport } from "./report-files.js";
-import { startBenchServer } from "./server-process.js";
+import { serviceTrace, startBenchServer } from "./server-process.js";
 import { median, percentiles } from "./stream-stats.js";
 
 export interface ChatScenarioOptions {
@@ -110,25 +110,13 @@ export async function chatScenario(options: ChatScenarioOptions): Promise<void> 
           ask = (c) =>
             converse(
               async (turns) => {
-                const sentAt = performance.now();
-                let first: number | undefined;
-                let last = sentAt;
-                const outcome = await client.generate(
-                  { messages: turns, maxNewTokens: options.tokens, temperature: 0, repeatPenalty: 1 },
-                  (r) => {
-                    if (r.tokenIds.length === 0) return;
-                    last = performance.now();
-                    first ??= last;
-                  },
-                );
-                if (outcome.codeName !== "OK") throw new Error(`${outcome.codeName}: ${outcome.message}`);
+                const trace = await serviceTrace(client, turns, options.tokens);
                 return {
-                  text: outcome.text,
-                  ttftMs: first! - sentAt,
-                  totalMs: last - sentAt,
+                  text: trace.text,
+                  ttftMs: trace.tokenTimes[0]! - trace.sentAt,
+                  totalMs: trace.tokenTimes.at(-1)! - trace.sentAt,
                   evaluatedTokens:
-                    Number(outcome.trailers["airavata-prompt-tokens"]) -
-                    Number(outcome.trailers["airavata-cached-prompt-tokens"]),
+                    Number(trace.trailers["airavata-prompt-tokens"]) - Number(trace.trailers["airavata-cached-prompt-tokens"]),
                 };
               },
               c,

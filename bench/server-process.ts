@@ -45,15 +45,30 @@ export async function startBenchServer(args: string[], env: Record<string, strin
   };
 }
 
-/** One greedy stream of `tokens` tokens from the service, each token's arrival time recorded. */
-export async function serviceTrace(client: AiravataClient, prompt: string, tokens: number): Promise<StreamTrace> {
+/**
+ * One greedy stream from the service (`prompt`: one user message, or the whole conversation),
+ * each token's arrival time recorded, with its text and trailers.
+ */
+export async function serviceTrace(
+  client: AiravataClient,
+  prompt: string | { role: string; content: string }[],
+  tokens: number,
+): Promise<StreamTrace & { text: string; trailers: Record<string, string> }> {
   const trace: StreamTrace = { sentAt: performance.now(), tokenTimes: [] };
-  const outcome = await client.generate({ prompt, maxNewTokens: tokens, temperature: 0, repeatPenalty: 1 }, (r) => {
-    const now = performance.now();
-    for (let k = 0; k < r.tokenIds.length; k++) trace.tokenTimes.push(now);
-  });
+  const outcome = await client.generate(
+    {
+      ...(typeof prompt === "string" ? { prompt } : { messages: prompt }),
+      maxNewTokens: tokens,
+      temperature: 0,
+      repeatPenalty: 1,
+    },
+    (r) => {
+      const now = performance.now();
+      for (let k = 0; k < r.tokenIds.length; k++) trace.tokenTimes.push(now);
+    },
+  );
   if (outcome.codeName !== "OK") throw new Error(`${outcome.codeName}: ${outcome.message}`);
-  return trace;
+  return { ...trace, text: outcome.text, trailers: outcome.trailers };
 }
 
 /** The service's engine-hop histogram (sum, count) from /metrics. */
