@@ -75,12 +75,15 @@ export const CHAT_TEMPLATE =
 /**
  * The scripts, as pieces. Each piece appears once across all scripts, so its
  * successor is unique. The chat script starts at the newline that ends every
- * chat prompt and loops; ॐ inside it arrives as three byte tokens. The raw
+ * chat prompt and loops; ॐ inside it arrives as three byte tokens. Its answer
+ * begins with no space after that newline, as a model tuned on Airavata's
+ * format does: the answer a client sends back then tokenizes into the tokens
+ * generated, which is what lets the prefix cache cover it. The raw
  * script starts at "▁The" and ends the generation after 🙏 (four byte tokens).
  */
 export const CHAT_SCRIPT = [
   "<0x0A>",
-  "▁नमस्ते",
+  "नमस्ते",
   "!",
   "▁मैं",
   "▁एक",
