@@ -4,7 +4,15 @@ import { ensureLlamaTool } from "../../src/quantize/llama-tools.js";
 import { SHAPES, writeSyntheticModel } from "../../src/synthetic/model.js";
 import { MODEL_DIR, MODEL_TYPES, modelPath } from "./models.js";
 
-export default async function setup(): Promise<void> {
+/** The setup of this vitest process: every test project lists it, and one run serves them all. */
+const SETUP = Symbol.for("airavata-serve.test-setup");
+
+export default function setup(): Promise<void> {
+  const scope = globalThis as { [SETUP]?: Promise<void> };
+  return (scope[SETUP] ??= prepare());
+}
+
+async function prepare(): Promise<void> {
   mkdirSync(MODEL_DIR, { recursive: true });
   for (const type of MODEL_TYPES) {
     // Always rewritten: the generator is deterministic and fast, and a stale
