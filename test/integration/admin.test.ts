@@ -157,7 +157,9 @@ describe("SwapVariant", () => {
     expect(variants.find((v) => v.id === "tiny.q4_0")).toMatchObject({ loaded: false, active: false });
     expect(await sample(server.baseUrl, "airavata_active_variant_info", { variant: "tiny.q8_0" })).toBe(1);
     expect(await sample(server.baseUrl, "airavata_variant_swaps_total", { result: "ok" })).toBeGreaterThanOrEqual(1);
-  });
+    // Two 4,000-token calls (long enough to be running when the new engine is up) took 39 s alone on
+    // a 2-core AMD EPYC, and past 60 s with another file decoding beside them.
+  }, 180_000);
 
   it("under a steady stream of calls, swaps A → B → A fail none of them", async () => {
     const outcomes: { code: string; variant: string | undefined }[] = [];
