@@ -20,7 +20,6 @@ const exec = promisify(execFile);
 export async function kernelBinary(log: (line: string) => void): Promise<string | undefined> {
   try {
     return await ensureLlamaTool("llama-batched-bench", {
-      kernels: "engine",
       onProgress: (line) => {
         if (!line.startsWith("[")) log(line);
       },

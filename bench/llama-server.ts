@@ -29,7 +29,6 @@ export async function llamaServerBinary(log: (line: string) => void): Promise<st
   try {
     let last = 0;
     return await ensureLlamaTool("llama-server", {
-      kernels: "engine",
       onProgress: (line) => {
         // One line every few seconds is enough to show the build is alive.
         if (performance.now() - last > 5000 || !line.startsWith("[")) {

@@ -3,15 +3,16 @@
  * llama.cpp source that node-llama-cpp's package carries (a git bundle), and
  * cached by commit. Only the target asked for is built.
  *
- * Two builds: "native" (one static binary for this CPU, `GGML_NATIVE`) for the
- * quantizer, and "engine" for the bench's peers (llama-server,
- * llama-batched-bench, llama-bench), which must run the very kernels the
- * engine runs: built with `GGML_BACKEND_DL` and no CPU backend of its own, it
- * loads node-llama-cpp's prebuilt CPU backend modules, copied beside it, and
- * picks among their variants by the same scoring the engine does. (A native
- * build is no fair peer: on an Intel Xeon with AMX it died at its first
- * decode, and built without AMX it decoded a 7B Q4_0 2.5× slower than the
- * prebuilt.)
+ * One build serves every tool: built with `GGML_BACKEND_DL` and no CPU
+ * backend of its own, it loads node-llama-cpp's prebuilt CPU backend modules,
+ * copied beside it, and picks among their variants by the same scoring the
+ * engine does. So the bench's peers (llama-server, llama-batched-bench,
+ * llama-bench) run the very kernels the engine runs (a `GGML_NATIVE` build is
+ * no fair peer: on an Intel Xeon with AMX it died at its first decode, and
+ * built without AMX it decoded a 7B Q4_0 2.5× slower than the prebuilt), and
+ * the quantizer skips compiling a CPU backend: cold on a 2-core AMD EPYC,
+ * 274 s against 351 s for a native build, with byte-identical output
+ * (bench/README.md, "A fair peer").
  */
 import { spawn, spawnSync } from "node:child_process";
 import {
@@ -33,8 +34,6 @@ import { fileURLToPath } from "node:url";
 export interface BuildOptions {
   /** Where builds are cached (default: AIRAVATA_TOOLS_CACHE, or ~/.cache/airavata-serve/llama-tools). */
   cacheDir?: string;
-  /** "native" (default): for this CPU, self-contained; "engine": node-llama-cpp's prebuilt CPU kernels. */
-  kernels?: "native" | "engine";
   /** Progress lines of the build ("[ 42%] Building …"). */
   onProgress?(line: string): void;
 }
@@ -129,19 +128,12 @@ export function loadedCpuVariant(pid: number | "self" = "self"): string | undefi
   }
 }
 
-/** How each kind of build is configured beyond the shared settings, and the folder it builds in. */
-const BUILDS = {
-  native: {
-    dir: "build",
-    // One self-contained binary per tool: no shared libraries to find at run time.
-    flags: ["-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF"],
-  },
-  engine: {
-    dir: "build-engine-kernels",
-    // No CPU backend of its own: it loads the engine's (copied beside the tools) at run time.
-    flags: ["-DGGML_NATIVE=OFF", "-DBUILD_SHARED_LIBS=ON", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU=OFF"],
-  },
-} as const;
+/** The build folder, and what the build adds to the shared settings. */
+const BUILD = {
+  dir: "build-engine-kernels",
+  // No CPU backend of its own: it loads the engine's (copied beside the tools) at run time.
+  flags: ["-DGGML_NATIVE=OFF", "-DBUILD_SHARED_LIBS=ON", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU=OFF"],
+};
 
 /**
  * Copies the engine's CPU backend modules next to the tools, where ggml looks
@@ -161,11 +153,11 @@ function installEngineKernels(binDir: string): void {
 export async function ensureLlamaTool(target: string, options: BuildOptions = {}): Promise<string> {
   const { bundle, commit } = bundledSource();
   const root = resolve(options.cacheDir ?? defaultCacheDir(), commit.slice(0, 12));
-  const build = BUILDS[options.kernels ?? "native"];
+  const build = BUILD;
   const binDir = join(root, build.dir, "bin");
   const binary = join(binDir, target);
   if (existsSync(binary)) {
-    if (options.kernels === "engine") installEngineKernels(binDir);
+    installEngineKernels(binDir);
     return binary;
   }
   requireTools();
@@ -204,6 +196,6 @@ export async function ensureLlamaTool(target: string, options: BuildOptions = {}
     },
   );
   if (!existsSync(binary)) throw new Error(`the build finished but ${binary} is not there`);
-  if (options.kernels === "engine") installEngineKernels(binDir);
+  installEngineKernels(binDir);
   return binary;
 }
