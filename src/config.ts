@@ -5,6 +5,7 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
+import { EVERY_TOKEN, parseStreamInterval, type StreamInterval } from "./engine/stream-pacer.js";
 
 export interface Config {
   /** A GGUF file to serve instead of a catalog variant. */
@@ -31,8 +32,8 @@ export interface Config {
   batchSize: number;
   /** How many waiting requests decode together: by measured step cost, or all of them. */
   batching: "measured" | "full";
-  /** Tokens per streamed message after the first (1: every token as it is decoded). */
-  streamInterval: number;
+  /** How streamed messages after the first are paced: N tokens each, or at most one every T ms. */
+  streamInterval: StreamInterval;
   /** Slots keep their KV cells after a call; a new call reuses the longest shared prompt prefix. */
   prefixCache: boolean;
   maxQueue: number;
@@ -62,6 +63,15 @@ function integer(min: number, max: number) {
     if (n < min || n > max) throw new InvalidArgumentError(`expected an integer from ${min} to ${max}.`);
     return n;
   };
+}
+
+function streamInterval(value: string): StreamInterval {
+  const interval = parseStreamInterval(value);
+  const valid =
+    interval !== undefined &&
+    ("ms" in interval ? interval.ms >= 1 && interval.ms <= 1000 : interval.tokens >= 1 && interval.tokens <= 256);
+  if (!valid) throw new InvalidArgumentError("expected a token count from 1 to 256 or a time from 1ms to 1000ms.");
+  return interval;
 }
 
 /** "8GB", "512 MiB", "1073741824" → bytes. */
@@ -183,12 +193,12 @@ export function buildCommand(): Command {
     )
     .addOption(
       new Option(
-        "--stream-interval <tokens>",
-        "tokens per streamed message after the first, which always goes alone: 1 sends each token as it is decoded; more cost the service less per token, and clients get text in steps of that many",
+        "--stream-interval <tokens|Tms>",
+        "how streamed messages after the first (which always goes alone) are paced: N sends a message once N tokens are ready (1: every token as it is decoded); Tms sends at most one message every T ms, holding a token decoded sooner no longer than that. Fewer messages cost the service less per token",
       )
         .env("AIRAVATA_STREAM_INTERVAL")
-        .default(1)
-        .argParser(integer(1, 256)),
+        .default(EVERY_TOKEN, "1")
+        .argParser(streamInterval),
     )
     .addOption(
       new Option("--max-queue <n>", "requests that may wait for a slot; more are refused with RESOURCE_EXHAUSTED")

@@ -35,6 +35,7 @@ import {
   type NativeSampler,
   type SequenceWork,
 } from "./decode-loop.js";
+import { EVERY_TOKEN, type StreamInterval, StreamPacer } from "./stream-pacer.js";
 import { type Emission, TextStream } from "./text-stream.js";
 import { safeThreadCount, type ThreadDecision, ThreadTuner } from "./thread-tuner.js";
 
@@ -95,7 +96,7 @@ export class LlamaEngine {
     readonly info: EngineInfo,
     private readonly batchSize: number,
     private readonly native: NativeContext,
-    private readonly streamInterval: number,
+    private readonly streamInterval: StreamInterval,
   ) {
     this.loop = new DecodeLoop(native, context.batchSize);
   }
@@ -153,7 +154,15 @@ export class LlamaEngine {
       };
       const native = (context as unknown as NodeLlamaCppInternals["context"])._ctx;
       assertNativeContext(native);
-      const engine = new LlamaEngine(llama, model, context, info, options.batchSize, native, options.streamInterval ?? 1);
+      const engine = new LlamaEngine(
+        llama,
+        model,
+        context,
+        info,
+        options.batchSize,
+        native,
+        options.streamInterval ?? EVERY_TOKEN,
+      );
       if (options.batching === "measured" && sequenceCount > 1) {
         const stepMs = await engine.measureSteps();
         engine.loop.groupSize = (ready) => cheapestGroup(stepMs, ready);
@@ -348,30 +357,17 @@ export class LlamaEngine {
         ...samplerConfig(sampling),
         ...(penalized ? repeatPenaltyConfig(sampling.repeatPenalty, history.slice(-REPEAT_WINDOW)) : {}),
       });
-    // With a stream interval above 1, what the text stream releases waits here until that many
-    // tokens are ready; the first chunk always goes alone, and what is held goes with the end.
-    const interval = this.streamInterval;
-    let held: Emission = { text: "", tokens: [] };
-    let chunks = 0;
+    // What the text stream releases leaves in messages paced by the stream interval.
+    const pacer = new StreamPacer(this.streamInterval, (emission) =>
+      events.chunk(emission, { prefillMs, batchSize: stepSequences / steps, cachedTokens: work.cachedTokens ?? 0 }),
+    );
     // What a sampled token means for the generation: false when it ends with this one.
     const take = (token: Token): boolean => {
       if (model.isEogToken(token)) return ended("stop");
       if (generated === 0) prefillMs = performance.now() - started;
       generated++;
       if (penalized) history.push(token);
-      const emission = stream.push(token);
-      if (emission.text !== "" || emission.tokens.length > 0) {
-        if (interval > 1) held = { text: held.text + emission.text, tokens: [...held.tokens, ...emission.tokens] };
-        if (interval === 1 || chunks === 0 || held.tokens.length >= interval) {
-          events.chunk(interval === 1 ? emission : held, {
-            prefillMs,
-            batchSize: stepSequences / steps,
-            cachedTokens: work.cachedTokens ?? 0,
-          });
-          held = { text: "", tokens: [] };
-          chunks++;
-        }
-      }
+      pacer.push(stream.push(token));
       if (stream.stopSequence !== undefined) return ended("stop_sequence");
       if (generated >= sampling.maxNewTokens) return ended("length");
       if (signal.aborted) return ended("cancelled");
@@ -395,11 +391,14 @@ export class LlamaEngine {
         return true;
       },
     };
+    let held: Emission;
     try {
       configure();
       await this.loop.run(work);
     } finally {
       sampler.dispose();
+      // Also on a failure: a timer left armed would send after the generation ended.
+      held = pacer.end();
     }
     const rest = stream.end();
     return {

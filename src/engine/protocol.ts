@@ -5,6 +5,7 @@
  */
 import type { ErrorKind } from "../errors.js";
 import type { ThreadDecision } from "./thread-tuner.js";
+import type { StreamInterval } from "./stream-pacer.js";
 
 export type FinishReason = "stop" | "length" | "stop_sequence" | "cancelled" | "deadline" | "error";
 
@@ -146,14 +147,8 @@ export interface EngineOptions {
    * always decodes every waiting sequence together.
    */
   batching: "measured" | "full";
-  /**
-   * Tokens per streamed chunk after the first (default 1: each token as it is
-   * decoded). Above 1 a chunk leaves once that many tokens are ready: fewer
-   * messages for the engine, the server and the client to handle per token.
-   * The first chunk always leaves alone, so time to first token does not move;
-   * what is held when the generation ends goes with its end.
-   */
-  streamInterval?: number;
+  /** How streamed chunks are paced (default: every token alone); see StreamPacer. */
+  streamInterval?: StreamInterval;
   /**
    * Keep each sequence's KV cells after a generation, and start a new one on
    * the free sequence sharing the longest prefix with its prompt, evaluating

@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
 import { EngineProcess } from "../engine/engine-client.js";
 import { type EngineOptions, greedySampling } from "../engine/protocol.js";
+import { EVERY_TOKEN } from "../engine/stream-pacer.js";
 import type { CatalogEntry } from "./catalog.js";
 import { inspectGguf } from "./gguf-inspect.js";
 
@@ -84,7 +85,7 @@ export async function evaluateVariant(
         contextSize,
         batching: "full",
         prefixCache: false,
-        streamInterval: 1,
+        streamInterval: EVERY_TOKEN,
       },
       log,
     );

@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 import { type App, startApp } from "../../src/app.js";
 import type { Config } from "../../src/config.js";
 import { createLogger } from "../../src/log.js";
+import { EVERY_TOKEN } from "../../src/engine/stream-pacer.js";
 import { MODEL_DIR, modelPath } from "./models.js";
 
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -29,7 +30,7 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     parallel: 2,
     batchSize: 512,
     batching: "measured",
-    streamInterval: 1,
+    streamInterval: EVERY_TOKEN,
     prefixCache: true,
     maxQueue: 8,
     maxMessageBytes: 64 * 1024,

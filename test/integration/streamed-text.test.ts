@@ -112,7 +112,7 @@ describe("--stream-interval 4", () => {
   let batched: TestServer;
   let batchedClient: AiravataClient;
   beforeAll(async () => {
-    batched = await startTestServer({ streamInterval: 4 });
+    batched = await startTestServer({ streamInterval: { tokens: 4 } });
     batchedClient = new AiravataClient(batched.address);
   });
   afterAll(async () => {
@@ -137,6 +137,40 @@ describe("--stream-interval 4", () => {
       // Every message between the first and the last carries at least four tokens; the last, what was left.
       for (const size of sizes.slice(1, -1)) expect(size).toBeGreaterThanOrEqual(4);
       expect(sizes.length).toBeLessThanOrEqual(2 + Math.ceil((reference.tokens.length - 1) / 4));
+      expect(outcome.responses.at(-1)?.finishReason).toBe(reference.outcome.responses.at(-1)?.finishReason);
+      expect(Number(outcome.trailers["airavata-generated-tokens"])).toBe(reference.tokens.length);
+      for (const r of outcome.responses) expect(r.text.isWellFormed() && !r.text.includes("\uFFFD")).toBe(true);
+    },
+  );
+});
+
+describe("--stream-interval 50ms", () => {
+  let paced: TestServer;
+  let pacedClient: AiravataClient;
+  beforeAll(async () => {
+    paced = await startTestServer({ streamInterval: { ms: 50 } });
+    pacedClient = new AiravataClient(paced.address);
+  });
+  afterAll(async () => {
+    pacedClient.close();
+    await paced.app.shutdown();
+  });
+
+  // The tiny model decodes a token in well under a millisecond here, so 50 ms holds many.
+  it.each([
+    ["200 tokens with three-byte characters inside", { prompt: "नमस्ते", maxNewTokens: 200, temperature: 0 }],
+    ["a generation that ends on end-of-sequence", { prompt: "The", raw: true, temperature: 0 }],
+    ["a stop string", { prompt: "नमस्ते", temperature: 0, stop: ["मॉडल"] }],
+  ] satisfies [string, GenerateInit][])(
+    "%s: the first token alone, then tokens grouped; the same text and tokens",
+    async (_, request) => {
+      const reference = await generate(request);
+      const outcome = await pacedClient.generate(request);
+      expect(outcome.codeName).toBe("OK");
+      expect(outcome.text).toBe(reference.outcome.text);
+      expect(outcome.responses.flatMap((r) => r.tokenIds)).toEqual(reference.tokens);
+      expect(outcome.responses[0]?.tokenIds).toHaveLength(1);
+      expect(outcome.responses.length).toBeLessThan(reference.outcome.responses.length);
       expect(outcome.responses.at(-1)?.finishReason).toBe(reference.outcome.responses.at(-1)?.finishReason);
       expect(Number(outcome.trailers["airavata-generated-tokens"])).toBe(reference.tokens.length);
       for (const r of outcome.responses) expect(r.text.isWellFormed() && !r.text.includes("\uFFFD")).toBe(true);

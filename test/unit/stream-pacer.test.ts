@@ -1,0 +1,102 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { parseStreamInterval, type StreamInterval, StreamPacer } from "../../src/engine/stream-pacer.js";
+import type { Emission } from "../../src/engine/text-stream.js";
+
+/** One token's release: its id, and its text (possibly none, for part of a character). */
+const piece = (id: number, text = `t${id}`): Emission => ({ text, tokens: [id] });
+
+/** A pacer on the fake clock, recording each message with the time it left. */
+function paced(interval: StreamInterval) {
+  const sent: { at: number; tokens: number[]; text: string }[] = [];
+  const start = Date.now();
+  const pacer = new StreamPacer(interval, (e) => sent.push({ at: Date.now() - start, tokens: e.tokens, text: e.text }), Date.now);
+  return { pacer, sent };
+}
+
+beforeEach(() => {
+  vi.useFakeTimers();
+});
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe("StreamPacer", () => {
+  it("by token count: the first alone, then N at a time, the rest left for the end", () => {
+    const { pacer, sent } = paced({ tokens: 3 });
+    for (let id = 0; id < 9; id++) pacer.push(piece(id));
+    expect(sent.map((m) => m.tokens)).toEqual([[0], [1, 2, 3], [4, 5, 6]]);
+    expect(pacer.end()).toEqual({ text: "t7t8", tokens: [7, 8] });
+  });
+
+  it("every token alone at 1, and a release with nothing in it sends nothing", () => {
+    const { pacer, sent } = paced({ tokens: 1 });
+    pacer.push(piece(0));
+    pacer.push({ text: "", tokens: [] });
+    pacer.push(piece(1, ""));
+    expect(sent.map((m) => m.tokens)).toEqual([[0], [1]]);
+    expect(pacer.end()).toEqual({ text: "", tokens: [] });
+  });
+
+  it("by time, with tokens every 6 ms and 20 ms: the first at once, then one message per 20 ms, none held longer", () => {
+    const { pacer, sent } = paced({ ms: 20 });
+    for (let id = 0; id < 10; id++) {
+      pacer.push(piece(id));
+      vi.advanceTimersByTime(6);
+    }
+    // Tokens at 0, 6, 12, …, 54 ms; messages at 0, then 20 (6, 12, 18), 40 (24, 30, 36), 60 (42, 48, 54).
+    expect(sent).toEqual([
+      { at: 0, tokens: [0], text: "t0" },
+      { at: 20, tokens: [1, 2, 3], text: "t1t2t3" },
+      { at: 40, tokens: [4, 5, 6], text: "t4t5t6" },
+      { at: 60, tokens: [7, 8, 9], text: "t7t8t9" },
+    ]);
+    expect(pacer.end()).toEqual({ text: "", tokens: [] });
+  });
+
+  it("by time, a decode slower than the interval sends every token as it comes", () => {
+    const { pacer, sent } = paced({ ms: 20 });
+    for (let id = 0; id < 4; id++) {
+      pacer.push(piece(id));
+      vi.advanceTimersByTime(25);
+    }
+    expect(sent.map((m) => [m.at, m.tokens])).toEqual([
+      [0, [0]],
+      [25, [1]],
+      [50, [2]],
+      [75, [3]],
+    ]);
+  });
+
+  it("by time, a token held when the decode stalls leaves when its time is up, not with the next token", () => {
+    const { pacer, sent } = paced({ ms: 20 });
+    pacer.push(piece(0));
+    vi.advanceTimersByTime(5);
+    pacer.push(piece(1));
+    // The next decode step takes a second (another call's long prompt in the batch, say).
+    vi.advanceTimersByTime(1000);
+    pacer.push(piece(2));
+    expect(sent.map((m) => [m.at, m.tokens])).toEqual([
+      [0, [0]],
+      [20, [1]],
+      [1005, [2]],
+    ]);
+  });
+
+  it("by time, nothing leaves after the end: what was held is the end's", () => {
+    const { pacer, sent } = paced({ ms: 20 });
+    pacer.push(piece(0));
+    pacer.push(piece(1));
+    expect(pacer.end()).toEqual({ text: "t1", tokens: [1] });
+    vi.advanceTimersByTime(100);
+    expect(sent.map((m) => m.tokens)).toEqual([[0]]);
+  });
+});
+
+describe("parseStreamInterval", () => {
+  it("reads a token count or a time in ms", () => {
+    expect(parseStreamInterval("4")).toEqual({ tokens: 4 });
+    expect(parseStreamInterval(" 20ms ")).toEqual({ ms: 20 });
+    expect(parseStreamInterval("20 s")).toBeUndefined();
+    expect(parseStreamInterval("fast")).toBeUndefined();
+  });
+});
