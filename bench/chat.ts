@@ -8,7 +8,7 @@
  */
 import os from "node:os";
 import { AiravataClient } from "../clients/grpc-client.js";
-import type { ChatTurn } from "../src/engine/protocol.js";
+import type { ChatTurn } from "../src/generation.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
 import { writeReport } from "./report-files.js";
 import { serviceTrace, startBenchServer } from "./server-process.js";

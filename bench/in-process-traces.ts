@@ -5,7 +5,7 @@
  *   UV_THREADPOOL_SIZE=1 tsx bench/in-process-traces.ts <model> <threads> <sequences> <contextSize> <tokens> <c1,c2,…>
  */
 import { LlamaEngine } from "../src/engine/llama-engine.js";
-import { greedySampling } from "../src/engine/protocol.js";
+import { greedySampling } from "../src/generation.js";
 import { inProcessTraces } from "./in-process.js";
 
 const [modelPath, threads, sequences, contextSize, tokens, levels] = process.argv.slice(2);

@@ -7,7 +7,7 @@
  *   UV_THREADPOOL_SIZE=1 tsx bench/token-anatomy.ts [model] [threads] [rounds] [sequences in the context]
  */
 import { LlamaEngine } from "../src/engine/llama-engine.js";
-import { greedySampling } from "../src/engine/protocol.js";
+import { greedySampling } from "../src/generation.js";
 import { median } from "./stream-stats.js";
 
 const [model = "models/synthetic/small.Q4_K_M.gguf", threads = "1", rounds = "3", sequences = "1"] = process.argv.slice(2);

@@ -9,18 +9,20 @@ import type { Logger } from "pino";
 import { ServiceError } from "../errors.js";
 import { AsyncQueue } from "../util/async-queue.js";
 import {
+  type GenerationInput,
+  type GenerationOutcome,
+  type GenerationProgress,
+  greedySampling,
+  type SamplingSettings,
+} from "../generation.js";
+import {
   type DeviceMemory,
   type EngineCall,
   type EngineCalls,
   type EngineInfo,
   type EngineOptions,
   type FromEngine,
-  type GenerationInput,
-  type GenerationOutcome,
-  type GenerationProgress,
-  greedySampling,
   type MemoryEstimate,
-  type SamplingSettings,
   type ToEngine,
   sharedClockMs,
 } from "./protocol.js";

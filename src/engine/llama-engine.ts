@@ -16,17 +16,14 @@ import {
 import { ServiceError } from "../errors.js";
 import { formatAiravataChat } from "./chat-format.js";
 import {
-  type DeviceMemory,
-  type EngineInfo,
-  type EngineOptions,
   type FinishReason,
   type GenerationInput,
   type GenerationOutcome,
   type GenerationProgress,
   greedySampling,
-  type MemoryEstimate,
   type SamplingSettings,
-} from "./protocol.js";
+} from "../generation.js";
+import { type DeviceMemory, type EngineInfo, type EngineOptions, type MemoryEstimate } from "./protocol.js";
 import {
   assertNativeContext,
   cheapestGroup,

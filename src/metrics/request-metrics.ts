@@ -2,7 +2,7 @@
  * One call's timings and counts, from receipt to end. The service turns a
  * snapshot into trailers (plain and `-bin`) and the Prometheus observations.
  */
-import type { FinishReason, GenerationProgress } from "../engine/protocol.js";
+import type { FinishReason, GenerationProgress } from "../generation.js";
 
 export interface MetricsSnapshot {
   variant: string;

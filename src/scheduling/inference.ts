@@ -4,7 +4,7 @@
  * with its sequence, even when the caller stops listening early.
  */
 import type { EngineProcess } from "../engine/engine-client.js";
-import type { FinishReason, GenerationInput, SamplingSettings } from "../engine/protocol.js";
+import type { FinishReason, GenerationInput, SamplingSettings } from "../generation.js";
 import type { RequestMetrics } from "../metrics/request-metrics.js";
 import { ServiceError } from "../errors.js";
 import { AsyncQueue } from "../util/async-queue.js";

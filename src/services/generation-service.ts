@@ -6,7 +6,7 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, encodeBinaryHeader, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { Logger } from "pino";
-import type { FinishReason as EngineFinishReason } from "../engine/protocol.js";
+import type { FinishReason as EngineFinishReason } from "../generation.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
   FinishReason,

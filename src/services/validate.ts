@@ -4,7 +4,7 @@
  */
 import { randomInt } from "node:crypto";
 import { invalidArgument } from "../errors.js";
-import type { ChatTurn, GenerationInput, SamplingSettings } from "../engine/protocol.js";
+import type { ChatTurn, GenerationInput, SamplingSettings } from "../generation.js";
 import type { GenerateRequest } from "../gen/airavata/v1/generation_pb.js";
 
 export const DEFAULTS = {

@@ -7,7 +7,8 @@
 import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
 import { EngineProcess } from "../engine/engine-client.js";
-import { type EngineOptions, greedySampling } from "../engine/protocol.js";
+import { greedySampling } from "../generation.js";
+import { type EngineOptions } from "../engine/protocol.js";
 import { EVERY_TOKEN } from "../engine/stream-pacer.js";
 import type { CatalogEntry } from "./catalog.js";
 import { inspectGguf } from "./gguf-inspect.js";

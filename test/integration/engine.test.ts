@@ -1,7 +1,7 @@
 import os from "node:os";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LlamaEngine } from "../../src/engine/llama-engine.js";
-import type { GenerationInput, SamplingSettings } from "../../src/engine/protocol.js";
+import type { GenerationInput, SamplingSettings } from "../../src/generation.js";
 import type { ThreadDecision } from "../../src/engine/thread-tuner.js";
 import { modelPath } from "../helpers/models.js";
 

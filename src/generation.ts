@@ -1,0 +1,52 @@
+/**
+ * One generation, as every layer speaks of it: what is asked (a chat or raw
+ * text), how it is sampled, and how it went and ended. The services validate
+ * into these, scheduling and metrics carry them, the engine's IPC protocol
+ * sends them; none of those owns them.
+ */
+
+/** Why a generation ended. */
+export type FinishReason = "stop" | "length" | "stop_sequence" | "cancelled" | "deadline" | "error";
+
+export interface ChatTurn {
+  role: "system" | "user" | "assistant";
+  content: string;
+}
+
+/** What to generate from: a chat (templated) or raw text. */
+export type GenerationInput = { kind: "chat"; messages: ChatTurn[] } | { kind: "raw"; text: string };
+
+/** Sampling settings after defaults and validation. */
+export interface SamplingSettings {
+  maxNewTokens: number;
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  repeatPenalty: number;
+  seed: number;
+  stop: string[];
+}
+
+/** Greedy decoding of up to `maxNewTokens` tokens, no penalties: for warm-ups and measurements. */
+export function greedySampling(maxNewTokens: number): SamplingSettings {
+  return { maxNewTokens, temperature: 0, topK: 1, topP: 1, minP: 0, repeatPenalty: 1, seed: 0, stop: [] };
+}
+
+/** A generation's timings so far: sent with every chunk, so a call ended before the engine's last word has them. */
+export interface GenerationProgress {
+  /** Prompt evaluation up to the first token (0 until there is one). */
+  prefillMs: number;
+  /** Mean number of sequences in the decode steps that gave the generation its tokens (0: none). */
+  batchSize: number;
+  /** Prompt tokens whose KV cells the sequence already held (the prefix cache), not evaluated again. */
+  cachedTokens: number;
+}
+
+/** How a generation ended: the text and tokens still held back, and its counts and timings. */
+export interface GenerationOutcome extends GenerationProgress {
+  text: string;
+  tokens: number[];
+  finishReason: FinishReason;
+  generatedTokens: number;
+}
