@@ -5,7 +5,7 @@
 import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { SwapPhase, SwapPolicy } from "../src/gen/airavata/v1/admin_pb.js";
-import { type Evaluation, evaluationMarkdown } from "../src/variants/evaluate.js";
+import { type Evaluation, evaluationMarkdown } from "../src/variants/evaluation-report.js";
 import { AdminClient, AiravataClient, type CallOutcome, type GenerateInit } from "./grpc-client.js";
 
 const number = (name: string) => (value: string) => {

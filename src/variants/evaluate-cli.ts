@@ -10,7 +10,8 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
 import { safeThreadCount } from "../engine/thread-tuner.js";
 import { Catalog } from "./catalog.js";
-import { type Evaluation, defaultEvaluationText, evaluateVariant, evaluationMarkdown, evaluationSvg } from "./evaluate.js";
+import { defaultEvaluationText, evaluateVariant } from "./evaluate.js";
+import { type Evaluation, evaluationMarkdown, evaluationSvg } from "./evaluation-report.js";
 
 const int = (value: string) => {
   if (!/^\d+$/.test(value)) throw new InvalidArgumentError("expected a whole number.");

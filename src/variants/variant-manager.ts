@@ -15,7 +15,8 @@ import { Inference } from "../scheduling/inference.js";
 import { SlotScheduler } from "../scheduling/slot-scheduler.js";
 import { Catalog, type CatalogEntry, type CatalogOptions } from "./catalog.js";
 import { type DownloadProgress, downloadVariant, isRemote } from "./download.js";
-import { type Evaluation, type EvaluateOptions, evaluateVariant } from "./evaluate.js";
+import { type EvaluateOptions, evaluateVariant } from "./evaluate.js";
+import type { Evaluation } from "./evaluation-report.js";
 import { type GgufSummary, inspectGguf } from "./gguf-inspect.js";
 
 type UsableSummary = Extract<GgufSummary, { usable: true }>;
