@@ -7,8 +7,8 @@
  * inside the engine with llama.cpp's own.
  *   UV_THREADPOOL_SIZE=1 tsx bench/decode-steps.ts [model] [threads] [sizes] [steps]
  */
-import { LlamaEngine } from "../src/engine/llama-engine.js";
-import type { NativeContext } from "../src/engine/decode-loop.js";
+import { LlamaEngine } from "../src/engine/child/llama-engine.js";
+import type { NativeContext } from "../src/engine/child/decode-loop.js";
 import { median } from "./stream-stats.js";
 
 const [model = "models/synthetic/small.Q4_K_M.gguf", threads = "1", sizesArg = "1,2,4,8", stepsArg = "128"] =

@@ -5,7 +5,7 @@
  *   UV_THREADPOOL_SIZE=1 tsx bench/engine-throughput.ts <model> <threads> [levels=1,4,8] [tokens=128]
  */
 import { getLlama } from "node-llama-cpp";
-import { LlamaEngine } from "../src/engine/llama-engine.js";
+import { LlamaEngine } from "../src/engine/child/llama-engine.js";
 import { inProcessTraces } from "./in-process.js";
 import { summarize } from "./stream-stats.js";
 

@@ -4,7 +4,7 @@
  * once, each token's arrival time recorded. One JSON line per concurrency.
  *   UV_THREADPOOL_SIZE=1 tsx bench/in-process-traces.ts <model> <threads> <sequences> <contextSize> <tokens> <c1,c2,…>
  */
-import { LlamaEngine } from "../src/engine/llama-engine.js";
+import { LlamaEngine } from "../src/engine/child/llama-engine.js";
 import { greedySampling } from "../src/generation.js";
 import { inProcessTraces } from "./in-process.js";
 

@@ -3,7 +3,7 @@
  * greedy streams at once on the engine, each token's arrival time recorded.
  * Shared by the in-process bench target and the binary comparison.
  */
-import type { LlamaEngine } from "../src/engine/llama-engine.js";
+import type { LlamaEngine } from "../src/engine/child/llama-engine.js";
 import type { StreamTrace } from "./stream-stats.js";
 
 /** The sampling the service's bench calls ask for (temperature 0: greedy). */

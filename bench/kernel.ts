@@ -11,7 +11,7 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
-import { formatAiravataChat } from "../src/engine/chat-format.js";
+import { formatAiravataChat } from "../src/engine/child/chat-format.js";
 import { ensureLlamaTool } from "../src/quantize/llama-tools.js";
 
 const exec = promisify(execFile);

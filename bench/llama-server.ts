@@ -8,7 +8,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { type IncomingMessage, request } from "node:http";
 import { createServer } from "node:net";
-import { formatAiravataChat } from "../src/engine/chat-format.js";
+import { formatAiravataChat } from "../src/engine/child/chat-format.js";
 import type { ChatTurn } from "../src/generation.js";
 import { ensureLlamaTool, loadedCpuVariant } from "../src/quantize/llama-tools.js";
 import type { StreamTrace } from "./stream-stats.js";

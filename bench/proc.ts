@@ -38,7 +38,7 @@ export function processesMentioning(text: string): number[] {
 
 /** The engine processes (two during a swap) whose parent is `serverPid`. */
 export function enginePids(serverPid: number): number[] {
-  return processesMentioning("engine-process").filter((pid) => Number(statFields(pid)?.[1]) === serverPid);
+  return processesMentioning("engine/child/main").filter((pid) => Number(statFields(pid)?.[1]) === serverPid);
 }
 
 /** Resident memory, MiB (NaN once the process is gone). */

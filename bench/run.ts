@@ -13,7 +13,7 @@ import os from "node:os";
 import { promisify } from "node:util";
 import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
-import { safeThreadCount } from "../src/engine/thread-tuner.js";
+import { safeThreadCount } from "../src/engine/child/thread-tuner.js";
 import { lineChart } from "./chart.js";
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 import { bundledSource, loadedCpuVariant } from "../src/quantize/llama-tools.js";

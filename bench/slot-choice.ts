@@ -8,7 +8,7 @@
  */
 import os from "node:os";
 import { Command } from "commander";
-import { commonPrefix } from "../src/engine/decode-loop.js";
+import { commonPrefix } from "../src/engine/child/decode-loop.js";
 import { writeReport } from "./report-files.js";
 
 const opts = new Command()

@@ -6,7 +6,7 @@
  * engine's decode loop and text stream.
  *   UV_THREADPOOL_SIZE=1 tsx bench/token-anatomy.ts [model] [threads] [rounds] [sequences in the context]
  */
-import { LlamaEngine } from "../src/engine/llama-engine.js";
+import { LlamaEngine } from "../src/engine/child/llama-engine.js";
 import { greedySampling } from "../src/generation.js";
 import { median } from "./stream-stats.js";
 

@@ -4,8 +4,8 @@
  * context and its sequences. Messages go over Node's IPC channel as JSON.
  */
 import type { ErrorKind } from "../errors.js";
-import type { ThreadDecision } from "./thread-tuner.js";
-import type { StreamInterval } from "./stream-pacer.js";
+import type { ThreadDecision } from "./child/thread-tuner.js";
+import type { StreamInterval } from "./child/stream-pacer.js";
 import type { GenerationInput, GenerationOutcome, GenerationProgress, SamplingSettings } from "../generation.js";
 
 export interface EngineInfo {

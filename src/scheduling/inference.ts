@@ -3,7 +3,7 @@
  * call's timings. The slot is given back only once the engine has finished
  * with its sequence, even when the caller stops listening early.
  */
-import type { EngineProcess } from "../engine/engine-client.js";
+import type { EngineProcess } from "../engine/engine-process.js";
 import type { FinishReason, GenerationInput, SamplingSettings } from "../generation.js";
 import type { RequestMetrics } from "../metrics/request-metrics.js";
 import { ServiceError } from "../errors.js";

@@ -8,7 +8,7 @@ import os from "node:os";
 import { join } from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
-import { safeThreadCount } from "../engine/thread-tuner.js";
+import { safeThreadCount } from "../engine/child/thread-tuner.js";
 import { Catalog } from "./catalog.js";
 import { defaultEvaluationText, evaluateVariant } from "./evaluate.js";
 import { type Evaluation, evaluationMarkdown, evaluationSvg } from "./evaluation-report.js";

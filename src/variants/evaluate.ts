@@ -6,10 +6,10 @@
  */
 import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
-import { EngineProcess } from "../engine/engine-client.js";
+import { EngineProcess } from "../engine/engine-process.js";
 import { greedySampling } from "../generation.js";
 import { type EngineOptions } from "../engine/protocol.js";
-import { EVERY_TOKEN } from "../engine/stream-pacer.js";
+import { EVERY_TOKEN } from "../engine/child/stream-pacer.js";
 import type { CatalogEntry } from "./catalog.js";
 import type { Evaluation } from "./evaluation-report.js";
 import { inspectGguf } from "./gguf-inspect.js";

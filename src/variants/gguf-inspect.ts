@@ -5,7 +5,7 @@
  */
 import { open, stat } from "node:fs/promises";
 import { GgufFileType, readGgufFileInfo } from "node-llama-cpp";
-import { TOKENIZER_ARRAY_KEYS } from "../engine/llama-engine.js";
+import { TOKENIZER_ARRAY_KEYS } from "../engine/child/llama-engine.js";
 
 export type GgufSummary =
   | {

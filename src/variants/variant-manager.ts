@@ -8,7 +8,7 @@
 import { existsSync } from "node:fs";
 import os from "node:os";
 import type { Logger } from "pino";
-import { EngineProcess } from "../engine/engine-client.js";
+import { EngineProcess } from "../engine/engine-process.js";
 import type { EngineOptions, MemoryEstimate } from "../engine/protocol.js";
 import { ServiceError } from "../errors.js";
 import { Inference } from "../scheduling/inference.js";

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 import { describe, expect, it } from "vitest";
 import { kernelSpeeds, promptTokenCount } from "../../bench/kernel.js";
-import { LlamaEngine } from "../../src/engine/llama-engine.js";
+import { LlamaEngine } from "../../src/engine/child/llama-engine.js";
 import { greedySampling } from "../../src/generation.js";
 import { engineCpuBackendDir, loadedCpuVariant } from "../../src/quantize/llama-tools.js";
 import { modelPath } from "../helpers/models.js";

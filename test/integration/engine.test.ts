@@ -1,8 +1,8 @@
 import os from "node:os";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LlamaEngine } from "../../src/engine/llama-engine.js";
+import { LlamaEngine } from "../../src/engine/child/llama-engine.js";
 import type { GenerationInput, SamplingSettings } from "../../src/generation.js";
-import type { ThreadDecision } from "../../src/engine/thread-tuner.js";
+import type { ThreadDecision } from "../../src/engine/child/thread-tuner.js";
 import { modelPath } from "../helpers/models.js";
 
 // The engine in this process (no IPC), to watch exactly how many tokens a

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AiravataClient, type GenerateInit } from "../../clients/grpc-client.js";
-import { commonPrefix } from "../../src/engine/decode-loop.js";
-import { formatAiravataChat } from "../../src/engine/chat-format.js";
+import { commonPrefix } from "../../src/engine/child/decode-loop.js";
+import { formatAiravataChat } from "../../src/engine/child/chat-format.js";
 import type { ChatTurn } from "../../src/generation.js";
 import { eventually, sample } from "../helpers/metrics.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";

@@ -5,7 +5,7 @@ import {
   type NativeContext,
   type NativeSampler,
   type SequenceWork,
-} from "../../src/engine/decode-loop.js";
+} from "../../src/engine/child/decode-loop.js";
 
 /** A batch as the fake context saw it: per sequence, the positions fed and which of them asked for logits. */
 type Batch = { seq: number; positions: number[]; logits: number[] }[];

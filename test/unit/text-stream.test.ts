@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { TextStream } from "../../src/engine/text-stream.js";
+import { TextStream } from "../../src/engine/child/text-stream.js";
 
 // A byte-level vocabulary: token n is the byte list VOCAB[n]; decoding a token
 // list that ends inside a character yields U+FFFD, as llama.cpp's does.

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { type ThreadDecision, ThreadTuner } from "../../src/engine/thread-tuner.js";
+import { type ThreadDecision, ThreadTuner } from "../../src/engine/child/thread-tuner.js";
 
 /** Runs `steps` decode steps of `size` sequences on a machine whose step time is `ms(threads)`. */
 function simulate(tuner: ThreadTuner, steps: number, ms: (threads: number) => number, size = 1): number[] {

@@ -4,7 +4,7 @@
  * matters: the model was tuned to begin its answer after it. This is used on
  * purpose instead of detecting a format from the model file.
  */
-import type { ChatTurn } from "../generation.js";
+import type { ChatTurn } from "../../generation.js";
 
 export function formatAiravataChat(turns: readonly ChatTurn[]): string {
   let text = "";

@@ -13,7 +13,7 @@ import {
   LlamaLogLevel,
   type Token,
 } from "node-llama-cpp";
-import { ServiceError } from "../errors.js";
+import { ServiceError } from "../../errors.js";
 import { formatAiravataChat } from "./chat-format.js";
 import {
   type FinishReason,
@@ -22,8 +22,8 @@ import {
   type GenerationProgress,
   greedySampling,
   type SamplingSettings,
-} from "../generation.js";
-import { type DeviceMemory, type EngineInfo, type EngineOptions, type MemoryEstimate } from "./protocol.js";
+} from "../../generation.js";
+import { type DeviceMemory, type EngineInfo, type EngineOptions, type MemoryEstimate } from "../protocol.js";
 import {
   assertNativeContext,
   cheapestGroup,
