@@ -12,7 +12,7 @@ import { spawn } from "node:child_process";
 import os from "node:os";
 import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
-import { pythonStubs, runPython } from "./python-client.js";
+import { pythonStubs, runPython } from "../harness/python-client.js";
 import { writeReport } from "./report-files.js";
 import { startBenchServer } from "./server-process.js";
 

@@ -1,5 +1,5 @@
 /**
- * `npm run fuzz -- --cases 5000`: the fuzzer (bench/fuzz.ts) against a
+ * `npm run fuzz -- --cases 5000`: the fuzzer (harness/fuzz.ts) against a
  * running service (--address) or one it starts on the tiny synthetic model;
  * the report goes to bench/results/fuzz.{md,json}. Exit code 1 if any case
  * hung or was answered as the server's fault, or a good call failed between
@@ -7,7 +7,7 @@
  */
 import { existsSync } from "node:fs";
 import { Command } from "commander";
-import { fuzzMarkdown, runFuzz } from "./fuzz.js";
+import { fuzzMarkdown, runFuzz } from "../harness/fuzz.js";
 import { writeReport } from "./report-files.js";
 import { startBenchServer } from "./server-process.js";
 

@@ -21,7 +21,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
 import { GenerateResponseSchema, GenerationService } from "../src/gen/airavata/v1/generation_pb.js";
-import { cpuMs } from "./proc.js";
+import { cpuMs } from "../harness/proc.js";
 import { writeReport } from "./report-files.js";
 import { median } from "./stream-stats.js";
 

@@ -20,7 +20,7 @@ import { bundledSource, loadedCpuVariant } from "../src/quantize/llama-tools.js"
 import { kernelBinary, kernelRound, promptTokenCount } from "./kernel.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
 import { writeReport } from "./report-files.js";
-import { cpuMs } from "./proc.js";
+import { cpuMs } from "../harness/proc.js";
 import { hopSeconds, serviceTrace, startBenchServer } from "./server-process.js";
 import { median, type RunStats, type StreamTrace, summarize } from "./stream-stats.js";
 

@@ -16,7 +16,7 @@ import os from "node:os";
 import { join, resolve } from "node:path";
 import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
-import { cpuSplitMs, enginePids, threadCpuMs } from "./proc.js";
+import { cpuSplitMs, enginePids, threadCpuMs } from "../harness/proc.js";
 import { writeReport } from "./report-files.js";
 import { hopSeconds, serviceTrace, startBenchServer } from "./server-process.js";
 import { median, type StreamTrace, summarize } from "./stream-stats.js";

@@ -1,5 +1,5 @@
 /**
- * `npm run soak -- --minutes 30`: the soak (bench/soak.ts) against a service
+ * `npm run soak -- --minutes 30`: the soak (harness/soak.ts) against a service
  * it starts on two generated tiny variants (swapped between), with engine
  * kills on a schedule; the report goes to bench/results/soak.{md,json}. Exit
  * code 1 when any call ended unexpectedly or hung, a swap failed, a fault was
@@ -14,7 +14,7 @@ import { Command } from "commander";
 import { SHAPES, writeSyntheticModel } from "../src/synthetic/model.js";
 import { writeReport } from "./report-files.js";
 import { startBenchServer } from "./server-process.js";
-import { runSoak, soakMarkdown } from "./soak.js";
+import { runSoak, soakMarkdown } from "../harness/soak.js";
 
 const opts = new Command("soak")
   .option("--minutes <n>", "how long", "30")

@@ -3,7 +3,7 @@ import { AiravataClient } from "../../clients/grpc-client.js";
 import { generateOver } from "../helpers/connect-clients.js";
 import { eventually, sample } from "../helpers/metrics.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
-import { pythonStubs, runPython } from "../../bench/python-client.js";
+import { pythonStubs, runPython } from "../../harness/python-client.js";
 
 // One slot: a call that kept its slot after a cancel would block the next one.
 let server: TestServer;

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterEach, describe, expect, it } from "vitest";
-import { enginePids } from "../../bench/proc.js";
+import { enginePids } from "../../harness/proc.js";
 import { AiravataClient, type GenerateOutcome } from "../../clients/grpc-client.js";
 import { AdminService, SwapPhase, SwapPolicy } from "../../src/gen/airavata/v1/admin_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as HealthStatus } from "../../src/gen/grpc/health/v1/health_pb.js";

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runFuzz } from "../../bench/fuzz.js";
+import { runFuzz } from "../../harness/fuzz.js";
 import { idle, sample } from "../helpers/metrics.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
 

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
-import { processesMentioning } from "../../bench/proc.js";
+import { processesMentioning } from "../../harness/proc.js";
 import { AiravataClient } from "../../clients/grpc-client.js";
 import { AdminService, SwapPhase } from "../../src/gen/airavata/v1/admin_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../../src/gen/grpc/health/v1/health_pb.js";

@@ -11,7 +11,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { afterEach, describe, expect, it } from "vitest";
 import { AiravataClient } from "../../clients/grpc-client.js";
 import { TokenizeRequestSchema } from "../../src/gen/airavata/v1/generation_pb.js";
-import { FRAME, RawH2 } from "../../bench/raw-h2.js";
+import { FRAME, RawH2 } from "../../harness/raw-h2.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
 
 const TOKENIZE = "/airavata.v1.GenerationService/Tokenize";

@@ -8,7 +8,7 @@ import { gzipSync } from "node:zlib";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { grpcFrame, type RawGrpcResult, rawGrpcCall } from "../../bench/raw-grpc.js";
+import { grpcFrame, type RawGrpcResult, rawGrpcCall } from "../../harness/raw-grpc.js";
 import { AiravataClient } from "../../clients/grpc-client.js";
 import { AdminService } from "../../src/gen/airavata/v1/admin_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as HealthStatus } from "../../src/gen/grpc/health/v1/health_pb.js";

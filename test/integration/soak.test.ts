@@ -3,7 +3,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runSoak } from "../../bench/soak.js";
+import { runSoak } from "../../harness/soak.js";
 import { SHAPES, writeSyntheticModel } from "../../src/synthetic/model.js";
 import { startServerProcess, type ServerProcess } from "../helpers/server.js";
 

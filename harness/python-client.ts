@@ -1,6 +1,6 @@
 /**
  * Python's grpcio as a client of the service: stubs generated from proto/
- * with Debian's protoc and grpc_python_plugin, scripts in bench/python/ run
+ * with Debian's protoc and grpc_python_plugin, scripts in harness/python/ run
  * by Debian's Python (`apt-get install python3-grpcio protobuf-compiler
  * protobuf-compiler-grpc`, which `.ci/run` does).
  */
@@ -37,13 +37,13 @@ export function pythonStubs(): string {
 }
 
 /**
- * Runs `bench/python/<script>` with the stubs folder first, then `args`; its
+ * Runs `harness/python/<script>` with the stubs folder first, then `args`; its
  * last line of output as JSON. Asynchronous, so that a service in this very
  * process keeps answering meanwhile.
  */
 export function runPython<T>(stubs: string, script: string, args: string[]): Promise<T> {
   return new Promise((resolve, reject) => {
-    execFile(PYTHON, [join(ROOT, "bench", "python", script), stubs, ...args], { encoding: "utf8" }, (error, stdout, stderr) => {
+    execFile(PYTHON, [join(ROOT, "harness", "python", script), stubs, ...args], { encoding: "utf8" }, (error, stdout, stderr) => {
       if (error) reject(new Error(`${script} failed: ${stderr || error.message}`));
       else resolve(JSON.parse(stdout.trim().split("\n").at(-1)!) as T);
     });
