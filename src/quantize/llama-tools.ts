@@ -12,7 +12,7 @@
  * built without AMX it decoded a 7B Q4_0 2.5× slower than the prebuilt), and
  * the quantizer skips compiling a CPU backend: cold on a 2-core AMD EPYC,
  * 274 s against 351 s for a native build, with byte-identical output
- * (bench/README.md, "A fair peer").
+ * (bench/notes.md, "A fair peer").
  */
 import { spawn, spawnSync } from "node:child_process";
 import {
