@@ -23,12 +23,20 @@ export interface ChatScenarioOptions {
   /** New tokens a turn. */
   tokens: number;
   rounds: number;
+  /** Which of `service`, `cache-off`, `llama-server` to run (default: all three). */
+  targets?: string[];
   out: string;
   command: string;
 }
 
 const TARGETS = ["service", "service, --prefix-cache off", "llama-server"] as const;
 type Target = (typeof TARGETS)[number];
+/** The names `--targets` takes for them. */
+const TARGET_NAMES: Record<string, Target> = {
+  service: "service",
+  "cache-off": "service, --prefix-cache off",
+  "llama-server": "llama-server",
+};
 
 /** One turn as the client saw it: ms from sending to the first token and to the last. */
 interface Turn {
@@ -66,8 +74,14 @@ export async function chatScenario(options: ChatScenarioOptions): Promise<void> 
   /** By target and level: per turn, the turns of every conversation and round. */
   const results = new Map<string, Turn[][]>();
   let systemTokens = 0;
+  const unknown = (options.targets ?? []).filter((name) => !(name in TARGET_NAMES));
+  if (unknown.length > 0)
+    throw new Error(`--targets: ${unknown.join(", ")}: the chat scenario's are ${Object.keys(TARGET_NAMES).join(", ")}`);
+  const targets = options.targets
+    ? TARGETS.filter((t) => options.targets!.some((name) => TARGET_NAMES[name] === t))
+    : [...TARGETS];
   for (let round = 0; round < options.rounds; round++) {
-    const order = TARGETS.map((_, i) => TARGETS[(i + round) % TARGETS.length]!);
+    const order = targets.map((_, i) => targets[(i + round) % targets.length]!);
     for (const target of order) {
       for (const level of options.levels) {
         let ask: (conversation: number) => Promise<Turn[]>;

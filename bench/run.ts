@@ -25,7 +25,7 @@ import { hopSeconds, serviceTrace, startBenchServer } from "./server-process.js"
 import { median, type RunStats, type StreamTrace, summarize } from "./stream-stats.js";
 
 const exec = promisify(execFile);
-const opts = new Command("bench")
+const cli = new Command("bench")
   .option("--model <path>", "GGUF model", "models/synthetic/small.q4_0.gguf")
   .option("--concurrency <list>", "concurrent streams", "1,2,4,8")
   .option("--tokens <n>", "tokens per stream", "128")
@@ -44,21 +44,22 @@ const opts = new Command("bench")
   .option("--turns <n>", "turns per conversation (--scenario chat)", "5")
   .option(
     "--targets <list>",
-    "service, in-process, llama-server, kernel (llama-server and llama-batched-bench: built from source on first use, minutes)",
+    "service, in-process, llama-server, kernel (llama-server and llama-batched-bench: built from source on first use, minutes); " +
+      "with --scenario chat: service, cache-off, llama-server (all three by default)",
     "service,in-process,llama-server,kernel",
-  )
-  .parse()
-  .opts<{
-    model: string;
-    concurrency: string;
-    tokens: string;
-    rounds: string;
-    threads: string;
-    out: string;
-    targets: string;
-    scenario: string;
-    turns: string;
-  }>();
+  );
+cli.parse();
+const opts = cli.opts<{
+  model: string;
+  concurrency: string;
+  tokens: string;
+  rounds: string;
+  threads: string;
+  out: string;
+  targets: string;
+  scenario: string;
+  turns: string;
+}>();
 if (!existsSync(opts.model)) {
   console.error(`no model at ${opts.model}: run \`npm run models -- --shape small --types q4_0\` first`);
   process.exit(1);
@@ -72,10 +73,12 @@ if (opts.scenario === "chat") {
     turns: Number(opts.turns),
     tokens: Number(opts.tokens),
     rounds: Number(opts.rounds),
+    targets: cli.getOptionValueSource("targets") === "cli" ? opts.targets.split(",") : undefined,
     out: opts.out,
     command:
       `npm run bench -- --scenario chat --model ${opts.model} --threads ${opts.threads} --concurrency ${opts.concurrency} ` +
-      `--turns ${opts.turns} --tokens ${opts.tokens} --rounds ${opts.rounds}`,
+      `--turns ${opts.turns} --tokens ${opts.tokens} --rounds ${opts.rounds}` +
+      (cli.getOptionValueSource("targets") === "cli" ? ` --targets ${opts.targets}` : ""),
   });
   process.exit(0);
 } else if (opts.scenario !== "streams") {
