@@ -42,6 +42,8 @@ const TARGET_NAMES: Record<string, Target> = {
 interface Turn {
   ttftMs: number;
   totalMs: number;
+  /** Tokens the turn streamed. */
+  tokens?: number;
   /** Prompt tokens evaluated (not taken from a cache). */
   evaluatedTokens?: number;
 }
@@ -97,6 +99,7 @@ export async function chatScenario(options: ChatScenarioOptions): Promise<void> 
                   text: trace.text,
                   ttftMs: trace.tokenTimes[0]! - trace.sentAt,
                   totalMs: trace.tokenTimes.at(-1)! - trace.sentAt,
+                  tokens: trace.tokenTimes.length,
                   evaluatedTokens: trace.promptEvaluated,
                 };
               },
@@ -129,6 +132,7 @@ export async function chatScenario(options: ChatScenarioOptions): Promise<void> 
                   text: trace.text,
                   ttftMs: trace.tokenTimes[0]! - trace.sentAt,
                   totalMs: trace.tokenTimes.at(-1)! - trace.sentAt,
+                  tokens: trace.tokenTimes.length,
                   evaluatedTokens:
                     Number(trace.trailers["airavata-prompt-tokens"]) - Number(trace.trailers["airavata-cached-prompt-tokens"]),
                 };
@@ -193,7 +197,13 @@ export async function chatScenario(options: ChatScenarioOptions): Promise<void> 
         `| ${t + 1} | ${cells.join(" | ")} | ${ratio("service", "llama-server")} | ${ratio("service", "service, --prefix-cache off")} |`,
       );
     }
-    lines.push("");
+    // Decode speed after the first token, where the cache must cost nothing: (tokens - 1) / (total - TTFT).
+    const decode = targets.map((target) => {
+      const later = (results.get(`${target} ${level}`) ?? []).slice(1).flat();
+      const speeds = later.filter((x) => (x.tokens ?? 0) > 1).map((x) => ((x.tokens! - 1) * 1000) / (x.totalMs - x.ttftMs));
+      return `${target} ${speeds.length > 0 ? median(speeds).toFixed(1) : "–"}`;
+    });
+    lines.push("", `Decode tokens/s per conversation on turns 2–${options.turns} (median): ${decode.join("; ")}.`, "");
   }
   writeReport(options.out, "chat", { options, systemTokens, results: Object.fromEntries(results) }, `${lines.join("\n")}\n`);
 }
