@@ -77,8 +77,16 @@ export class EngineProcess {
     });
   }
 
-  /** Starts an engine process and resolves once its model is loaded; `onProgress` gets 0…1. */
-  static start(options: EngineOptions, log: Logger, onProgress?: (progress: number) => void): Promise<EngineProcess> {
+  /**
+   * Starts an engine process and resolves once its model is loaded; `onProgress` gets 0…1.
+   * `signal` stops a start in progress: the process is killed and the start rejects.
+   */
+  static start(
+    options: EngineOptions,
+    log: Logger,
+    onProgress?: (progress: number) => void,
+    signal?: AbortSignal,
+  ): Promise<EngineProcess> {
     const entry = engineEntry();
     const child = fork(entry.path, [JSON.stringify(options)], {
       execArgv: entry.execArgv,
@@ -86,9 +94,16 @@ export class EngineProcess {
       stdio: ["ignore", "inherit", "inherit", "ipc"],
       serialization: "json",
     });
-    return new Promise((resolve, reject) => {
-      const onExit = (code: number | null, signal: NodeJS.Signals | null) =>
-        reject(new Error(`engine process exited while loading (code ${code}, signal ${signal})`));
+    const kill = () => child.kill("SIGKILL");
+    signal?.addEventListener("abort", kill, { once: true });
+    if (signal?.aborted) kill();
+    return new Promise<EngineProcess>((resolve, reject) => {
+      const onExit = (code: number | null, exitSignal: NodeJS.Signals | null) =>
+        reject(
+          signal?.aborted
+            ? new Error("the engine's start was stopped")
+            : new Error(`engine process exited while loading (code ${code}, signal ${exitSignal})`),
+        );
       child.once("exit", onExit);
       child.once("error", reject);
       child.on("message", function first(message: FromEngine) {
@@ -105,7 +120,7 @@ export class EngineProcess {
           reject(new Error(message.message));
         }
       });
-    });
+    }).finally(() => signal?.removeEventListener("abort", kill));
   }
 
   get pid(): number | undefined {

@@ -130,15 +130,19 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
       const text = req.text || defaultEvaluationText();
       yield* streamOf<MessageInitShape<typeof EvaluateResultSchema>>(
         (emit) =>
-          manager.evaluate(req.variantIds, { text, maxTokens, generateTokens }, (r) =>
-            emit({
-              ...r,
-              fileSizeBytes: BigInt(r.fileSizeBytes),
-              parameterCount: BigInt(r.parameterCount),
-              ramBytes: BigInt(r.ramBytes),
-              vramBytes: BigInt(r.vramBytes),
-              error: r.error ?? "",
-            }),
+          manager.evaluate(
+            req.variantIds,
+            { text, maxTokens, generateTokens },
+            (r) =>
+              emit({
+                ...r,
+                fileSizeBytes: BigInt(r.fileSizeBytes),
+                parameterCount: BigInt(r.parameterCount),
+                ramBytes: BigInt(r.ramBytes),
+                vramBytes: BigInt(r.vramBytes),
+                error: r.error ?? "",
+              }),
+            ctx.signal,
           ),
         log,
       );

@@ -6,6 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
+import { ServiceError } from "../errors.js";
 import { EngineProcess } from "../engine/engine-process.js";
 import { greedySampling } from "../generation.js";
 import { type EngineOptions } from "../engine/protocol.js";
@@ -38,7 +39,12 @@ export async function evaluateVariant(
   options: EvaluateOptions,
   log: Logger,
   reasonNotToLoad?: () => Promise<string | undefined>,
+  signal?: AbortSignal,
 ): Promise<Evaluation> {
+  const stopIfCancelled = () => {
+    if (signal?.aborted) throw new ServiceError("cancelled", `the evaluation of ${entry.id} was cancelled`);
+  };
+  stopIfCancelled();
   const summary = await inspectGguf(entry.path);
   const base = {
     variantId: entry.id,
@@ -59,7 +65,13 @@ export async function evaluateVariant(
   if (reason) return { ...base, error: reason };
   const contextSize = Math.max(options.maxTokens + 8, options.generateTokens + 64, 256);
   let engine: EngineProcess | undefined;
+  // A cancel stops the engine at once, whatever it is doing (starting, decoding, scoring): it is
+  // given a moment to exit, then killed; it holds nothing that must outlive the call.
+  const CANCEL_EXIT_MS = 200;
+  const onAbort = () => void engine?.dispose(CANCEL_EXIT_MS);
+  signal?.addEventListener("abort", onAbort, { once: true });
   try {
+    stopIfCancelled();
     engine = await EngineProcess.start(
       // Each round's prompt is the same: time to first token must be the whole prompt's; and the
       // decode is timed token by token, whatever the service streams with.
@@ -73,9 +85,13 @@ export async function evaluateVariant(
         streamInterval: EVERY_TOKEN,
       },
       log,
+      undefined,
+      signal,
     );
+    stopIfCancelled();
     const needs = await engine.estimate(entry.path);
     await engine.warm();
+    stopIfCancelled();
     const sampling = greedySampling(options.generateTokens);
     const started = performance.now();
     let first = 0;
@@ -84,7 +100,7 @@ export async function evaluateVariant(
     for await (const event of engine.generate(
       { kind: "chat", messages: [{ role: "user", content: PROMPT }] },
       sampling,
-      new AbortController().signal,
+      signal ?? new AbortController().signal,
     )) {
       if (event.type === "started") continue;
       if (event.tokens.length === 0) continue;
@@ -93,7 +109,9 @@ export async function evaluateVariant(
       last = now;
       tokens += event.tokens.length;
     }
+    stopIfCancelled();
     const { perplexity, scoredTokens } = await engine.perplexity(options.text, options.maxTokens);
+    stopIfCancelled();
     return {
       ...base,
       loadMs: engine.info.loadMs,
@@ -105,8 +123,10 @@ export async function evaluateVariant(
       scoredTokens,
     };
   } catch (error) {
+    stopIfCancelled();
     return { ...base, error: error instanceof Error ? error.message : String(error) };
   } finally {
-    await engine?.dispose();
+    signal?.removeEventListener("abort", onAbort);
+    await engine?.dispose(signal?.aborted ? CANCEL_EXIT_MS : undefined);
   }
 }

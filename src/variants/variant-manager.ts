@@ -419,13 +419,19 @@ export class VariantManager {
   /**
    * Measures variants one at a time (`ids`, or every downloaded usable one),
    * each in an engine process of its own beside the variant in service; one
-   * that would not fit in memory beside it is reported, not loaded.
+   * that would not fit in memory beside it is reported, not loaded. `signal`
+   * (the call's) stops it: the variant being measured loses its engine at once.
    */
-  async evaluate(ids: readonly string[], options: EvaluateOptions, onResult: (result: Evaluation) => void): Promise<void> {
+  async evaluate(
+    ids: readonly string[],
+    options: EvaluateOptions,
+    onResult: (result: Evaluation) => void,
+    signal?: AbortSignal,
+  ): Promise<void> {
     for (const entry of await (await this.catalog()).select(ids)) {
       const serving = this.serving;
       const shortage = serving ? () => this.memoryShortage(serving, entry).catch((error: Error) => error.message) : undefined;
-      onResult(await evaluateVariant(entry, this.options.engine, options, this.options.log, shortage));
+      onResult(await evaluateVariant(entry, this.options.engine, options, this.options.log, shortage, signal));
     }
   }
 

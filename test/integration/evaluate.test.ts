@@ -8,6 +8,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AiravataClient } from "../../clients/grpc-client.js";
 import { AdminService, type EvaluateResult } from "../../src/gen/airavata/v1/admin_pb.js";
+import { enginePids } from "../../harness/proc.js";
 import { modelPath } from "../helpers/models.js";
 import { ROOT, startTestServer, type TestServer } from "../helpers/server.js";
 
@@ -29,9 +30,9 @@ afterAll(async () => {
   await server.app.shutdown();
 });
 
-async function evaluate(request: Parameters<typeof admin.evaluate>[0]) {
+async function evaluate(request: Parameters<typeof admin.evaluate>[0], signal?: AbortSignal) {
   const results: EvaluateResult[] = [];
-  for await (const r of admin.evaluate(request, auth)) results.push(r);
+  for await (const r of admin.evaluate(request, { ...auth, signal })) results.push(r);
   return results;
 }
 
@@ -72,6 +73,32 @@ describe("Evaluate", () => {
     const [ownScore] = await evaluate({ variantIds: ["tiny.q8_0"], text: own, maxTokens: 512, generateTokens: 8 });
     const [shuffledScore] = await evaluate({ variantIds: ["tiny.q8_0"], text: shuffled, maxTokens: 512, generateTokens: 8 });
     expect(ownScore!.perplexity).toBeLessThan(shuffledScore!.perplexity / 10);
+  });
+
+  it("a cancelled Evaluate stops: its engine is gone at once and no later variant is loaded", async () => {
+    const serving = server.app.variants.current!.engine.pid!;
+    const measuring = () => enginePids(process.pid).filter((pid) => pid !== serving);
+    const controller = new AbortController();
+    const call = evaluate({ variantIds: ["tiny.q4_0", "tiny.q8_0"] }, controller.signal).catch((error: unknown) => error);
+    // Cancelled while the first variant's engine runs.
+    for (let waited = 0; measuring().length === 0; waited += 20) {
+      expect(waited).toBeLessThan(20_000);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    controller.abort();
+    expect(ConnectError.from(await call).code).toBe(Code.Canceled);
+    // Measuring a tiny variant takes seconds here; the cancelled one's engine must not finish it, and
+    // the second variant's must never start.
+    for (let waited = 0; measuring().length > 0; waited += 20) {
+      expect(waited).toBeLessThan(1500);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await new Promise((r) => setTimeout(r, 3000));
+    expect(measuring()).toEqual([]);
+    const client = new AiravataClient(server.address);
+    const next = await client.generate({ prompt: "The", raw: true, temperature: 0 });
+    client.close();
+    expect(next.text).toBe("end of story🙏");
   });
 
   it("an unknown id is NOT_FOUND; bad limits are INVALID_ARGUMENT; no token is UNAUTHENTICATED", async () => {
