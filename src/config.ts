@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { EVERY_TOKEN, parseStreamInterval, type StreamInterval } from "./engine/child/stream-pacer.js";
+import { EVERY_TOKEN, parseStreamInterval, type StreamInterval } from "./generation.js";
 
 export interface Config {
   /** A GGUF file to serve instead of a catalog variant. */

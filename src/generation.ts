@@ -1,8 +1,9 @@
 /**
  * One generation, as every layer speaks of it: what is asked (a chat or raw
- * text), how it is sampled, and how it went and ended. The services validate
- * into these, scheduling and metrics carry them, the engine's IPC protocol
- * sends them; none of those owns them.
+ * text), how it is sampled and streamed, and how it went and ended. The
+ * services validate into these, config reads the stream interval, scheduling
+ * and metrics carry them, the engine's IPC protocol sends them; none of those
+ * owns them.
  */
 
 /** Why a generation ended. */
@@ -49,4 +50,21 @@ export interface GenerationOutcome extends GenerationProgress {
   tokens: number[];
   finishReason: FinishReason;
   generatedTokens: number;
+}
+
+/**
+ * `{ tokens: N }`: a message once N tokens are ready (1: every token alone).
+ * `{ ms: T }`: a message at most every T ms; a token decoded sooner waits for
+ * the next message, none longer than T ms, so a decode slower than one token
+ * in T ms sends every token at once.
+ */
+export type StreamInterval = { tokens: number } | { ms: number };
+
+export const EVERY_TOKEN: StreamInterval = { tokens: 1 };
+
+/** "4" → 4 tokens, "20ms" → 20 ms; undefined when the text is neither. */
+export function parseStreamInterval(text: string): StreamInterval | undefined {
+  const match = /^\s*(\d+)\s*(ms)?\s*$/.exec(text);
+  if (!match) return undefined;
+  return match[2] ? { ms: Number(match[1]) } : { tokens: Number(match[1]) };
 }

@@ -5,8 +5,7 @@
  */
 import type { ErrorKind } from "../errors.js";
 import type { ThreadDecision } from "./child/thread-tuner.js";
-import type { StreamInterval } from "./child/stream-pacer.js";
-import type { GenerationInput, GenerationOutcome, GenerationProgress, SamplingSettings } from "../generation.js";
+import type { GenerationInput, GenerationOutcome, GenerationProgress, SamplingSettings, StreamInterval } from "../generation.js";
 
 export interface EngineInfo {
   backend: "cuda" | "vulkan" | "metal" | "cpu";

@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 import { type App, startApp } from "../../src/app.js";
 import type { Config } from "../../src/config.js";
 import { createLogger } from "../../src/log.js";
-import { EVERY_TOKEN } from "../../src/engine/child/stream-pacer.js";
+import { EVERY_TOKEN } from "../../src/generation.js";
 import { MODEL_DIR, modelPath } from "./models.js";
 
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));

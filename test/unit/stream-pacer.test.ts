@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { parseStreamInterval, type StreamInterval, StreamPacer } from "../../src/engine/child/stream-pacer.js";
+import { StreamPacer } from "../../src/engine/child/stream-pacer.js";
+import { parseStreamInterval, type StreamInterval } from "../../src/generation.js";
 import type { Emission } from "../../src/engine/child/text-stream.js";
 
 /** One token's release: its id, and its text (possibly none, for part of a character). */

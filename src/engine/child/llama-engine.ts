@@ -22,6 +22,8 @@ import {
   type GenerationProgress,
   greedySampling,
   type SamplingSettings,
+  EVERY_TOKEN,
+  type StreamInterval,
 } from "../../generation.js";
 import { type DeviceMemory, type EngineInfo, type EngineOptions, type MemoryEstimate } from "../protocol.js";
 import {
@@ -32,7 +34,7 @@ import {
   type NativeSampler,
   type SequenceWork,
 } from "./decode-loop.js";
-import { EVERY_TOKEN, type StreamInterval, StreamPacer } from "./stream-pacer.js";
+import { StreamPacer } from "./stream-pacer.js";
 import { type Emission, TextStream } from "./text-stream.js";
 import { safeThreadCount, type ThreadDecision, ThreadTuner } from "./thread-tuner.js";
 

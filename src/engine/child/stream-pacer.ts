@@ -9,28 +9,8 @@
  * The first piece always leaves alone, so time to first token never moves,
  * and whatever is held when the generation ends goes with its end.
  */
+import type { StreamInterval } from "../../generation.js";
 import type { Emission } from "./text-stream.js";
-
-/**
- * `{ tokens: N }`: a message once N tokens are ready (1: every token alone).
- * `{ ms: T }`: a message at most every T ms; a token decoded sooner waits for
- * the next message, none longer than T ms, so a decode slower than one token
- * in T ms sends every token at once.
- */
-export type StreamInterval = { tokens: number } | { ms: number };
-
-export const EVERY_TOKEN: StreamInterval = { tokens: 1 };
-
-/** "4" → 4 tokens, "20ms" → 20 ms; undefined when the text is neither. */
-export function parseStreamInterval(text: string): StreamInterval | undefined {
-  const match = /^\s*(\d+)\s*(ms)?\s*$/.exec(text);
-  if (!match) return undefined;
-  return match[2] ? { ms: Number(match[1]) } : { tokens: Number(match[1]) };
-}
-
-export function formatStreamInterval(interval: StreamInterval): string {
-  return "ms" in interval ? `${interval.ms}ms` : String(interval.tokens);
-}
 
 /** Paces one generation's stream; `send` gets each message as it leaves. */
 export class StreamPacer {
