@@ -15,7 +15,7 @@ import type { Emission } from "./text-stream.js";
 /** Paces one generation's stream; `send` gets each message as it leaves. */
 export class StreamPacer {
   private held: Emission = { text: "", tokens: [] };
-  private sent = 0;
+  private sentAny = false;
   private lastSentAt = 0;
   private timer: NodeJS.Timeout | undefined;
 
@@ -33,15 +33,17 @@ export class StreamPacer {
       this.deliver(emission);
       return;
     }
-    this.held = { text: this.held.text + emission.text, tokens: [...this.held.tokens, ...emission.tokens] };
-    if (this.sent === 0) return this.flush();
+    // `held` is a fresh object after each message, so it is added to in place.
+    this.held.text += emission.text;
+    this.held.tokens.push(...emission.tokens);
+    if (!this.sentAny) return this.flush();
     if ("tokens" in interval) {
       if (this.held.tokens.length >= interval.tokens) this.flush();
       return;
     }
-    const due = this.lastSentAt + interval.ms;
-    if (this.now() >= due) this.flush();
-    else this.timer ??= setTimeout(() => this.flush(), due - this.now());
+    const wait = this.lastSentAt + interval.ms - this.now();
+    if (wait <= 0) this.flush();
+    else this.timer ??= setTimeout(() => this.flush(), wait);
   }
 
   /** What is still held, for the generation's last message; nothing is sent after this. */
@@ -54,15 +56,12 @@ export class StreamPacer {
   }
 
   private flush(): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
-    const held = this.held;
-    this.held = { text: "", tokens: [] };
+    const held = this.end();
     if (held.text !== "" || held.tokens.length > 0) this.deliver(held);
   }
 
   private deliver(emission: Emission): void {
-    this.sent++;
+    this.sentAny = true;
     this.lastSentAt = this.now();
     this.send(emission);
   }
