@@ -65,12 +65,12 @@ export async function evaluateVariant(
   const contextSize = Math.max(options.maxTokens + 8, options.generateTokens + 64, 256);
   let engine: EngineProcess | undefined;
   // A cancel stops the engine at once, whatever it is doing (starting, decoding, scoring): it is
-  // given a moment to exit, then killed; it holds nothing that must outlive the call.
+  // given a moment to exit, then killed; it holds nothing that must outlive the call. Its calls
+  // then fail, and the catch below turns that into the cancel.
   const CANCEL_EXIT_MS = 200;
   const onAbort = () => void engine?.dispose(CANCEL_EXIT_MS);
   signal?.addEventListener("abort", onAbort, { once: true });
   try {
-    stopIfCancelled();
     engine = await EngineProcess.start(
       // Each round's prompt is the same: time to first token must be the whole prompt's; and the
       // decode is timed token by token, whatever the service streams with.
@@ -87,10 +87,8 @@ export async function evaluateVariant(
       undefined,
       signal,
     );
-    stopIfCancelled();
     const needs = await engine.estimate(entry.path);
     await engine.warm();
-    stopIfCancelled();
     const sampling = greedySampling(options.generateTokens);
     const started = performance.now();
     let first = 0;
@@ -108,8 +106,8 @@ export async function evaluateVariant(
       last = now;
       tokens += event.tokens.length;
     }
-    stopIfCancelled();
     const { perplexity, scoredTokens } = await engine.perplexity(options.text, options.maxTokens);
+    // A cancel that came as the last answer did: the engine's calls all succeeded.
     stopIfCancelled();
     return {
       ...base,
