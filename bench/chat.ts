@@ -43,7 +43,7 @@ interface Turn {
   ttftMs: number;
   totalMs: number;
   /** Tokens the turn streamed. */
-  tokens?: number;
+  tokens: number;
   /** Prompt tokens evaluated (not taken from a cache). */
   evaluatedTokens?: number;
 }
@@ -200,7 +200,7 @@ export async function chatScenario(options: ChatScenarioOptions): Promise<void> 
     // Decode speed after the first token, where the cache must cost nothing: (tokens - 1) / (total - TTFT).
     const decode = targets.map((target) => {
       const later = (results.get(`${target} ${level}`) ?? []).slice(1).flat();
-      const speeds = later.filter((x) => (x.tokens ?? 0) > 1).map((x) => ((x.tokens! - 1) * 1000) / (x.totalMs - x.ttftMs));
+      const speeds = later.filter((x) => x.tokens > 1).map((x) => ((x.tokens - 1) * 1000) / (x.totalMs - x.ttftMs));
       return `${target} ${speeds.length > 0 ? median(speeds).toFixed(1) : "–"}`;
     });
     lines.push("", `Decode tokens/s per conversation on turns 2–${options.turns} (median): ${decode.join("; ")}.`, "");

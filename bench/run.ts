@@ -65,6 +65,7 @@ if (!existsSync(opts.model)) {
   process.exit(1);
 }
 if (opts.scenario === "chat") {
+  const targets = cli.getOptionValueSource("targets") === "cli" ? opts.targets : undefined;
   const { chatScenario } = await import("./chat.js");
   await chatScenario({
     model: opts.model,
@@ -73,12 +74,12 @@ if (opts.scenario === "chat") {
     turns: Number(opts.turns),
     tokens: Number(opts.tokens),
     rounds: Number(opts.rounds),
-    targets: cli.getOptionValueSource("targets") === "cli" ? opts.targets.split(",") : undefined,
+    targets: targets?.split(","),
     out: opts.out,
     command:
       `npm run bench -- --scenario chat --model ${opts.model} --threads ${opts.threads} --concurrency ${opts.concurrency} ` +
       `--turns ${opts.turns} --tokens ${opts.tokens} --rounds ${opts.rounds}` +
-      (cli.getOptionValueSource("targets") === "cli" ? ` --targets ${opts.targets}` : ""),
+      (targets ? ` --targets ${targets}` : ""),
   });
   process.exit(0);
 } else if (opts.scenario !== "streams") {
