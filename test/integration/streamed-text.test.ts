@@ -108,6 +108,24 @@ describe("sampling settings are honoured", () => {
   });
 });
 
+/**
+ * `request` on `client` (a server with a stream interval above 1) against the default server: the
+ * same text, tokens, finish and count, whole characters in every message, the first token alone.
+ * Returns the paced outcome and the reference for the interval's own checks.
+ */
+async function expectSameStream(client: AiravataClient, request: GenerateInit) {
+  const reference = await generate(request);
+  const outcome = await client.generate(request);
+  expect(outcome.codeName).toBe("OK");
+  expect(outcome.text).toBe(reference.outcome.text);
+  expect(outcome.responses.flatMap((r) => r.tokenIds)).toEqual(reference.tokens);
+  expect(outcome.responses[0]?.tokenIds).toHaveLength(1);
+  expect(outcome.responses.at(-1)?.finishReason).toBe(reference.outcome.responses.at(-1)?.finishReason);
+  expect(Number(outcome.trailers["airavata-generated-tokens"])).toBe(reference.tokens.length);
+  for (const r of outcome.responses) expect(r.text.isWellFormed() && !r.text.includes("\uFFFD")).toBe(true);
+  return { outcome, reference };
+}
+
 describe("--stream-interval 4", () => {
   let batched: TestServer;
   let batchedClient: AiravataClient;
@@ -127,19 +145,11 @@ describe("--stream-interval 4", () => {
   ] satisfies [string, GenerateInit][])(
     "%s: the first token alone, then four at a time; the same text and tokens",
     async (_, request) => {
-      const reference = await generate(request);
-      const outcome = await batchedClient.generate(request);
-      expect(outcome.codeName).toBe("OK");
-      expect(outcome.text).toBe(reference.outcome.text);
-      expect(outcome.responses.flatMap((r) => r.tokenIds)).toEqual(reference.tokens);
+      const { outcome, reference } = await expectSameStream(batchedClient, request);
       const sizes = outcome.responses.map((r) => r.tokenIds.length);
-      expect(sizes[0]).toBe(1);
       // Every message between the first and the last carries at least four tokens; the last, what was left.
       for (const size of sizes.slice(1, -1)) expect(size).toBeGreaterThanOrEqual(4);
       expect(sizes.length).toBeLessThanOrEqual(2 + Math.ceil((reference.tokens.length - 1) / 4));
-      expect(outcome.responses.at(-1)?.finishReason).toBe(reference.outcome.responses.at(-1)?.finishReason);
-      expect(Number(outcome.trailers["airavata-generated-tokens"])).toBe(reference.tokens.length);
-      for (const r of outcome.responses) expect(r.text.isWellFormed() && !r.text.includes("\uFFFD")).toBe(true);
     },
   );
 });
@@ -164,16 +174,8 @@ describe("--stream-interval 50ms", () => {
   ] satisfies [string, GenerateInit][])(
     "%s: the first token alone, then tokens grouped; the same text and tokens",
     async (_, request) => {
-      const reference = await generate(request);
-      const outcome = await pacedClient.generate(request);
-      expect(outcome.codeName).toBe("OK");
-      expect(outcome.text).toBe(reference.outcome.text);
-      expect(outcome.responses.flatMap((r) => r.tokenIds)).toEqual(reference.tokens);
-      expect(outcome.responses[0]?.tokenIds).toHaveLength(1);
+      const { outcome, reference } = await expectSameStream(pacedClient, request);
       expect(outcome.responses.length).toBeLessThan(reference.outcome.responses.length);
-      expect(outcome.responses.at(-1)?.finishReason).toBe(reference.outcome.responses.at(-1)?.finishReason);
-      expect(Number(outcome.trailers["airavata-generated-tokens"])).toBe(reference.tokens.length);
-      for (const r of outcome.responses) expect(r.text.isWellFormed() && !r.text.includes("\uFFFD")).toBe(true);
     },
   );
 });
