@@ -146,3 +146,40 @@ describe("deadlines", () => {
     expect(next.codeName).toBe("OK");
   });
 });
+
+describe("a cancel during a long prompt", () => {
+  // Small batches, so the prompt goes in over many decodes; nothing cached, so each call feeds all of it.
+  let slow: TestServer;
+  let slowClient: AiravataClient;
+  beforeAll(async () => {
+    slow = await startTestServer({ parallel: 1, contextSize: 4096, batchSize: 16, prefixCache: false });
+    slowClient = new AiravataClient(slow.address);
+  });
+  afterAll(async () => {
+    slowClient.close();
+    await slow.app.shutdown();
+  });
+
+  it("takes effect after the batch being decoded: the next call waits for one batch, not the rest of the prompt", async () => {
+    const prompt = "भारत एक विशाल देश है और इसकी राजधानी नई दिल्ली है। ".repeat(60);
+    const count = (await slowClient.tokenize(prompt)).response!.count;
+    expect(count).toBeGreaterThan(1000);
+    expect(count).toBeLessThan(4000);
+    const request = { prompt, raw: true, temperature: 0, maxNewTokens: 1 };
+    const whole = await slowClient.generate(request);
+    expect(whole.codeName).toBe("OK");
+    const prefillMs = Number(whole.trailers["airavata-prefill-ms"]);
+    // Long enough for a cancel to land well inside it.
+    expect(prefillMs).toBeGreaterThan(400);
+    const controller = new AbortController();
+    const cancelled = slowClient.generate(request, undefined, { signal: controller.signal });
+    await new Promise((r) => setTimeout(r, prefillMs / 4));
+    controller.abort();
+    // The only slot is the cancelled call's until its engine stops.
+    const next = await slowClient.generate({ prompt: "The", raw: true, temperature: 0 });
+    expect((await cancelled).codeName).toBe("CANCELLED");
+    expect(next.codeName).toBe("OK");
+    expect(next.text).toBe("end of story🙏");
+    expect(Number(next.trailers["airavata-queue-ms"])).toBeLessThan(prefillMs / 4);
+  });
+});

@@ -308,7 +308,8 @@ export class LlamaEngine {
    * Generates on a free sequence: with the prefix cache, the one holding the
    * longest prefix of the prompt (see DecodeLoop.choose); `cache: false`
    * neither uses nor leaves cached cells. The signal stops generation after the token
-   * being decoded when it fires, and the sequence is free again on return.
+   * being decoded when it fires (during a long prompt: after the batch being
+   * decoded), and the sequence is free again on return.
    */
   async generate(
     input: GenerationInput,
@@ -379,7 +380,8 @@ export class LlamaEngine {
       logits: "last",
       cache: options.cache ?? true,
       async afterStep(native, indexes, sequences) {
-        if (indexes.length === 0) return true; // the prompt is still going in
+        // The prompt is still going in, a batch at a time: a cancel takes effect after this batch.
+        if (indexes.length === 0) return !signal.aborted || ended("cancelled");
         steps++;
         stepSequences += sequences;
         if (penalized) configure();
