@@ -5,9 +5,25 @@
  * and metrics carry them, the engine's IPC protocol sends them; none of those
  * owns them.
  */
+import { ServiceError } from "./errors.js";
 
 /** Why a generation ended. */
 export type FinishReason = "stop" | "length" | "stop_sequence" | "cancelled" | "deadline" | "error";
+
+/**
+ * How a generation that did not run to its own end finished, from what ended
+ * it: `stopped` when the call's signal fired (a cancel, the server's
+ * shutdown, the deadline: `cause` is its reason), otherwise `cause` is what it
+ * failed with (a server-side cancel, such as a swap's, counts as cancelled).
+ * The engine decides the natural ends (stop, length, stop sequence); this,
+ * every other.
+ */
+export function finishReasonOf(cause: unknown, stopped: boolean): FinishReason {
+  const kind = cause instanceof ServiceError ? cause.kind : undefined;
+  if (kind === "deadline_exceeded") return "deadline";
+  if (stopped || kind === "cancelled") return "cancelled";
+  return "error";
+}
 
 export interface ChatTurn {
   role: "system" | "user" | "assistant";

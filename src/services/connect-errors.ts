@@ -18,6 +18,17 @@ const CODES: Record<ErrorKind, Code> = {
   internal: Code.Internal,
 };
 
+const KINDS = new Map<Code, ErrorKind>(Object.entries(CODES).map(([kind, code]) => [code, kind as ErrorKind]));
+
+/**
+ * A transport error (what Connect aborts a call's signal with: the client's
+ * cancel, Connect's own deadline timer) as the domain's error; a code with no
+ * kind of its own is `internal`.
+ */
+export function fromConnectError(error: ConnectError): ServiceError {
+  return new ServiceError(KINDS.get(error.code) ?? "internal", error.rawMessage);
+}
+
 export function toConnectError(error: unknown, log: Logger): ConnectError {
   if (error instanceof ConnectError) return error;
   if (error instanceof ServiceError) {

@@ -6,7 +6,7 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, encodeBinaryHeader, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { Logger } from "pino";
-import type { FinishReason as EngineFinishReason } from "../generation.js";
+import { type FinishReason as EngineFinishReason, finishReasonOf } from "../generation.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
   FinishReason,
@@ -20,7 +20,7 @@ import { type MetricsSnapshot, RequestMetrics } from "../metrics/request-metrics
 import type { ServiceMetrics } from "../metrics/prometheus.js";
 import type { Inference } from "../scheduling/inference.js";
 import { ServiceError } from "../errors.js";
-import { toConnectError } from "./connect-errors.js";
+import { fromConnectError, toConnectError } from "./connect-errors.js";
 import { untilAborted } from "../util/until-aborted.js";
 import { requestIdKey, roundTripKey } from "./request-id.js";
 import { validateGenerateRequest } from "./validate.js";
@@ -118,10 +118,16 @@ export function grpcCodeName(code: Code): string {
   return (Code[code] ?? "UNKNOWN").replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
 }
 
-/** Why the call's signal fired: the client's deadline, or a cancel/shutdown. */
-function abortReason(signal: AbortSignal): EngineFinishReason {
-  const reason = signal.reason;
-  return reason instanceof ConnectError && reason.code === Code.DeadlineExceeded ? "deadline" : "cancelled";
+/**
+ * What stopped a call whose signal fired, as a domain error: the server's
+ * own deadline or shutdown (already one), Connect's cancel or deadline, or a
+ * client that went away over HTTP/1.1 (a browser's Stop, a closed tab), which
+ * aborts the handler with a plain socket error: a cancel, not an internal error.
+ */
+function stopCause(reason: unknown): ServiceError {
+  if (reason instanceof ServiceError) return reason;
+  if (reason instanceof ConnectError) return fromConnectError(reason);
+  return new ServiceError("cancelled", "the client cancelled the call");
 }
 
 /**
@@ -131,45 +137,30 @@ function abortReason(signal: AbortSignal): EngineFinishReason {
  * rather than the client's own timer ending the call without them.
  */
 function callSignal(ctx: HandlerContext, floorMs: number): { signal: AbortSignal; dispose(): void } {
-  const controller = new AbortController();
-  // A client that goes away over HTTP/1.1 (a browser's Stop, a closed tab) aborts the handler with
-  // a plain socket error: that is a cancel, not an internal error.
-  const onAbort = () => {
-    const reason: unknown = ctx.signal.reason;
-    controller.abort(
-      reason instanceof ConnectError
-        ? reason
-        : new ConnectError("the client cancelled the call", Code.Canceled, undefined, undefined, reason),
-    );
-  };
-  ctx.signal.addEventListener("abort", onAbort, { once: true });
-  if (ctx.signal.aborted) onAbort();
+  const deadline = new AbortController();
   const timeoutMs = ctx.timeoutMs();
   let timer: NodeJS.Timeout | undefined;
   if (timeoutMs !== undefined) {
     const margin = deadlineMarginMs(timeoutMs, floorMs, ctx.values.get(roundTripKey));
     if (margin >= timeoutMs) {
       // Too short to generate in and still answer in time: ended now, so the answer arrives first.
-      controller.abort(
-        new ConnectError(
+      deadline.abort(
+        new ServiceError(
+          "deadline_exceeded",
           `the deadline (${Math.round(timeoutMs)} ms left) is too short: a call is ended ${Math.round(margin)} ms ` +
             "before its deadline so that its status and metrics reach the client",
-          Code.DeadlineExceeded,
         ),
       );
     } else {
       timer = setTimeout(
-        () => controller.abort(new ConnectError("the deadline passed before the generation finished", Code.DeadlineExceeded)),
+        () => deadline.abort(new ServiceError("deadline_exceeded", "the deadline passed before the generation finished")),
         timeoutMs - margin,
       );
     }
   }
   return {
-    signal: controller.signal,
-    dispose() {
-      clearTimeout(timer);
-      ctx.signal.removeEventListener("abort", onAbort);
-    },
+    signal: AbortSignal.any([ctx.signal, deadline.signal]),
+    dispose: () => clearTimeout(timer),
   };
 }
 
@@ -209,7 +200,9 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
             // character, a possible stop string) still go out, so the tokens a client received add
             // up to the generated-tokens trailer.
             if (event.text !== "" || event.tokens.length > 0) yield { text: event.text, tokenIds: event.tokens };
-            throw call.signal.reason ?? new ConnectError("cancelled", Code.Canceled);
+            throw call.signal.aborted
+              ? call.signal.reason
+              : new ServiceError("cancelled", "the generation was stopped by the server");
           }
           metrics.end();
           code = "OK";
@@ -221,18 +214,16 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
           };
         }
       } catch (error) {
-        metrics.finishReason = call.signal.aborted
-          ? abortReason(call.signal)
-          : error instanceof ServiceError && error.kind === "cancelled"
-            ? "cancelled"
-            : "error";
-        const connectError = toConnectError(call.signal.aborted ? call.signal.reason : error, requestLog);
+        const stopped = call.signal.aborted;
+        const cause = stopped ? stopCause(call.signal.reason) : error;
+        metrics.finishReason = finishReasonOf(cause, stopped);
+        const connectError = toConnectError(cause, requestLog);
         code = grpcCodeName(connectError.code);
         throw connectError;
       } finally {
         if (code === undefined) {
           // The transport stopped the stream while it waited on a message (the client left).
-          metrics.finishReason = call.signal.aborted ? abortReason(call.signal) : "cancelled";
+          metrics.finishReason = finishReasonOf(call.signal.aborted ? stopCause(call.signal.reason) : undefined, true);
           code = metrics.finishReason === "deadline" ? "DEADLINE_EXCEEDED" : "CANCELLED";
         }
         call.dispose();
