@@ -1,6 +1,6 @@
 /**
- * Wiring: variants (engines) → scheduling → services → server, and the way
- * down again in reverse. `main.ts` adds signals and exit codes; tests start
+ * Wiring: variants (the loader) → scheduling (the serving pool) → services →
+ * server, and the way down again in reverse. `main.ts` adds signals and exit codes; tests start
  * the same app in-process on a free port.
  */
 import { setMaxListeners } from "node:events";
@@ -23,18 +23,22 @@ import { createHealthService, HealthRegistry, ServingStatus } from "./services/h
 import { createReflectionServices } from "./services/reflection.js";
 import { createHttpHandler } from "./server/http-handler.js";
 import { createOnePortServer } from "./server/one-port.js";
+import { ServingPool } from "./scheduling/serving-pool.js";
 import { idForFile } from "./variants/catalog.js";
-import { VariantManager } from "./variants/variant-manager.js";
+import { VariantLoader } from "./variants/variant-loader.js";
 
 /** Where `npm run build:web` puts the browser playground. */
 const WEB_ROOT = fileURLToPath(new URL("../clients/web/dist", import.meta.url));
+
+/** How long calls ended at shutdown get to send their status and trailers before their connections are cut. */
+const ENDED_CALLS_MS = 2_000;
 
 export const VERSION = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string })
   .version;
 
 export interface App {
   readonly address: AddressInfo;
-  readonly variants: VariantManager;
+  readonly pool: ServingPool;
   readonly health: HealthRegistry;
   /** Stops taking calls, lets running ones finish within the grace period, then closes everything. */
   shutdown(): Promise<void>;
@@ -50,12 +54,11 @@ export interface StartOptions {
 export async function startApp(config: Readonly<Config>, log: Logger, options: StartOptions = {}): Promise<App> {
   const startedAt = Date.now();
   const health = new HealthRegistry([GenerationService.typeName, AdminService.typeName]);
-  let accepting = true;
   const shutdownController = new AbortController();
   // Every running call listens on it (connect-node links each call's signal to it): many are normal, not a leak.
   setMaxListeners(0, shutdownController.signal);
 
-  const variants = new VariantManager({
+  const loader = new VariantLoader({
     catalog: { modelsDir: config.modelsDir, manifestPath: config.manifestPath, extraFile: config.modelPath },
     engine: {
       gpu: config.gpu,
@@ -66,46 +69,39 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
       batching: config.batching,
       streamInterval: config.streamInterval,
       prefixCache: config.prefixCache,
-      maxQueue: config.maxQueue,
     },
     memoryBudget: config.memoryBudget,
+    log,
+  });
+  let stopping = false;
+  const pool = new ServingPool({
+    loader,
+    maxQueue: config.maxQueue,
     log,
     engineWatchdogMs: config.engineWatchdogMs,
     maxRestarts: config.engineMaxRestarts,
     onEngineEvent: (variant, event) => metrics.countEngineEvent(variant, event),
     onServingChange(serving) {
-      if (!accepting) return;
+      if (stopping) return;
       health.setAll(serving ? ServingStatus.SERVING : ServingStatus.NOT_SERVING);
       if (serving) metrics.setActiveVariant(serving.entry.id, serving.summary.quantization);
     },
   });
   const metrics = new ServiceMetrics({
-    running: () => variants.current?.scheduler.running ?? 0,
-    waiting: () => variants.current?.scheduler.waiting ?? 0,
-    variant: () => variants.current?.entry.id ?? "",
-    kvCells: () => variants.current?.engine.kvCells ?? { used: 0, total: 0 },
+    running: () => pool.current?.scheduler.running ?? 0,
+    waiting: () => pool.current?.scheduler.waiting ?? 0,
+    variant: () => pool.current?.entry.id ?? "",
+    kvCells: () => pool.current?.engine.kvCells ?? { used: 0, total: 0 },
   });
   const reflection = createReflectionServices([GenerationService, AdminService, Health]);
   const generation = createGenerationService({
     metrics,
     log,
     deadlineMarginMs: config.deadlineMarginMs,
-    inference() {
-      if (!accepting) throw new ServiceError("unavailable", "the server is shutting down; retry on another instance");
-      const serving = variants.current;
-      if (!serving) {
-        throw new ServiceError(
-          "unavailable",
-          variants.swapInProgress
-            ? `the server is swapping to "${variants.swapInProgress}" with downtime; retry shortly`
-            : "no model is loaded; retry shortly",
-        );
-      }
-      return serving.inference;
-    },
+    inference: () => pool.admit(),
   });
   const admin = createAdminService({
-    manager: variants,
+    pool,
     adminToken: config.adminToken,
     log,
     version: VERSION,
@@ -158,11 +154,11 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
 
   const candidates = config.modelPath ? [idForFile(config.modelPath)] : [config.variant, ...config.fallback];
   let serving;
-  const stopStartup = () => variants.stopDownloads();
+  const stopStartup = () => pool.stopDownloads();
   options.signal?.addEventListener("abort", stopStartup, { once: true });
   try {
     if (options.signal?.aborted) stopStartup();
-    serving = await variants.start(candidates, options.onDownload);
+    serving = await pool.start(candidates, options.onDownload);
   } catch (error) {
     server.destroyAll();
     server.stopAccepting();
@@ -179,29 +175,26 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
   let shuttingDown: Promise<void> | undefined;
   return {
     address,
-    variants,
+    pool,
     health,
     shutdown() {
       shuttingDown ??= (async () => {
-        accepting = false;
+        stopping = true;
+        pool.stopAdmitting();
         health.setAll(ServingStatus.NOT_SERVING);
-        variants.stopDownloads();
-        const deadline = Date.now() + config.gracePeriodMs;
+        pool.stopDownloads();
         // Running calls, and a swap in progress (a running call too), may finish in the grace period.
-        const busy = () => (variants.current?.inference.inFlight ?? 0) > 0 || variants.swapInProgress !== undefined;
-        while (busy() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-        if (busy()) {
-          log.warn(
-            { inFlight: variants.current?.inference.inFlight, swappingTo: variants.swapInProgress },
-            "grace period over: ending the remaining calls",
-          );
+        const settled = await pool.settle(config.gracePeriodMs);
+        if (!settled) {
+          log.warn({ inFlight: pool.inFlight, swappingTo: pool.swapInProgress }, "grace period over: ending the remaining calls");
         }
+        // Ends what is left: generations past the grace period, health watches.
         shutdownController.abort(new ServiceError("unavailable", "the server is shutting down; retry on another instance"));
-        // Let the aborted streams write their status and trailers.
-        await new Promise((r) => setTimeout(r, 100));
-        server.stopAccepting();
-        server.destroyAll();
-        await variants.dispose();
+        // An ended generation stops its engine within a token or so.
+        if (!settled) await pool.settle(ENDED_CALLS_MS);
+        // Connections close once their last stream has sent its status and trailers.
+        await server.close(ENDED_CALLS_MS);
+        await pool.dispose();
         log.info("stopped");
       })();
       return shuttingDown;

@@ -19,10 +19,12 @@ export class Inference {
   /** Controllers of the calls admitted here (queued or running), for cancelAll. */
   private readonly calls = new Set<AbortController>();
 
+  /** @param onSettled told each time a call admitted here ends (what drains and shutdown wait on) */
   constructor(
     private readonly engine: EngineProcess,
     private readonly scheduler: SlotScheduler,
     readonly variant: string,
+    private readonly onSettled?: () => void,
   ) {}
 
   get running(): number {
@@ -58,16 +60,15 @@ export class Inference {
     signal: AbortSignal,
     metrics: RequestMetrics,
   ): AsyncGenerator<InferenceEvent> {
-    const controller = new AbortController();
-    const onAbort = () => controller.abort(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    if (signal.aborted) onAbort();
-    this.calls.add(controller);
+    // The server's own stop (cancelAll), and the stop of the engine when the caller leaves early.
+    const own = new AbortController();
+    const stop = AbortSignal.any([signal, own.signal]);
+    this.calls.add(own);
     let lease: Lease | undefined;
     // While queued, each change of place is passed on as an event.
     const positions = new AsyncQueue<number>();
     metrics.queued();
-    const acquired = this.scheduler.acquire(controller.signal, (position) => positions.push(position));
+    const acquired = this.scheduler.acquire(stop, (position) => positions.push(position));
     void acquired.then(
       () => positions.end(),
       () => positions.end(),
@@ -79,17 +80,16 @@ export class Inference {
       if (lease === undefined) {
         // Refused, cancelled or left while queued: leave the queue, and give
         // back a slot granted in the meantime.
-        controller.abort();
+        own.abort();
         acquired.then(
           (granted) => granted.release(),
           () => {},
         );
-        this.calls.delete(controller);
-        signal.removeEventListener("abort", onAbort);
+        this.settled(own);
       }
     }
     metrics.admitted();
-    const events = this.engine.generate(input, sampling, controller.signal)[Symbol.asyncIterator]();
+    const events = this.engine.generate(input, sampling, stop)[Symbol.asyncIterator]();
     let finished = false;
     try {
       for (;;) {
@@ -111,8 +111,8 @@ export class Inference {
           metrics.generatedTokens = event.generatedTokens;
           metrics.finishReason = event.finishReason;
           finished = true;
-          const serverCancel = controller.signal.reason;
-          if (event.finishReason === "cancelled" && serverCancel instanceof ServiceError && !signal.aborted) throw serverCancel;
+          // Cancelled by the server (a swap), not by the caller: the caller is told why.
+          if (event.finishReason === "cancelled" && own.signal.aborted && !signal.aborted) throw own.signal.reason;
           yield { type: "done", text: event.text, tokens: event.tokens, finishReason: event.finishReason };
         }
       }
@@ -120,7 +120,7 @@ export class Inference {
       if (!finished) {
         // The caller left early (cancel, error): stop the engine and wait until
         // the sequence is free before the slot can be given to anyone else.
-        controller.abort();
+        own.abort();
         try {
           for (let next = await events.next(); !next.done; next = await events.next()) {
             // the caller has its metrics already: what the engine says now is not waited for
@@ -129,9 +129,13 @@ export class Inference {
           // the engine already reported its failure to the caller
         }
       }
-      signal.removeEventListener("abort", onAbort);
-      this.calls.delete(controller);
       lease.release();
+      this.settled(own);
     }
+  }
+
+  private settled(call: AbortController): void {
+    this.calls.delete(call);
+    this.onSettled?.();
   }
 }

@@ -4,6 +4,7 @@
  * the connection goes to the matching server; both share one request handler.
  * TLS: a secure HTTP/2 server that also speaks HTTP/1.1, chosen by ALPN.
  */
+import { EventEmitter, once } from "node:events";
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
@@ -56,10 +57,18 @@ export interface OnePortServer {
   stopAccepting(): void;
   /** Closes every connection now. */
   destroyAll(): void;
+  /**
+   * Stops accepting, lets each HTTP/2 connection close once its open streams
+   * have ended (their status and trailers sent), and closes whatever is still
+   * open after `timeoutMs`.
+   */
+  close(timeoutMs: number): Promise<void>;
 }
 
 export function createOnePortServer(handler: RequestHandler, options: OnePortOptions = {}): OnePortServer {
   const sessions = new Set<http2.Http2Session>();
+  /** Emits "closed" when the last HTTP/2 connection has closed. */
+  const allClosed = new EventEmitter();
   const sockets = new Set<Duplex>();
   const idleTimeoutMs = options.idleTimeoutMs ?? 300_000;
   const trackSession = (session: http2.Http2Session) => {
@@ -92,6 +101,7 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortOpt
     session.once("close", () => {
       clearTimeout(idle);
       sessions.delete(session);
+      if (sessions.size === 0) allClosed.emit("closed");
     });
   };
 
@@ -176,6 +186,15 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortOpt
     });
   }
 
+  const stopAccepting = () => {
+    server.close();
+    for (const session of sessions) session.close();
+    h1?.closeIdleConnections();
+  };
+  const destroyAll = () => {
+    for (const session of sessions) session.destroy();
+    for (const socket of sockets) socket.destroy();
+  };
   return {
     server,
     listen(port, host) {
@@ -187,14 +206,12 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortOpt
         });
       });
     },
-    stopAccepting() {
-      server.close();
-      for (const session of sessions) session.close();
-      h1?.closeIdleConnections();
-    },
-    destroyAll() {
-      for (const session of sessions) session.destroy();
-      for (const socket of sockets) socket.destroy();
+    stopAccepting,
+    destroyAll,
+    async close(timeoutMs) {
+      stopAccepting();
+      if (sessions.size > 0) await once(allClosed, "closed", { signal: AbortSignal.timeout(timeoutMs) }).catch(() => {});
+      destroyAll();
     },
   };
 }

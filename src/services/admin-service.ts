@@ -1,6 +1,6 @@
 /**
  * AdminService: list the variants, report status, swap with streamed
- * progress. Thin: the variant manager does the work.
+ * progress. Thin: the serving pool does the work.
  */
 import os from "node:os";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -14,7 +14,8 @@ import {
   type SwapProgressSchema,
   type VariantSchema,
 } from "../gen/airavata/v1/admin_pb.js";
-import type { SwapPhaseName, VariantManager, VariantView } from "../variants/variant-manager.js";
+import type { ServingPool, SwapPhaseName } from "../scheduling/serving-pool.js";
+import type { VariantView } from "../variants/variant-loader.js";
 import { invalidArgument } from "../errors.js";
 import { defaultEvaluationText } from "../variants/evaluate.js";
 import { createAdminCheck } from "./admin-auth.js";
@@ -35,7 +36,7 @@ const PHASES: Record<SwapPhaseName, SwapPhase> = {
 export const DEFAULT_DRAIN_TIMEOUT_MS = 60_000;
 
 export interface AdminServiceDeps {
-  manager: VariantManager;
+  pool: ServingPool;
   adminToken: string | undefined;
   log: Logger;
   version: string;
@@ -63,8 +64,7 @@ function variantMessage(v: VariantView): MessageInitShape<typeof VariantSchema> 
 
 /**
  * Streams what `run` emits as it emits it, then ends with `run`'s error, if
- * any. `run` goes on even if the client leaves: stopping a swap or an
- * evaluation half-way would help no one.
+ * any. `run` decides itself what the call's cancel stops.
  */
 async function* streamOf<T>(run: (emit: (value: T) => void) => Promise<void>, log: Logger): AsyncGenerator<T> {
   const queue = new AsyncQueue<T>();
@@ -80,7 +80,7 @@ async function* streamOf<T>(run: (emit: (value: T) => void) => Promise<void>, lo
 }
 
 export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof AdminService> {
-  const { manager, log } = deps;
+  const { pool, log } = deps;
   const check = createAdminCheck(deps.adminToken);
   const guard = async <T>(ctx: HandlerContext, method: string, body: () => Promise<T>): Promise<T> => {
     check(ctx);
@@ -92,12 +92,12 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
   };
   return {
     listVariants(_req, ctx) {
-      return guard(ctx, "ListVariants", async () => ({ variants: (await manager.list()).map(variantMessage) }));
+      return guard(ctx, "ListVariants", async () => ({ variants: (await pool.list()).map(variantMessage) }));
     },
 
     getStatus(_req, ctx) {
       return guard(ctx, "GetStatus", async () => {
-        const serving = manager.current;
+        const serving = pool.current;
         const memory = serving ? await serving.engine.memory().catch(() => undefined) : undefined;
         return {
           activeVariant: serving?.entry.id ?? "",
@@ -114,8 +114,8 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
           version: deps.version,
           contextSize: serving?.engine.info.contextSize ?? 0,
           threads: serving?.engine.info.threads ?? 0,
-          startupNotes: manager.startupNotes,
-          swappingTo: manager.swapInProgress ?? "",
+          startupNotes: pool.startupNotes,
+          swappingTo: pool.swapInProgress ?? "",
         };
       });
     },
@@ -130,7 +130,7 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
       const text = req.text || defaultEvaluationText();
       yield* streamOf<MessageInitShape<typeof EvaluateResultSchema>>(
         (emit) =>
-          manager.evaluate(
+          pool.evaluate(
             req.variantIds,
             { text, maxTokens, generateTokens },
             (r) =>
@@ -154,7 +154,7 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
       log.info({ variant: req.variantId, policy: SwapPolicy[req.policy] }, "swap requested");
       yield* streamOf<MessageInitShape<typeof SwapProgressSchema>>(async (emit) => {
         try {
-          await manager.swap(
+          await pool.swap(
             {
               id: req.variantId,
               policy: req.policy === SwapPolicy.CANCEL ? "cancel" : "drain",

@@ -45,10 +45,10 @@ afterAll(async () => {
   delete process.env.HF_ENDPOINT;
 });
 
-async function swap(variantId: string, policy = SwapPolicy.DRAIN, onEvent?: (e: SwapProgress) => void) {
+async function swap(variantId: string, policy = SwapPolicy.DRAIN, onEvent?: (e: SwapProgress) => void, drainTimeoutMs = 60_000) {
   const events: SwapProgress[] = [];
   try {
-    for await (const e of admin.swapVariant({ variantId, policy, drainTimeoutMs: 60_000 }, auth)) {
+    for await (const e of admin.swapVariant({ variantId, policy, drainTimeoutMs }, auth)) {
       events.push(e);
       onEvent?.(e);
     }
@@ -128,14 +128,21 @@ describe("ListVariants and GetStatus", () => {
 
 describe("SwapVariant", () => {
   it("swaps under load with zero failed calls; each call names the variant that served it", async () => {
-    const oldPid = server.app.variants.current!.engine.pid!;
+    const oldPid = server.app.pool.current!.engine.pid!;
     // Two calls take the two slots, a third waits in the old variant's queue.
     const running = [LONG, LONG, QUEUED].map((request) => client.generate(request));
     await new Promise((r) => setTimeout(r, 100));
     let afterSwitch: ReturnType<AiravataClient["generate"]> | undefined;
-    const { events, error } = await swap("tiny.q8_0", SwapPolicy.DRAIN, (e) => {
-      if (e.phase === SwapPhase.SWITCHED) afterSwitch = client.generate({ prompt: "The", raw: true, temperature: 0 });
-    });
+    // The drain may take as long as the test: with another file decoding beside them, the two long
+    // calls ran past 60 s here, and a drain timeout would cancel them.
+    const { events, error } = await swap(
+      "tiny.q8_0",
+      SwapPolicy.DRAIN,
+      (e) => {
+        if (e.phase === SwapPhase.SWITCHED) afterSwitch = client.generate({ prompt: "The", raw: true, temperature: 0 });
+      },
+      170_000,
+    );
     expect(error).toBeUndefined();
     const phases = [...new Set(events.map((e) => SwapPhase[e.phase]))];
     expect(phases).toEqual(["CHECKING", "LOADING", "WARMING", "SWITCHED", "DRAINING", "RELEASED", "DONE"]);
@@ -239,7 +246,7 @@ describe("the memory check before a swap", () => {
     const base = { modelPath: undefined, variant: "tiny.q4_0", modelsDir: dir, adminToken: TOKEN, contextSize: 1024 };
     // What one variant needs here, by the service's own estimate; room for one and a half.
     const probe = await startTestServer(base);
-    const needs = probe.app.variants.current!.needs.ramBytes;
+    const needs = probe.app.pool.current!.needs.ramBytes;
     await probe.app.shutdown();
     const budgeted = await startTestServer({ ...base, memoryBudget: Math.round(needs * 1.5) });
     try {

@@ -71,13 +71,13 @@ function expectFailedByEngine(outcomes: GenerateOutcome[]): void {
 describe("engine supervision", () => {
   it("SIGKILL mid-stream: the calls end UNAVAILABLE with trailers, the engine restarts, the next call works", async () => {
     const { server, client, status } = await start({});
-    const first = server.app.variants.current!.engine.pid!;
+    const first = server.app.pool.current!.engine.pid!;
     const notServing = until(status, HealthStatus.NOT_SERVING);
     const outcomes = await streamsThrough(client, () => process.kill(first, "SIGKILL"));
     expectFailedByEngine(outcomes);
     expect(await notServing).toBe(HealthStatus.NOT_SERVING);
     expect(await until(status, HealthStatus.SERVING)).toBe(HealthStatus.SERVING);
-    const second = server.app.variants.current!.engine.pid!;
+    const second = server.app.pool.current!.engine.pid!;
     expect(second).not.toBe(first);
     const next = await client.generate({ prompt: "The", raw: true, temperature: 0 });
     expect(next.codeName).toBe("OK");
@@ -93,7 +93,7 @@ describe("engine supervision", () => {
 
   it("SIGSTOP mid-stream: the watchdog kills the silent engine after its time and it restarts", async () => {
     const { server, client, status } = await start({ engineWatchdogMs: 1000 });
-    const stopped = server.app.variants.current!.engine.pid!;
+    const stopped = server.app.pool.current!.engine.pid!;
     let stoppedAt = 0;
     const outcomes = await streamsThrough(client, () => {
       stoppedAt = Date.now();
@@ -106,7 +106,7 @@ describe("engine supervision", () => {
     expect(waited).toBeGreaterThanOrEqual(700);
     expect(waited).toBeLessThan(5000);
     expect(await until(status, HealthStatus.SERVING)).toBe(HealthStatus.SERVING);
-    expect(server.app.variants.current!.engine.pid).not.toBe(stopped);
+    expect(server.app.pool.current!.engine.pid).not.toBe(stopped);
     const next = await client.generate({ prompt: "The", raw: true, temperature: 0 });
     expect(next.text).toBe("end of story🙏");
     expect(await sample(server.baseUrl, "airavata_engine_events_total", { variant: "tiny.q4_0", event: "hung" })).toBe(1);
@@ -116,18 +116,18 @@ describe("engine supervision", () => {
   it("a crash loop stops the restarts: health stays NOT_SERVING, calls get UNAVAILABLE, the metrics and logs say so", async () => {
     const { server, client, status } = await start({ engineMaxRestarts: 1 });
     const v = { variant: "tiny.q4_0" };
-    process.kill(server.app.variants.current!.engine.pid!, "SIGKILL");
+    process.kill(server.app.pool.current!.engine.pid!, "SIGKILL");
     const restarted = () => sample(server.baseUrl, "airavata_engine_events_total", { ...v, event: "restarted" });
     expect(await until(restarted, 1)).toBe(1);
     expect(await until(status, HealthStatus.SERVING)).toBe(HealthStatus.SERVING);
-    process.kill(server.app.variants.current!.engine.pid!, "SIGKILL");
+    process.kill(server.app.pool.current!.engine.pid!, "SIGKILL");
     const loop = () => sample(server.baseUrl, "airavata_engine_events_total", { ...v, event: "crash_loop" });
     expect(await until(loop, 1)).toBe(1);
     // Given up: it stays down, and says why.
     await new Promise((r) => setTimeout(r, 1000));
     expect(await status()).toBe(HealthStatus.NOT_SERVING);
     expect(await restarted()).toBe(1);
-    expect(server.app.variants.startupNotes.at(-1)).toMatch(/engine of "tiny.q4_0" failed 2 times in 5 minutes; not restarted/);
+    expect(server.app.pool.startupNotes.at(-1)).toMatch(/engine of "tiny.q4_0" failed 2 times in 5 minutes; not restarted/);
     const refused = await client.generate({ prompt: "The", raw: true });
     expect(refused.codeName).toBe("UNAVAILABLE");
     client.close();
@@ -143,7 +143,7 @@ describe("engine supervision", () => {
     delete process.env.HF_ENDPOINT;
     const admin = createClient(AdminService, createGrpcTransport({ baseUrl: server.baseUrl }));
     const auth = { headers: { authorization: `Bearer ${TOKEN}` } };
-    const serving = server.app.variants.current!.engine.pid!;
+    const serving = server.app.pool.current!.engine.pid!;
     const running = client.generate(LONG);
     const phases: SwapPhase[] = [];
     let killed: number | undefined;
@@ -164,8 +164,8 @@ describe("engine supervision", () => {
     expect(phases).not.toContain(SwapPhase.SWITCHED);
     // The old variant never stopped: same engine, still serving, the running call completes.
     expect(await status()).toBe(HealthStatus.SERVING);
-    expect(server.app.variants.current!.entry.id).toBe("tiny.q4_0");
-    expect(server.app.variants.current!.engine.pid).toBe(serving);
+    expect(server.app.pool.current!.entry.id).toBe("tiny.q4_0");
+    expect(server.app.pool.current!.engine.pid).toBe(serving);
     const done = await running;
     expect(done.codeName).toBe("OK");
     expect(done.trailers["airavata-variant"]).toBe("tiny.q4_0");
@@ -187,7 +187,7 @@ describe("engine supervision", () => {
     rmSync(file);
     expect((await client.generate({ prompt: "The", raw: true, temperature: 0 })).text).toBe("end of story🙏");
     // A crash now: the restart cannot find the file.
-    process.kill(server.app.variants.current!.engine.pid!, "SIGKILL");
+    process.kill(server.app.pool.current!.engine.pid!, "SIGKILL");
     const failed = () => sample(server.baseUrl, "airavata_engine_events_total", { ...v, event: "restart_failed" });
     expect(await until(failed, 1)).toBe(1);
     expect(await status()).toBe(HealthStatus.NOT_SERVING);

@@ -76,7 +76,7 @@ describe("Evaluate", () => {
   });
 
   it("a cancelled Evaluate stops: its engine is gone at once and no later variant is loaded", async () => {
-    const serving = server.app.variants.current!.engine.pid!;
+    const serving = server.app.pool.current!.engine.pid!;
     const measuring = () => enginePids(process.pid).filter((pid) => pid !== serving);
     const controller = new AbortController();
     const call = evaluate({ variantIds: ["tiny.q4_0", "tiny.q8_0"] }, controller.signal).catch((error: unknown) => error);

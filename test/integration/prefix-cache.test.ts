@@ -159,7 +159,7 @@ describe("prefix cache", () => {
   });
 
   it("Prometheus counts prompt tokens by source and the hits; the KV-cache gauge rises with what slots keep", async () => {
-    const variant = cached.app.variants.current!.entry.id;
+    const variant = cached.app.pool.current!.entry.id;
     const usageBefore = await sample(cached.baseUrl, "airavata_kv_cache_usage_perc", { variant });
     const hitsBefore = await sample(cached.baseUrl, "airavata_prefix_cache_hits_total", { variant });
     const cachedBefore = await sample(cached.baseUrl, "airavata_prompt_tokens_by_source_total", { variant, source: "cached" });
@@ -192,7 +192,7 @@ describe("prefix cache, one slot", () => {
   });
 
   it("the gauge falls when the slot is reused by another prompt; after an engine kill the first call finds nothing cached", async () => {
-    const variant = server.app.variants.current!.entry.id;
+    const variant = server.app.pool.current!.entry.id;
     const long = {
       messages: [
         { role: "system", content: SYSTEM.repeat(3) },
@@ -206,12 +206,12 @@ describe("prefix cache, one slot", () => {
     await call(client, { prompt: "hello", raw: true });
     expect(await sample(server.baseUrl, "airavata_kv_cache_usage_perc", { variant })).toBeLessThan(high);
     // A new engine starts empty.
-    const pid = server.app.variants.current!.engine.pid!;
+    const pid = server.app.pool.current!.engine.pid!;
     await call(client, long);
     process.kill(pid, "SIGKILL");
     const restarted = () => sample(server.baseUrl, "airavata_engine_events_total", { variant, event: "restarted" });
     expect(await eventually(restarted, 1, 30_000)).toBe(1);
-    expect(server.app.variants.current!.engine.pid).not.toBe(pid);
+    expect(server.app.pool.current!.engine.pid).not.toBe(pid);
     const after = await call(client, long);
     expect(after.cached).toBe(0);
     expect(after.tokens).toEqual(first.tokens);

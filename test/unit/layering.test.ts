@@ -46,6 +46,18 @@ describe("layering", () => {
     expect(loaded.some((m) => m.startsWith("src/gen/"))).toBe(true);
   });
 
+  it("variants import nothing from scheduling: the serving pool uses the loader, not the other way", () => {
+    const files = tsFiles("src/variants");
+    expect(files).toContain("src/variants/variant-loader.ts");
+    expect(importsOf("src/scheduling/serving-pool.ts")).toContain("src/variants/variant-loader.ts");
+    const offenders = files.flatMap((f) =>
+      importsOf(f)
+        .filter((m) => m.startsWith("src/scheduling/"))
+        .map((m) => `${f} → ${m}`),
+    );
+    expect(offenders).toEqual([]);
+  });
+
   it("services, scheduling and metrics do not import the engine's IPC protocol", () => {
     const files = ["src/services", "src/scheduling", "src/metrics"].flatMap(tsFiles);
     expect(files.length).toBeGreaterThan(5);

@@ -1,0 +1,220 @@
+/**
+ * Finding, checking, downloading and loading variants: everything about a
+ * variant short of serving it. The serving pool (`src/scheduling/`) decides
+ * what is in service and calls on this; nothing here knows of slots, queues
+ * or calls.
+ */
+import { existsSync } from "node:fs";
+import os from "node:os";
+import type { Logger } from "pino";
+import { EngineProcess } from "../engine/engine-process.js";
+import type { EngineOptions, MemoryEstimate } from "../engine/protocol.js";
+import { ServiceError } from "../errors.js";
+import { Catalog, type CatalogEntry, type CatalogOptions } from "./catalog.js";
+import { type DownloadProgress, downloadVariant, isRemote } from "./download.js";
+import { type EvaluateOptions, evaluateVariant } from "./evaluate.js";
+import type { Evaluation } from "./evaluation-report.js";
+import { type GgufSummary, inspectGguf } from "./gguf-inspect.js";
+
+export type UsableSummary = Extract<GgufSummary, { usable: true }>;
+
+export type EngineSettings = Omit<EngineOptions, "modelPath">;
+
+/** A variant with its engine process started and warmed: ready to serve. */
+export interface LoadedVariant {
+  readonly entry: CatalogEntry;
+  /** What this variant needs, model and context, by node-llama-cpp's estimate. */
+  readonly needs: MemoryEstimate;
+  readonly summary: UsableSummary;
+  readonly engine: EngineProcess;
+}
+
+export interface VariantView {
+  entry: CatalogEntry;
+  summary: GgufSummary | undefined;
+  downloaded: boolean;
+  active: boolean;
+  loaded: boolean;
+}
+
+export interface VariantLoaderOptions {
+  catalog: CatalogOptions;
+  engine: EngineSettings;
+  /** Bytes the variants may use together (RAM on CPU, VRAM on GPU); default: what the device has free. */
+  memoryBudget?: number;
+  log: Logger;
+}
+
+export interface LoadOptions {
+  /** Load progress, 0…1. */
+  onProgress?(progress: number): void;
+  /** Told when the model is loaded and its first generation starts. */
+  onWarming?(): void;
+  /** Stops the load: the engine process being started is killed. */
+  signal?: AbortSignal;
+}
+
+const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+
+export class VariantLoader {
+  /** Aborted when the server stops: downloads in progress end and remove their partial files. */
+  private readonly stopping = new AbortController();
+
+  constructor(private readonly options: VariantLoaderOptions) {}
+
+  catalog(): Promise<Catalog> {
+    return Catalog.load(this.options.catalog);
+  }
+
+  /** Whether the server is stopping (`stopDownloads` was called). */
+  get stopped(): boolean {
+    return this.stopping.signal.aborted;
+  }
+
+  /**
+   * Every catalog entry with what its file says; `loaded` are the files of
+   * the engines running now, `active` the one in service.
+   */
+  async list(loaded: ReadonlySet<string>, active: string | undefined): Promise<VariantView[]> {
+    const catalog = await this.catalog();
+    return Promise.all(
+      catalog.list().map(async (entry) => {
+        const downloaded = existsSync(entry.path);
+        return {
+          entry,
+          summary: downloaded ? await inspectGguf(entry.path) : undefined,
+          downloaded,
+          active: active === entry.path,
+          loaded: loaded.has(entry.path),
+        };
+      }),
+    );
+  }
+
+  /**
+   * The facts of `entry`'s file, downloading it first when it is missing and
+   * remote; `failed_precondition` when it is missing and local, or unusable.
+   */
+  async ensureUsable(entry: CatalogEntry, onDownload: (progress: DownloadProgress) => void): Promise<UsableSummary> {
+    if (!existsSync(entry.path)) {
+      if (!isRemote(entry))
+        throw new ServiceError("failed_precondition", `variant "${entry.id}": its file is missing: ${entry.path}`);
+      this.options.log.info({ variant: entry.id, source: entry.source, path: entry.path }, "downloading variant");
+      onDownload({ bytesDone: 0, bytesTotal: 0 });
+      await downloadVariant(entry, onDownload, this.stopping.signal);
+    }
+    const summary = await inspectGguf(entry.path);
+    if (!summary.usable) throw new ServiceError("failed_precondition", `variant "${entry.id}" cannot be used: ${summary.reason}`);
+    return summary;
+  }
+
+  /** Starts and warms an engine for `entry`; the engine is ended again if warming fails. */
+  async load(entry: CatalogEntry, summary: UsableSummary, options: LoadOptions = {}): Promise<LoadedVariant> {
+    let engine: EngineProcess;
+    try {
+      engine = await EngineProcess.start(
+        { ...this.options.engine, modelPath: entry.path },
+        this.options.log,
+        options.onProgress,
+        options.signal,
+      );
+    } catch (error) {
+      throw new ServiceError("failed_precondition", `variant "${entry.id}" failed to load: ${(error as Error).message}`);
+    }
+    options.onWarming?.();
+    try {
+      await engine.warm();
+    } catch (error) {
+      await engine.dispose();
+      throw new ServiceError(
+        "failed_precondition",
+        `variant "${entry.id}" failed its first generation: ${(error as Error).message}`,
+      );
+    }
+    let needs: MemoryEstimate;
+    try {
+      needs = await engine.estimate(entry.path);
+    } catch {
+      needs = { ramBytes: summary.fileSize, vramBytes: 0 };
+    }
+    return { entry, needs, summary, engine };
+  }
+
+  /**
+   * Why `entry` cannot be loaded beside `current`, or undefined when it can:
+   * node-llama-cpp's estimate of what it needs, against the memory budget
+   * (or, without one, what the device has free now). Throws
+   * `failed_precondition` when it could not fit even alone.
+   */
+  async shortage(current: LoadedVariant, entry: CatalogEntry): Promise<string | undefined> {
+    const gpu = current.engine.info.backend !== "cpu";
+    const kind = gpu ? "VRAM" : "RAM";
+    let needs: MemoryEstimate;
+    try {
+      needs = await current.engine.estimate(entry.path);
+    } catch (error) {
+      throw new ServiceError(
+        "failed_precondition",
+        `variant "${entry.id}": its memory needs cannot be estimated: ${(error as Error).message}`,
+      );
+    }
+    const need = gpu ? needs.vramBytes : needs.ramBytes;
+    const used = gpu ? current.needs.vramBytes : current.needs.ramBytes;
+    const budget = this.options.memoryBudget;
+    if (budget !== undefined) {
+      if (need > budget) {
+        throw new ServiceError(
+          "failed_precondition",
+          `variant "${entry.id}" needs about ${mib(need)} of ${kind}, more than the whole memory budget of ${mib(budget)}`,
+        );
+      }
+      if (used + need <= budget) return undefined;
+      return (
+        `variant "${entry.id}" needs about ${mib(need)} of ${kind} beside "${current.entry.id}"'s ${mib(used)}: ` +
+        `${mib(used + need)} together, over the memory budget of ${mib(budget)}`
+      );
+    }
+    const free = gpu ? (await current.engine.memory()).vramFree : os.freemem();
+    if (need <= free) return undefined;
+    if (need > free + used) {
+      throw new ServiceError(
+        "failed_precondition",
+        `variant "${entry.id}" needs about ${mib(need)} of ${kind}, more than is free even without "${current.entry.id}" (${mib(free + used)})`,
+      );
+    }
+    return `variant "${entry.id}" needs about ${mib(need)} of ${kind}, and only ${mib(free)} is free beside "${current.entry.id}"`;
+  }
+
+  /**
+   * Measures variants one at a time (`ids`, or every downloaded usable one),
+   * each in an engine process of its own beside `beside` (the variant in
+   * service); one that would not fit in memory beside it is reported, not
+   * loaded. `signal` (the call's) stops it: the variant being measured loses
+   * its engine at once.
+   */
+  async evaluate(
+    ids: readonly string[],
+    options: EvaluateOptions,
+    onResult: (result: Evaluation) => void,
+    beside: LoadedVariant | undefined,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    for (const entry of await (await this.catalog()).select(ids)) {
+      const shortage = beside ? () => this.shortage(beside, entry).catch((error: Error) => error.message) : undefined;
+      onResult(await evaluateVariant(entry, this.options.engine, options, this.options.log, shortage, signal));
+    }
+  }
+
+  /**
+   * Ends any download in progress (a swap's, or the startup's) with
+   * `UNAVAILABLE`, its partial file removed: a download may take far longer
+   * than a grace period, and a half file is of no use to anyone.
+   */
+  stopDownloads(): void {
+    if (!this.stopping.signal.aborted) {
+      this.stopping.abort(
+        new ServiceError("unavailable", "the server is shutting down; the download was stopped and its partial file removed"),
+      );
+    }
+  }
+}
