@@ -156,9 +156,12 @@ export class ServingPool {
 
   /**
    * Swaps to `request.id`; `emit` sees each phase. Any failure before the
-   * switch throws a ServiceError and leaves the old variant serving, untouched.
+   * switch throws a ServiceError and leaves the old variant serving,
+   * untouched. `signal` (the call's) stops a swap before the switch the same
+   * way, the new engine ended; after the switch the swap goes on to its end,
+   * draining the old variant's calls.
    */
-  async swap(request: SwapRequest, emit: (event: SwapEvent) => void): Promise<void> {
+  async swap(request: SwapRequest, emit: (event: SwapEvent) => void, signal?: AbortSignal): Promise<void> {
     if (this.swappingTo !== undefined) {
       throw new ServiceError(
         "failed_precondition",
@@ -168,25 +171,42 @@ export class ServingPool {
     if (!this.admitting) throw new ServiceError("unavailable", SHUTTING_DOWN);
     this.swappingTo = request.id;
     const { log, loader } = this.options;
+    const stopIfCancelled = () => {
+      if (signal?.aborted) {
+        throw new ServiceError("cancelled", `the swap to "${request.id}" was cancelled before the switch; nothing changed`);
+      }
+    };
     try {
       emit({ phase: "checking" });
       const entry = (await loader.catalog()).get(request.id);
       if (this.serving?.entry.path === entry.path) {
         throw new ServiceError("failed_precondition", `variant "${request.id}" is already in service`);
       }
-      const summary = await loader.ensureUsable(entry, ({ bytesDone, bytesTotal }) =>
-        emit({ phase: "downloading", bytesDone, bytesTotal, percent: bytesTotal > 0 ? (100 * bytesDone) / bytesTotal : 0 }),
+      const summary = await loader.ensureUsable(
+        entry,
+        ({ bytesDone, bytesTotal }) =>
+          emit({ phase: "downloading", bytesDone, bytesTotal, percent: bytesTotal > 0 ? (100 * bytesDone) / bytesTotal : 0 }),
+        signal,
       );
+      stopIfCancelled();
       const old = this.serving;
       const shortage = old ? await loader.shortage(old, entry) : undefined;
       if (shortage && !request.allowDowntime) {
         throw new ServiceError("failed_precondition", `${shortage}; swap with allow_downtime to unload "${old!.entry.id}" first`);
       }
-      const loadNext = () =>
-        this.load(entry, summary, {
+      const loadNext = async () => {
+        const next = await this.load(entry, summary, {
           onProgress: (progress) => emit({ phase: "loading", percent: progress * 100 }),
           onWarming: () => emit({ phase: "warming" }),
+          signal,
         });
+        if (signal?.aborted) {
+          await next.engine.dispose();
+          stopIfCancelled();
+        }
+        return next;
+      };
+      stopIfCancelled();
       if (old && shortage) {
         // Downtime: the old variant goes first, then the new one loads.
         log.warn({ from: old.entry.id, to: entry.id, shortage }, "swapping with downtime: unloading the old variant first");
@@ -214,6 +234,10 @@ export class ServingPool {
         if (old) await this.retire(old, request, next.entry.id, emit);
       }
       emit({ phase: "done" });
+    } catch (error) {
+      // A stop that came while the engine started shows as a failed load: it is the cancel.
+      stopIfCancelled();
+      throw error;
     } finally {
       this.swappingTo = undefined;
       this.changes.emit("settled");

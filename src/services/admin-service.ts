@@ -64,7 +64,8 @@ function variantMessage(v: VariantView): MessageInitShape<typeof VariantSchema> 
 
 /**
  * Streams what `run` emits as it emits it, then ends with `run`'s error, if
- * any. `run` decides itself what the call's cancel stops.
+ * any. `run` is given the call's signal and decides itself what a cancel
+ * stops: an evaluation stops at once, a swap before its switch.
  */
 async function* streamOf<T>(run: (emit: (value: T) => void) => Promise<void>, log: Logger): AsyncGenerator<T> {
   const queue = new AsyncQueue<T>();
@@ -172,6 +173,7 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
                 message: event.message ?? "",
                 elapsedMs: performance.now() - started,
               }),
+            ctx.signal,
           );
           deps.onSwap?.("ok", req.variantId);
         } catch (error) {

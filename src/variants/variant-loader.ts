@@ -94,14 +94,20 @@ export class VariantLoader {
   /**
    * The facts of `entry`'s file, downloading it first when it is missing and
    * remote; `failed_precondition` when it is missing and local, or unusable.
+   * `signal` (beside the server's stop) ends a download in progress.
    */
-  async ensureUsable(entry: CatalogEntry, onDownload: (progress: DownloadProgress) => void): Promise<UsableSummary> {
+  async ensureUsable(
+    entry: CatalogEntry,
+    onDownload: (progress: DownloadProgress) => void,
+    signal?: AbortSignal,
+  ): Promise<UsableSummary> {
     if (!existsSync(entry.path)) {
       if (!isRemote(entry))
         throw new ServiceError("failed_precondition", `variant "${entry.id}": its file is missing: ${entry.path}`);
       this.options.log.info({ variant: entry.id, source: entry.source, path: entry.path }, "downloading variant");
       onDownload({ bytesDone: 0, bytesTotal: 0 });
-      await downloadVariant(entry, onDownload, this.stopping.signal);
+      const stop = signal ? AbortSignal.any([this.stopping.signal, signal]) : this.stopping.signal;
+      await downloadVariant(entry, onDownload, stop);
     }
     const summary = await inspectGguf(entry.path);
     if (!summary.usable) throw new ServiceError("failed_precondition", `variant "${entry.id}" cannot be used: ${summary.reason}`);

@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -236,6 +237,39 @@ describe("SwapVariant", () => {
     const failed = await eventually(() => sample(server.baseUrl, "airavata_variant_swaps_total", { result: "failed" }), 1);
     expect(failed).toBeGreaterThanOrEqual(1);
   });
+});
+
+describe("a cancelled SwapVariant", () => {
+  it("stops before its switch: the new engine is ended, the old variant serves on, the next swap runs", async () => {
+    const { activeVariant: serving } = await admin.getStatus({}, auth);
+    const target = serving === "tiny.q4_0" ? "tiny.q8_0" : "tiny.q4_0";
+    const targetFile = join(modelsDir, `${target}.gguf`);
+    const controller = new AbortController();
+    const phases: string[] = [];
+    const cancelled = (async () => {
+      for await (const e of admin.swapVariant({ variantId: target }, { ...auth, signal: controller.signal })) {
+        phases.push(SwapPhase[e.phase]);
+        // Starting an engine takes seconds here: the cancel reaches the server long before the switch.
+        if (e.phase === SwapPhase.CHECKING) controller.abort();
+      }
+    })();
+    await expect(cancelled).rejects.toMatchObject({ code: Code.Canceled });
+    expect(phases).toEqual(["CHECKING"]);
+    // The server's swap ends too, without switching, and no engine process is left on the target's file.
+    const engines = () => spawnSync("pgrep", ["-f", targetFile], { encoding: "utf8" }).stdout.trim();
+    const settled = async () => (await admin.getStatus({}, auth)).swappingTo === "" && engines() === "";
+    for (let tries = 0; tries < 100 && !(await settled()); tries++) await new Promise((r) => setTimeout(r, 50));
+    expect(await admin.getStatus({}, auth)).toMatchObject({ activeVariant: serving, swappingTo: "" });
+    expect(engines()).toBe("");
+    const { variants } = await admin.listVariants({}, auth);
+    expect(variants.find((v) => v.id === target)).toMatchObject({ loaded: false, active: false });
+    const outcome = await client.generate({ prompt: "The", raw: true, temperature: 0 });
+    expect(outcome.trailers["airavata-variant"]).toBe(serving);
+    // Nothing is left half-done: a swap to the same target runs through.
+    const next = await swap(target);
+    expect(next.error).toBeUndefined();
+    expect((await admin.getStatus({}, auth)).activeVariant).toBe(target);
+  }, 60_000);
 });
 
 describe("the memory check before a swap", () => {
