@@ -23,7 +23,7 @@ import { createHealthService, HealthRegistry, ServingStatus } from "./services/h
 import { createReflectionServices } from "./services/reflection.js";
 import { createHttpHandler } from "./server/http-handler.js";
 import { createOnePortServer } from "./server/one-port.js";
-import { ServingPool } from "./scheduling/serving-pool.js";
+import { type PoolMember, ServingPool } from "./scheduling/serving-pool.js";
 import { idForFile } from "./variants/catalog.js";
 import { VariantLoader } from "./variants/variant-loader.js";
 
@@ -32,6 +32,11 @@ const WEB_ROOT = fileURLToPath(new URL("../clients/web/dist", import.meta.url));
 
 /** How long calls ended at shutdown get to send their status and trailers before their connections are cut. */
 const ENDED_CALLS_MS = 2_000;
+
+/** The health name of one loaded variant: up while its engine is (design §10). */
+export function variantHealthName(id: string): string {
+  return `${GenerationService.typeName}/${id}`;
+}
 
 export const VERSION = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string })
   .version;
@@ -81,24 +86,39 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
     engineWatchdogMs: config.engineWatchdogMs,
     maxRestarts: config.engineMaxRestarts,
     onEngineEvent: (variant, event) => metrics.countEngineEvent(variant, event),
-    onServingChange(serving) {
+    onChange() {
       if (stopping) return;
-      health.setAll(serving ? ServingStatus.SERVING : ServingStatus.NOT_SERVING);
-      if (serving) metrics.setActiveVariant(serving.entry.id, serving.summary.quantization);
+      // SERVING while any variant the policy routes to is up; each loaded variant has a name of its own.
+      const up = (m: PoolMember) => m.serving !== undefined && !m.unloading;
+      const routedUp = pool.loaded.some((m) => m.weight > 0 && up(m));
+      health.setAll(routedUp ? ServingStatus.SERVING : ServingStatus.NOT_SERVING);
+      health.setExtra(
+        Object.fromEntries(
+          pool.loaded.map((m) => [variantHealthName(m.id), up(m) ? ServingStatus.SERVING : ServingStatus.NOT_SERVING]),
+        ),
+      );
+      metrics.setActiveVariants(
+        pool.loaded
+          .filter((m) => m.weight > 0 && !m.unloading)
+          .map((m) => ({ variant: m.id, quantization: m.summary.quantization })),
+      );
     },
   });
-  const metrics = new ServiceMetrics({
-    running: () => pool.current?.scheduler.running ?? 0,
-    waiting: () => pool.current?.scheduler.waiting ?? 0,
-    variant: () => pool.current?.entry.id ?? "",
-    kvCells: () => pool.current?.engine.kvCells ?? { used: 0, total: 0 },
-  });
+  const metrics = new ServiceMetrics(() =>
+    pool.loaded.map((m) => ({
+      variant: m.id,
+      running: m.serving?.scheduler.running ?? 0,
+      waiting: m.serving?.scheduler.waiting ?? 0,
+      weight: m.weight,
+      kvCells: m.serving?.engine.kvCells ?? { used: 0, total: 0 },
+    })),
+  );
   const reflection = createReflectionServices([GenerationService, AdminService, Health]);
   const generation = createGenerationService({
     metrics,
     log,
     deadlineMarginMs: config.deadlineMarginMs,
-    inference: () => pool.admit(),
+    inference: (want) => pool.admit(want),
   });
   const admin = createAdminService({
     pool,
@@ -152,13 +172,14 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
     "listening",
   );
 
-  const candidates = config.modelPath ? [idForFile(config.modelPath)] : [config.variant, ...config.fallback];
-  let serving;
+  const variants = config.modelPath
+    ? [{ id: idForFile(config.modelPath), weight: 100 }]
+    : (config.variants ?? [{ id: config.variant, weight: 100 }]);
   const stopStartup = () => pool.stopDownloads();
   options.signal?.addEventListener("abort", stopStartup, { once: true });
   try {
     if (options.signal?.aborted) stopStartup();
-    serving = await pool.start(candidates, options.onDownload);
+    await pool.start(variants, config.modelPath ? [] : config.fallback, options.onDownload);
   } catch (error) {
     server.destroyAll();
     server.stopAccepting();
@@ -166,11 +187,14 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
   } finally {
     options.signal?.removeEventListener("abort", stopStartup);
   }
-  const info = serving.engine.info;
-  log.info(
-    { variant: serving.entry.id, model: serving.entry.path, quantization: serving.summary.quantization, ...info },
-    info.backend === "cpu" ? "model loaded on CPU" : `model loaded on ${info.backend.toUpperCase()}`,
-  );
+  for (const { serving, weight } of pool.loaded) {
+    if (!serving) continue;
+    const info = serving.engine.info;
+    log.info(
+      { variant: serving.entry.id, model: serving.entry.path, quantization: serving.summary.quantization, weight, ...info },
+      info.backend === "cpu" ? "model loaded on CPU" : `model loaded on ${info.backend.toUpperCase()}`,
+    );
+  }
 
   let shuttingDown: Promise<void> | undefined;
   return {

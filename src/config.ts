@@ -14,6 +14,11 @@ export interface Config {
   variant: string;
   /** Catalog ids to try, in order, when the variant cannot load. */
   fallback: string[];
+  /**
+   * Several variants to load at start, each with its routing weight (instead
+   * of `variant`); undefined: `variant` alone.
+   */
+  variants: { id: string; weight: number }[] | undefined;
   modelsDir: string;
   manifestPath: string | undefined;
   /** Bearer token for AdminService; undefined disables it. */
@@ -106,6 +111,13 @@ export function buildCommand(): Command {
     )
     .addOption(
       new Option("--variant <id>", "catalog variant to serve, downloaded on first use").env("AIRAVATA_VARIANT").default("q4_k_m"),
+    )
+    .addOption(
+      new Option(
+        "--variants <ids>",
+        "several variants to load at start, comma-separated, each with an optional routing weight (q4_k_m=90,q8_0=10); " +
+          "without weights the first takes every call that names no variant",
+      ).env("AIRAVATA_VARIANTS"),
     )
     .addOption(
       new Option("--fallback <ids>", "comma-separated variants to try in order if --variant cannot load")
@@ -310,8 +322,27 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
       .split(",")
       .map((v) => v.trim())
       .filter(Boolean);
-  for (const id of [o.variant as string, ...ids(o.fallback)]) {
+  const checkId = (id: string) => {
     if (!/^[a-z0-9][a-z0-9._-]{0,63}$/.test(id)) fail(`"${id}" is not a variant id (lower-case letters, digits, ".", "_", "-")`);
+  };
+  for (const id of [o.variant as string, ...ids(o.fallback)]) checkId(id);
+  let variants: Config["variants"];
+  if (o.variants !== undefined) {
+    if (o.model) fail("--variants and --model cannot go together: --model serves one file");
+    if (ids(o.fallback).length > 0) fail("--fallback is for --variant alone; with --variants each variant that fails is skipped");
+    const listed = ids(String(o.variants)).map((item) => {
+      const [id = "", weight] = item.split("=").map((s) => s.trim());
+      checkId(id);
+      if (weight !== undefined && !/^\d{1,6}$/.test(weight))
+        fail(`--variants: the weight of "${id}" must be a whole number from 0 up`);
+      return { id, weight: weight === undefined ? undefined : Number(weight) };
+    });
+    if (listed.length === 0) fail("--variants names no variant");
+    if (new Set(listed.map((v) => v.id)).size < listed.length) fail("--variants names a variant twice");
+    const weighted = listed.some((v) => v.weight !== undefined);
+    variants = listed.map((v, i) => ({ id: v.id, weight: v.weight ?? (weighted ? 0 : i === 0 ? 100 : 0) }));
+    if (!variants.some((v) => v.weight > 0))
+      fail("--variants: the weights are all zero; at least one variant must take the calls");
   }
   let adminToken = process.env.AIRAVATA_ADMIN_TOKEN || undefined;
   if (o.adminTokenFile) adminToken = readFileSync(o.adminTokenFile, "utf8").trim() || undefined;
@@ -330,6 +361,7 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
     modelPath: (o.model as string | undefined) || undefined,
     variant: o.variant,
     fallback: ids(o.fallback),
+    variants,
     modelsDir: o.modelsDir,
     manifestPath: o.manifest,
     adminToken,

@@ -9,6 +9,16 @@ import type { MetricsSnapshot } from "./request-metrics.js";
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
 const TOKEN_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1];
 
+/** One loaded variant's load, for the gauges. */
+export interface VariantLoad {
+  variant: string;
+  running: number;
+  waiting: number;
+  weight: number;
+  /** KV cells holding tokens and all the cells. */
+  kvCells: { used: number; total: number };
+}
+
 export class ServiceMetrics {
   readonly registry = new Registry();
   private readonly ttft = new Histogram({
@@ -105,18 +115,13 @@ export class ServiceMetrics {
   });
   private readonly activeVariant = new Gauge({
     name: "airavata_active_variant_info",
-    help: "The variant in service (value 1), with its quantization.",
+    help: "The variants in service, those the routing policy sends calls to (value 1), with their quantization.",
     labelNames: ["variant", "quantization"],
     registers: [this.registry],
   });
 
-  constructor(gauges: {
-    running(): number;
-    waiting(): number;
-    variant(): string;
-    /** KV cells holding tokens and all the cells, of the variant in service. */
-    kvCells(): { used: number; total: number };
-  }) {
+  /** @param variants each loaded variant's load, read at every scrape */
+  constructor(variants: () => readonly VariantLoad[]) {
     new Gauge({
       name: "airavata_kv_cache_usage_perc",
       help: "Fraction (0-1) of the variant's KV cells holding tokens (running calls' and those slots keep for the prefix cache), as the engine reported after its last finished call.",
@@ -124,8 +129,8 @@ export class ServiceMetrics {
       registers: [this.registry],
       collect() {
         this.reset();
-        const { used, total } = gauges.kvCells();
-        this.set({ variant: gauges.variant() }, total > 0 ? used / total : 0);
+        for (const { variant, kvCells } of variants())
+          this.set({ variant }, kvCells.total > 0 ? kvCells.used / kvCells.total : 0);
       },
     });
     new Gauge({
@@ -135,7 +140,7 @@ export class ServiceMetrics {
       registers: [this.registry],
       collect() {
         this.reset();
-        this.set({ variant: gauges.variant() }, gauges.running());
+        for (const { variant, running } of variants()) this.set({ variant }, running);
       },
     });
     new Gauge({
@@ -145,7 +150,17 @@ export class ServiceMetrics {
       registers: [this.registry],
       collect() {
         this.reset();
-        this.set({ variant: gauges.variant() }, gauges.waiting());
+        for (const { variant, waiting } of variants()) this.set({ variant }, waiting);
+      },
+    });
+    new Gauge({
+      name: "airavata_variant_routing_weight",
+      help: "Each loaded variant's routing weight (its share of the calls that name no variant is weight / the sum).",
+      labelNames: ["variant"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const { variant, weight } of variants()) this.set({ variant }, weight);
       },
     });
     collectDefaultMetrics({ register: this.registry });
@@ -159,9 +174,10 @@ export class ServiceMetrics {
     this.swaps.inc({ result });
   }
 
-  setActiveVariant(variant: string, quantization: string): void {
+  /** The variants the routing policy sends calls to (value 1 each). */
+  setActiveVariants(active: readonly { variant: string; quantization: string }[]): void {
     this.activeVariant.reset();
-    this.activeVariant.set({ variant, quantization }, 1);
+    for (const labels of active) this.activeVariant.set(labels, 1);
   }
 
   /** Records one finished Generate call. */

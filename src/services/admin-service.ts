@@ -1,6 +1,6 @@
 /**
- * AdminService: list the variants, report status, swap with streamed
- * progress. Thin: the serving pool does the work.
+ * AdminService: list the variants, report status, load, unload, route and
+ * swap with streamed progress. Thin: the serving pool does the work.
  */
 import os from "node:os";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -14,7 +14,7 @@ import {
   type SwapProgressSchema,
   type VariantSchema,
 } from "../gen/airavata/v1/admin_pb.js";
-import type { ServingPool, SwapPhaseName } from "../scheduling/serving-pool.js";
+import type { Serving, ServingPool, SwapEvent, SwapPhaseName } from "../scheduling/serving-pool.js";
 import type { VariantView } from "../variants/variant-loader.js";
 import { invalidArgument } from "../errors.js";
 import { defaultEvaluationText } from "../variants/evaluate.js";
@@ -80,6 +80,25 @@ async function* streamOf<T>(run: (emit: (value: T) => void) => Promise<void>, lo
   }
 }
 
+/** A pool event as the SwapProgress message that LoadVariant, UnloadVariant and SwapVariant stream. */
+function progressOf(
+  variantId: string,
+  started: number,
+  emit: (message: MessageInitShape<typeof SwapProgressSchema>) => void,
+): (event: SwapEvent) => void {
+  return (event) =>
+    emit({
+      phase: PHASES[event.phase],
+      variantId,
+      bytesDone: BigInt(event.bytesDone ?? 0),
+      bytesTotal: BigInt(event.bytesTotal ?? 0),
+      percent: event.percent ?? 0,
+      inFlight: event.inFlight ?? 0,
+      message: event.message ?? "",
+      elapsedMs: performance.now() - started,
+    });
+}
+
 export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof AdminService> {
   const { pool, log } = deps;
   const check = createAdminCheck(deps.adminToken);
@@ -100,6 +119,8 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
       return guard(ctx, "GetStatus", async () => {
         const serving = pool.current;
         const memory = serving ? await serving.engine.memory().catch(() => undefined) : undefined;
+        const loaded = pool.loaded;
+        const total = (count: (s: Serving) => number) => loaded.reduce((n, m) => n + (m.serving ? count(m.serving) : 0), 0);
         return {
           activeVariant: serving?.entry.id ?? "",
           backend: serving?.engine.info.backend ?? "",
@@ -109,14 +130,23 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
           vramTotalBytes: BigInt(memory?.vramTotal ?? 0),
           vramFreeBytes: BigInt(memory?.vramFree ?? 0),
           parallelSlots: serving?.engine.info.sequences ?? 0,
-          running: serving?.scheduler.running ?? 0,
-          queued: serving?.scheduler.waiting ?? 0,
+          running: total((s) => s.scheduler.running),
+          queued: total((s) => s.scheduler.waiting),
           uptimeSeconds: (Date.now() - deps.startedAt) / 1000,
           version: deps.version,
           contextSize: serving?.engine.info.contextSize ?? 0,
           threads: serving?.engine.info.threads ?? 0,
           startupNotes: pool.startupNotes,
           swappingTo: pool.swapInProgress ?? "",
+          loadedVariants: loaded.map((m) => ({
+            variantId: m.id,
+            quantization: m.summary.quantization,
+            weight: m.weight,
+            calls: BigInt(m.calls),
+            running: m.serving?.scheduler.running ?? 0,
+            queued: m.serving?.scheduler.waiting ?? 0,
+            serving: m.serving !== undefined && !m.unloading,
+          })),
         };
       });
     },
@@ -149,6 +179,38 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
       );
     },
 
+    async *loadVariant(req, ctx): AsyncGenerator<MessageInitShape<typeof SwapProgressSchema>> {
+      check(ctx);
+      const started = performance.now();
+      log.info({ variant: req.variantId }, "load requested");
+      yield* streamOf<MessageInitShape<typeof SwapProgressSchema>>(
+        (emit) => pool.load(req.variantId, progressOf(req.variantId, started, emit), ctx.signal),
+        log,
+      );
+    },
+
+    async *unloadVariant(req, ctx): AsyncGenerator<MessageInitShape<typeof SwapProgressSchema>> {
+      check(ctx);
+      const started = performance.now();
+      log.info({ variant: req.variantId, policy: SwapPolicy[req.policy] }, "unload requested");
+      yield* streamOf<MessageInitShape<typeof SwapProgressSchema>>(
+        (emit) =>
+          pool.unload(
+            {
+              id: req.variantId,
+              policy: req.policy === SwapPolicy.CANCEL ? "cancel" : "drain",
+              drainTimeoutMs: req.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS,
+            },
+            progressOf(req.variantId, started, emit),
+          ),
+        log,
+      );
+    },
+
+    setRouting(req, ctx) {
+      return guard(ctx, "SetRouting", async () => ({ weights: pool.setRouting(req.weights) }));
+    },
+
     async *swapVariant(req, ctx): AsyncGenerator<MessageInitShape<typeof SwapProgressSchema>> {
       check(ctx);
       const started = performance.now();
@@ -162,17 +224,7 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
               drainTimeoutMs: req.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS,
               allowDowntime: req.allowDowntime,
             },
-            (event) =>
-              emit({
-                phase: PHASES[event.phase],
-                variantId: req.variantId,
-                bytesDone: BigInt(event.bytesDone ?? 0),
-                bytesTotal: BigInt(event.bytesTotal ?? 0),
-                percent: event.percent ?? 0,
-                inFlight: event.inFlight ?? 0,
-                message: event.message ?? "",
-                elapsedMs: performance.now() - started,
-              }),
+            progressOf(req.variantId, started, emit),
             ctx.signal,
           );
           deps.onSwap?.("ok", req.variantId);

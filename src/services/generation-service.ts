@@ -19,6 +19,7 @@ import {
 import { type MetricsSnapshot, RequestMetrics } from "../metrics/request-metrics.js";
 import type { ServiceMetrics } from "../metrics/prometheus.js";
 import type { Inference } from "../scheduling/inference.js";
+import type { Admission } from "../scheduling/serving-pool.js";
 import { ServiceError } from "../errors.js";
 import { fromConnectError, toConnectError } from "./connect-errors.js";
 import { untilAborted } from "../util/until-aborted.js";
@@ -50,8 +51,13 @@ const FINISH: Record<EngineFinishReason, FinishReason> = {
 };
 
 export interface GenerationServiceDeps {
-  /** The inference in service; throws `unavailable` while there is none or the server is shutting down. */
-  inference(): Inference;
+  /**
+   * The inference a call goes to: the variant it names, or the routing
+   * policy's choice (sticky by key); throws `unavailable` while there is none
+   * or the server is shutting down, `not_found` / `failed_precondition` for a
+   * named variant that is unknown / not loaded.
+   */
+  inference(want: Admission): Promise<Inference>;
   metrics: ServiceMetrics;
   log: Logger;
   /** The least a call with a deadline is ended ahead of it (`--deadline-margin`). */
@@ -164,6 +170,13 @@ function callSignal(ctx: HandlerContext, floorMs: number): { signal: AbortSignal
   };
 }
 
+/** The request header whose value keeps a caller on one variant while the weights stay. */
+export const ROUTING_KEY_HEADER = "airavata-routing-key";
+
+function admission(variant: string, ctx: HandlerContext): Admission {
+  return { variant: variant || undefined, routingKey: ctx.requestHeader.get(ROUTING_KEY_HEADER) ?? undefined };
+}
+
 export function createGenerationService(deps: GenerationServiceDeps): ServiceImpl<typeof GenerationService> {
   const { log } = deps;
   return {
@@ -176,7 +189,8 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
       const call = callSignal(ctx, deps.deadlineMarginMs);
       let sentQueueHeader = false;
       try {
-        const inference = deps.inference();
+        // Admitted first, so that a refused request counts in the metrics of the variant it was meant for.
+        const inference = await deps.inference(admission(req.variant, ctx));
         metrics.variant = inference.variant;
         const { input, sampling } = validateGenerateRequest(req);
         // The call's signal ends the call at once, with the metrics as they stand: its deadline is
@@ -237,7 +251,7 @@ export function createGenerationService(deps: GenerationServiceDeps): ServiceImp
 
     async tokenize(req, ctx) {
       try {
-        const inference = deps.inference();
+        const inference = await deps.inference(admission(req.variant, ctx));
         const tokens = await inference.tokenize(req.text, req.special);
         return { tokenIds: tokens, count: tokens.length, variant: inference.variant };
       } catch (error) {

@@ -10,15 +10,32 @@ export { Status as ServingStatus };
 
 export class HealthRegistry {
   private readonly statuses = new Map<string, Status>();
+  /** Names that come and go with what is loaded (one per variant), apart from the fixed ones. */
+  private readonly extra = new Set<string>();
   private readonly listeners = new Set<() => void>();
 
-  constructor(services: readonly string[]) {
+  constructor(private readonly services: readonly string[]) {
     for (const name of ["", ...services]) this.statuses.set(name, Status.NOT_SERVING);
   }
 
-  /** Sets every registered service (and the server) to `status`. */
+  /** Sets the server ("") and every fixed service to `status`. */
   setAll(status: Status): void {
-    for (const name of this.statuses.keys()) this.statuses.set(name, status);
+    for (const name of ["", ...this.services]) this.statuses.set(name, status);
+    this.changed();
+  }
+
+  /** Replaces the names that come and go: one not in `statuses` is gone (Check: NOT_FOUND). */
+  setExtra(statuses: Record<string, Status>): void {
+    for (const name of this.extra) if (!(name in statuses)) this.statuses.delete(name);
+    this.extra.clear();
+    for (const [name, status] of Object.entries(statuses)) {
+      this.extra.add(name);
+      this.statuses.set(name, status);
+    }
+    this.changed();
+  }
+
+  private changed(): void {
     for (const listener of this.listeners) listener();
   }
 

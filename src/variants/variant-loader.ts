@@ -45,6 +45,23 @@ export interface VariantLoaderOptions {
   log: Logger;
 }
 
+/** Whether a variant fits in memory beside those loaded, with the numbers (bytes). */
+export interface MemoryFit {
+  kind: "RAM" | "VRAM";
+  /** What the new variant needs. */
+  need: number;
+  /** What the loaded ones need together. */
+  used: number;
+  budget: number | undefined;
+  /** What is left for the new one: the budget less `used`, or what the device has free. */
+  free: number;
+  fits: boolean;
+  /** Whether it would fit with nothing else loaded. */
+  fitsAlone: boolean;
+  /** The loaded ones, named for a message. */
+  beside: string;
+}
+
 export interface LoadOptions {
   /** Load progress, 0…1. */
   onProgress?(progress: number): void;
@@ -73,9 +90,9 @@ export class VariantLoader {
 
   /**
    * Every catalog entry with what its file says; `loaded` are the files of
-   * the engines running now, `active` the one in service.
+   * the engines running now, `active` those the routing policy sends calls to.
    */
-  async list(loaded: ReadonlySet<string>, active: string | undefined): Promise<VariantView[]> {
+  async list(loaded: ReadonlySet<string>, active: ReadonlySet<string>): Promise<VariantView[]> {
     const catalog = await this.catalog();
     return Promise.all(
       catalog.list().map(async (entry) => {
@@ -84,7 +101,7 @@ export class VariantLoader {
           entry,
           summary: downloaded ? await inspectGguf(entry.path) : undefined,
           downloaded,
-          active: active === entry.path,
+          active: active.has(entry.path),
           loaded: loaded.has(entry.path),
         };
       }),
@@ -147,17 +164,16 @@ export class VariantLoader {
   }
 
   /**
-   * Why `entry` cannot be loaded beside `current`, or undefined when it can:
-   * node-llama-cpp's estimate of what it needs, against the memory budget
-   * (or, without one, what the device has free now). Throws
-   * `failed_precondition` when it could not fit even alone.
+   * Whether `entry` fits beside the variants loaded now (`beside`, at least
+   * one: its engine estimates what `entry` needs): node-llama-cpp's estimate
+   * against the memory budget, or, without one, what the device has free.
    */
-  async shortage(current: LoadedVariant, entry: CatalogEntry): Promise<string | undefined> {
-    const gpu = current.engine.info.backend !== "cpu";
-    const kind = gpu ? "VRAM" : "RAM";
+  async fit(beside: readonly LoadedVariant[], entry: CatalogEntry): Promise<MemoryFit> {
+    const probe = beside[0]!.engine;
+    const gpu = probe.info.backend !== "cpu";
     let needs: MemoryEstimate;
     try {
-      needs = await current.engine.estimate(entry.path);
+      needs = await probe.estimate(entry.path);
     } catch (error) {
       throw new ServiceError(
         "failed_precondition",
@@ -165,36 +181,63 @@ export class VariantLoader {
       );
     }
     const need = gpu ? needs.vramBytes : needs.ramBytes;
-    const used = gpu ? current.needs.vramBytes : current.needs.ramBytes;
+    const used = beside.reduce((sum, v) => sum + (gpu ? v.needs.vramBytes : v.needs.ramBytes), 0);
     const budget = this.options.memoryBudget;
-    if (budget !== undefined) {
-      if (need > budget) {
-        throw new ServiceError(
-          "failed_precondition",
-          `variant "${entry.id}" needs about ${mib(need)} of ${kind}, more than the whole memory budget of ${mib(budget)}`,
-        );
-      }
-      if (used + need <= budget) return undefined;
-      return (
-        `variant "${entry.id}" needs about ${mib(need)} of ${kind} beside "${current.entry.id}"'s ${mib(used)}: ` +
-        `${mib(used + need)} together, over the memory budget of ${mib(budget)}`
-      );
-    }
-    const free = gpu ? (await current.engine.memory()).vramFree : os.freemem();
-    if (need <= free) return undefined;
-    if (need > free + used) {
+    const free = budget !== undefined ? Math.max(0, budget - used) : gpu ? (await probe.memory()).vramFree : os.freemem();
+    return {
+      kind: gpu ? "VRAM" : "RAM",
+      need,
+      used,
+      budget,
+      free,
+      fits: need <= free,
+      fitsAlone: need <= (budget ?? free + used),
+      beside: beside.map((v) => `"${v.entry.id}"`).join(" and "),
+    };
+  }
+
+  /**
+   * Why `entry` cannot be loaded beside `current` for a swap, or undefined
+   * when it can. Throws `failed_precondition` when it could not fit even
+   * alone.
+   */
+  async shortage(current: readonly LoadedVariant[], entry: CatalogEntry): Promise<string | undefined> {
+    const fit = await this.fit(current, entry);
+    const { kind, need, used, budget, free, beside } = fit;
+    if (!fit.fitsAlone) {
       throw new ServiceError(
         "failed_precondition",
-        `variant "${entry.id}" needs about ${mib(need)} of ${kind}, more than is free even without "${current.entry.id}" (${mib(free + used)})`,
+        budget !== undefined
+          ? `variant "${entry.id}" needs about ${mib(need)} of ${kind}, more than the whole memory budget of ${mib(budget)}`
+          : `variant "${entry.id}" needs about ${mib(need)} of ${kind}, more than is free even without ${beside} (${mib(free + used)})`,
       );
     }
-    return `variant "${entry.id}" needs about ${mib(need)} of ${kind}, and only ${mib(free)} is free beside "${current.entry.id}"`;
+    if (fit.fits) return undefined;
+    return budget !== undefined
+      ? `variant "${entry.id}" needs about ${mib(need)} of ${kind} beside ${beside}'s ${mib(used)}: ` +
+          `${mib(used + need)} together, over the memory budget of ${mib(budget)}`
+      : `variant "${entry.id}" needs about ${mib(need)} of ${kind}, and only ${mib(free)} is free beside ${beside}`;
+  }
+
+  /**
+   * Refuses, with `resource_exhausted` and the numbers (needed, free,
+   * budget), a variant that does not fit beside those loaded.
+   */
+  async checkFits(beside: readonly LoadedVariant[], entry: CatalogEntry): Promise<void> {
+    const { kind, need, used, budget, free, fits, beside: names } = await this.fit(beside, entry);
+    if (fits) return;
+    throw new ServiceError(
+      "resource_exhausted",
+      `variant "${entry.id}" needs about ${mib(need)} of ${kind}; ${mib(free)} is free ` +
+        (budget !== undefined ? `of the memory budget of ${mib(budget)} ` : "on the device ") +
+        `beside ${names} (${mib(used)}); unload a variant first`,
+    );
   }
 
   /**
    * Measures variants one at a time (`ids`, or every downloaded usable one),
-   * each in an engine process of its own beside `beside` (the variant in
-   * service); one that would not fit in memory beside it is reported, not
+   * each in an engine process of its own beside `beside` (the variants
+   * loaded); one that would not fit in memory beside them is reported, not
    * loaded. `signal` (the call's) stops it: the variant being measured loses
    * its engine at once.
    */
@@ -202,11 +245,11 @@ export class VariantLoader {
     ids: readonly string[],
     options: EvaluateOptions,
     onResult: (result: Evaluation) => void,
-    beside: LoadedVariant | undefined,
+    beside: readonly LoadedVariant[],
     signal?: AbortSignal,
   ): Promise<void> {
     for (const entry of await (await this.catalog()).select(ids)) {
-      const shortage = beside ? () => this.shortage(beside, entry).catch((error: Error) => error.message) : undefined;
+      const shortage = beside.length > 0 ? () => this.shortage(beside, entry).catch((error: Error) => error.message) : undefined;
       onResult(await evaluateVariant(entry, this.options.engine, options, this.options.log, shortage, signal));
     }
   }

@@ -18,6 +18,7 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     modelPath: modelPath("q4_0"),
     variant: "q4_k_m",
     fallback: [],
+    variants: undefined,
     modelsDir: MODEL_DIR,
     manifestPath: undefined,
     adminToken: undefined,

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file airavata/v1/generation.proto.
  */
 export const file_airavata_v1_generation: GenFile = /*@__PURE__*/
-  fileDesc("ChxhaXJhdmF0YS92MS9nZW5lcmF0aW9uLnByb3RvEgthaXJhdmF0YS52MSIsCgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAki6AIKD0dlbmVyYXRlUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSKgoIbWVzc2FnZXMYAiADKAsyGC5haXJhdmF0YS52MS5DaGF0TWVzc2FnZRILCgNyYXcYAyABKAgSGwoObWF4X25ld190b2tlbnMYBCABKA1IAIgBARIYCgt0ZW1wZXJhdHVyZRgFIAEoAkgBiAEBEhIKBXRvcF9rGAYgASgNSAKIAQESEgoFdG9wX3AYByABKAJIA4gBARISCgVtaW5fcBgIIAEoAkgEiAEBEhsKDnJlcGVhdF9wZW5hbHR5GAkgASgCSAWIAQESEQoEc2VlZBgKIAEoDUgGiAEBEgwKBHN0b3AYCyADKAlCEQoPX21heF9uZXdfdG9rZW5zQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX2tCCAoGX3RvcF9wQggKBl9taW5fcEIRCg9fcmVwZWF0X3BlbmFsdHlCBwoFX3NlZWQirgEKEEdlbmVyYXRlUmVzcG9uc2USDAoEdGV4dBgBIAEoCRIRCgl0b2tlbl9pZHMYAiADKA0SMAoNZmluaXNoX3JlYXNvbhgDIAEoDjIZLmFpcmF2YXRhLnYxLkZpbmlzaFJlYXNvbhIvCgdtZXRyaWNzGAQgASgLMh4uYWlyYXZhdGEudjEuR2VuZXJhdGlvbk1ldHJpY3MSFgoOcXVldWVfcG9zaXRpb24YBSABKA0inwIKEUdlbmVyYXRpb25NZXRyaWNzEg8KB3ZhcmlhbnQYASABKAkSFQoNcHJvbXB0X3Rva2VucxgCIAEoDRIYChBnZW5lcmF0ZWRfdG9rZW5zGAMgASgNEhAKCHF1ZXVlX21zGAQgASgBEh4KFnRpbWVfdG9fZmlyc3RfdG9rZW5fbXMYBSABKAESEgoKcHJlZmlsbF9tcxgGIAEoARIgChhkZWNvZGVfdG9rZW5zX3Blcl9zZWNvbmQYByABKAESEAoIdG90YWxfbXMYCCABKAESMAoNZmluaXNoX3JlYXNvbhgJIAEoDjIZLmFpcmF2YXRhLnYxLkZpbmlzaFJlYXNvbhIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgKIAEoDSIwCg9Ub2tlbml6ZVJlcXVlc3QSDAoEdGV4dBgBIAEoCRIPCgdzcGVjaWFsGAIgASgIIkUKEFRva2VuaXplUmVzcG9uc2USEQoJdG9rZW5faWRzGAEgAygNEg0KBWNvdW50GAIgASgNEg8KB3ZhcmlhbnQYAyABKAkq0gEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQAhIfChtGSU5JU0hfUkVBU09OX1NUT1BfU0VRVUVOQ0UQAxIbChdGSU5JU0hfUkVBU09OX0NBTkNFTExFRBAEEhoKFkZJTklTSF9SRUFTT05fREVBRExJTkUQBRIXChNGSU5JU0hfUkVBU09OX0VSUk9SEAYyrAEKEUdlbmVyYXRpb25TZXJ2aWNlEkkKCEdlbmVyYXRlEhwuYWlyYXZhdGEudjEuR2VuZXJhdGVSZXF1ZXN0Gh0uYWlyYXZhdGEudjEuR2VuZXJhdGVSZXNwb25zZTABEkwKCFRva2VuaXplEhwuYWlyYXZhdGEudjEuVG9rZW5pemVSZXF1ZXN0Gh0uYWlyYXZhdGEudjEuVG9rZW5pemVSZXNwb25zZSIDkAIBYgZwcm90bzM");
+  fileDesc("ChxhaXJhdmF0YS92MS9nZW5lcmF0aW9uLnByb3RvEgthaXJhdmF0YS52MSIsCgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAki+QIKD0dlbmVyYXRlUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSKgoIbWVzc2FnZXMYAiADKAsyGC5haXJhdmF0YS52MS5DaGF0TWVzc2FnZRILCgNyYXcYAyABKAgSGwoObWF4X25ld190b2tlbnMYBCABKA1IAIgBARIYCgt0ZW1wZXJhdHVyZRgFIAEoAkgBiAEBEhIKBXRvcF9rGAYgASgNSAKIAQESEgoFdG9wX3AYByABKAJIA4gBARISCgVtaW5fcBgIIAEoAkgEiAEBEhsKDnJlcGVhdF9wZW5hbHR5GAkgASgCSAWIAQESEQoEc2VlZBgKIAEoDUgGiAEBEgwKBHN0b3AYCyADKAkSDwoHdmFyaWFudBgMIAEoCUIRCg9fbWF4X25ld190b2tlbnNCDgoMX3RlbXBlcmF0dXJlQggKBl90b3Bfa0IICgZfdG9wX3BCCAoGX21pbl9wQhEKD19yZXBlYXRfcGVuYWx0eUIHCgVfc2VlZCKuAQoQR2VuZXJhdGVSZXNwb25zZRIMCgR0ZXh0GAEgASgJEhEKCXRva2VuX2lkcxgCIAMoDRIwCg1maW5pc2hfcmVhc29uGAMgASgOMhkuYWlyYXZhdGEudjEuRmluaXNoUmVhc29uEi8KB21ldHJpY3MYBCABKAsyHi5haXJhdmF0YS52MS5HZW5lcmF0aW9uTWV0cmljcxIWCg5xdWV1ZV9wb3NpdGlvbhgFIAEoDSKfAgoRR2VuZXJhdGlvbk1ldHJpY3MSDwoHdmFyaWFudBgBIAEoCRIVCg1wcm9tcHRfdG9rZW5zGAIgASgNEhgKEGdlbmVyYXRlZF90b2tlbnMYAyABKA0SEAoIcXVldWVfbXMYBCABKAESHgoWdGltZV90b19maXJzdF90b2tlbl9tcxgFIAEoARISCgpwcmVmaWxsX21zGAYgASgBEiAKGGRlY29kZV90b2tlbnNfcGVyX3NlY29uZBgHIAEoARIQCgh0b3RhbF9tcxgIIAEoARIwCg1maW5pc2hfcmVhc29uGAkgASgOMhkuYWlyYXZhdGEudjEuRmluaXNoUmVhc29uEhwKFGNhY2hlZF9wcm9tcHRfdG9rZW5zGAogASgNIkEKD1Rva2VuaXplUmVxdWVzdBIMCgR0ZXh0GAEgASgJEg8KB3NwZWNpYWwYAiABKAgSDwoHdmFyaWFudBgDIAEoCSJFChBUb2tlbml6ZVJlc3BvbnNlEhEKCXRva2VuX2lkcxgBIAMoDRINCgVjb3VudBgCIAEoDRIPCgd2YXJpYW50GAMgASgJKtIBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISHwobRklOSVNIX1JFQVNPTl9TVE9QX1NFUVVFTkNFEAMSGwoXRklOSVNIX1JFQVNPTl9DQU5DRUxMRUQQBBIaChZGSU5JU0hfUkVBU09OX0RFQURMSU5FEAUSFwoTRklOSVNIX1JFQVNPTl9FUlJPUhAGMqwBChFHZW5lcmF0aW9uU2VydmljZRJJCghHZW5lcmF0ZRIcLmFpcmF2YXRhLnYxLkdlbmVyYXRlUmVxdWVzdBodLmFpcmF2YXRhLnYxLkdlbmVyYXRlUmVzcG9uc2UwARJMCghUb2tlbml6ZRIcLmFpcmF2YXRhLnYxLlRva2VuaXplUmVxdWVzdBodLmFpcmF2YXRhLnYxLlRva2VuaXplUmVzcG9uc2UiA5ACAWIGcHJvdG8z");
 
 /**
  * ChatMessage is one turn of a conversation.
@@ -120,6 +120,15 @@ export type GenerateRequest = Message<"airavata.v1.GenerateRequest"> & {
    * @generated from field: repeated string stop = 11;
    */
   stop: string[];
+
+  /**
+   * The loaded variant (catalog id) to generate with; empty: the routing
+   * policy chooses (see AdminService.SetRouting, and the airavata-routing-key
+   * request header for a sticky choice).
+   *
+   * @generated from field: string variant = 12;
+   */
+  variant: string;
 };
 
 /**
@@ -282,6 +291,13 @@ export type TokenizeRequest = Message<"airavata.v1.TokenizeRequest"> & {
    * @generated from field: bool special = 2;
    */
   special: boolean;
+
+  /**
+   * The loaded variant whose tokenizer to use; empty: as the routing policy chooses.
+   *
+   * @generated from field: string variant = 3;
+   */
+  variant: string;
 };
 
 /**
@@ -381,7 +397,8 @@ export const FinishReasonSchema: GenEnum<FinishReason> = /*@__PURE__*/
   enumDesc(file_airavata_v1_generation, 0);
 
 /**
- * GenerationService streams text from the active Airavata variant.
+ * GenerationService streams text from the loaded Airavata variants: the one
+ * a request names, or the one the routing policy chooses.
  *
  * @generated from service airavata.v1.GenerationService
  */
@@ -400,7 +417,7 @@ export const GenerationService: GenService<{
     output: typeof GenerateResponseSchema;
   },
   /**
-   * Tokenize returns the token ids of a text under the active variant's
+   * Tokenize returns the token ids of a text under a loaded variant's
    * tokenizer. It does no generation, so it is also the baseline for RPC cost.
    *
    * @generated from rpc airavata.v1.GenerationService.Tokenize
