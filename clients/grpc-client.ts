@@ -18,8 +18,10 @@ import {
   AdminService,
   type EvaluateRequestSchema,
   type EvaluateResult,
+  type LoadVariantRequestSchema,
   type SwapProgress,
   type SwapVariantRequestSchema,
+  type UnloadVariantRequestSchema,
 } from "../src/gen/airavata/v1/admin_pb.js";
 import {
   type GenerateRequestSchema,
@@ -219,6 +221,26 @@ export class AdminClient {
     options: CallOptions = {},
   ): Promise<StreamOutcome<EvaluateResult>> {
     return this.caller.stream(AdminService.method.evaluate, request, onResult, options);
+  }
+
+  loadVariant(
+    request: MessageInitShape<typeof LoadVariantRequestSchema>,
+    onProgress?: (progress: SwapProgress) => void,
+    options: CallOptions = {},
+  ): Promise<StreamOutcome<SwapProgress>> {
+    return this.caller.stream(AdminService.method.loadVariant, request, onProgress, options);
+  }
+
+  unloadVariant(
+    request: MessageInitShape<typeof UnloadVariantRequestSchema>,
+    onProgress?: (progress: SwapProgress) => void,
+    options: CallOptions = {},
+  ): Promise<StreamOutcome<SwapProgress>> {
+    return this.caller.stream(AdminService.method.unloadVariant, request, onProgress, options);
+  }
+
+  setRouting(weights: Record<string, number>, options: CallOptions = {}) {
+    return this.caller.unary(AdminService.method.setRouting, { weights }, options);
   }
 
   swapVariant(

@@ -72,6 +72,47 @@ describe("command-line client", () => {
     expect(status.stdout).toMatch(/^variant: +tiny\.q8_0$/m);
   });
 
+  it("admin load, route and unload; generate --variant; compare streams one prompt from both", async () => {
+    const env = { AIRAVATA_ADMIN_TOKEN: TOKEN };
+    const phasesOf = (stderr: string) => [
+      ...new Set(
+        stderr
+          .split("\n")
+          .map((l) => /s {2}(\w+)/.exec(l)?.[1])
+          .filter(Boolean),
+      ),
+    ];
+    const load = await cli(["-a", server.address, "admin", "load", "tiny.q4_0"], env);
+    expect(load.code).toBe(0);
+    expect(phasesOf(load.stderr)).toEqual(["checking", "loading", "warming", "done"]);
+    const route = await cli(["-a", server.address, "admin", "route", "tiny.q4_0=50", "tiny.q8_0=50"], env);
+    expect(route.code).toBe(0);
+    expect(route.stdout).toBe("tiny.q8_0  weight 50  50.0%\ntiny.q4_0  weight 50  50.0%\n");
+    const status = await cli(["-a", server.address, "admin", "status"], env);
+    expect(status.stdout).toMatch(/^loaded: +tiny\.q8_0 \(Q8_0\) weight 50, \d+ calls, running 0, queued 0$/m);
+    expect(status.stdout).toMatch(/^loaded: +tiny\.q4_0 \(Q4_0\) weight 50, 0 calls, running 0, queued 0$/m);
+    const named = await cli(["-a", server.address, "generate", "The", "--raw", "-t", "0", "--variant", "tiny.q4_0"]);
+    expect(named.stdout).toBe("end of story🙏");
+    expect(named.stderr).toMatch(/^\[tiny\.q4_0\] OK/m);
+    const compare = await cli(["-a", server.address, "compare", "--variants", "tiny.q4_0,tiny.q8_0", "--prompt", "The", "--raw"]);
+    expect(compare.code).toBe(0);
+    expect(compare.stdout).toMatch(/^variant +ttft +decode +tokens +finish$/m);
+    expect(compare.stdout).toMatch(/^tiny\.q4_0 +[\d.]+ ms +[\d.]+ tok\/s +7 +stop$/m);
+    expect(compare.stdout).toMatch(/^tiny\.q8_0 +[\d.]+ ms +[\d.]+ tok\/s +\d+ +\w+$/m);
+    expect(compare.stdout).toMatch(/^\[tiny\.q4_0\] end of story🙏$/m);
+    expect(compare.stdout).toMatch(
+      /^tiny\.q8_0 (gives the same text as tiny\.q4_0|first differs from tiny\.q4_0 at character \d+: .*)$/m,
+    );
+    const unrouted = await cli(["-a", server.address, "admin", "route", "tiny.q8_0=100"], env);
+    expect(unrouted.code).toBe(0);
+    const unload = await cli(["-a", server.address, "admin", "unload", "tiny.q4_0"], env);
+    expect(unload.code).toBe(0);
+    expect(phasesOf(unload.stderr)).toEqual(["draining", "released", "done"]);
+    const bad = await cli(["-a", server.address, "admin", "route", "tiny.q8_0=lots"], env);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/"tiny\.q8_0=lots" is not id=weight/);
+  }, 60_000);
+
   it("admin without a token gives the auth error and exits 1", async () => {
     const { code, stderr } = await cli(["-a", server.address, "admin", "status"], { AIRAVATA_ADMIN_TOKEN: "" });
     expect(code).toBe(1);
