@@ -1,6 +1,7 @@
 /**
  * The browser playground: Generate with streamed text, Stop, and the call's
- * metrics from its trailers; an admin panel that lists variants, shows the
+ * metrics from its trailers; Compare, one prompt streamed from several
+ * loaded variants side by side with their metrics; an admin panel that lists variants, shows the
  * status and swaps with live progress. It speaks Connect or gRPC-Web (a
  * switch) to the address that served it, through @connectrpc/connect-web.
  */
@@ -17,6 +18,8 @@ import {
   GenerationMetricsSchema,
   GenerationService,
 } from "../../src/gen/airavata/v1/generation_pb.js";
+import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb.js";
+import { firstDifference } from "../first-difference.js";
 
 const $ = <T extends HTMLElement>(selector: string) => document.querySelector<T>(selector)!;
 
@@ -110,8 +113,7 @@ const FINISH: Record<FinishReason, string> = {
   [FinishReason.ERROR]: "error",
 };
 
-function showMetrics(trailers: Headers): void {
-  const list = $<HTMLDListElement>("#metrics");
+function showMetrics(trailers: Headers, list = $<HTMLDListElement>("#metrics")): void {
   const bin = trailers.get("airavata-metrics-bin");
   if (!bin) return;
   const m = decodeBinaryHeader(bin, GenerationMetricsSchema);
@@ -188,6 +190,147 @@ $<HTMLFormElement>("#generate-form").addEventListener("submit", (event) => {
   void generate(event.currentTarget as HTMLFormElement);
 });
 $("#stop").addEventListener("click", () => running?.abort());
+
+// ---- Compare ----
+
+/** Each loaded variant has a health name of its own (`airavata.v1.GenerationService/<id>`): no admin token needed to list them. */
+const VARIANT_HEALTH_PREFIX = `${GenerationService.typeName}/`;
+
+async function refreshCompareVariants(): Promise<void> {
+  const box = $("#compare-error");
+  showError(box, undefined);
+  const fieldset = $<HTMLFieldSetElement>("#compare-variants");
+  try {
+    const { statuses } = await createClient(Health, transport()).list({});
+    const ids = Object.entries(statuses)
+      .filter(([name, s]) => name.startsWith(VARIANT_HEALTH_PREFIX) && s.status === HealthCheckResponse_ServingStatus.SERVING)
+      .map(([name]) => name.slice(VARIANT_HEALTH_PREFIX.length));
+    const legend = fieldset.querySelector("legend")!;
+    fieldset.replaceChildren(
+      legend,
+      ...ids.map((id) => {
+        const label = document.createElement("label");
+        label.className = "check";
+        const box = document.createElement("input");
+        box.type = "checkbox";
+        box.name = "variant";
+        box.value = id;
+        box.checked = true;
+        label.append(box, ` ${id}`);
+        return label;
+      }),
+    );
+    fieldset.dataset.count = String(ids.length);
+  } catch (error) {
+    showError(box, explain(error));
+  }
+}
+
+/** A column per variant: its streamed text, then its metric block. */
+function compareColumn(id: string): {
+  root: HTMLElement;
+  text: HTMLOutputElement;
+  metrics: HTMLDListElement;
+  state: HTMLElement;
+} {
+  const root = document.createElement("article");
+  root.dataset.variant = id;
+  const title = document.createElement("h3");
+  title.textContent = id;
+  const state = document.createElement("span");
+  state.className = "column-state";
+  state.setAttribute("role", "status");
+  const text = document.createElement("output");
+  text.lang = "hi";
+  text.className = "text";
+  const metrics = document.createElement("dl");
+  metrics.hidden = true;
+  root.append(title, state, text, metrics);
+  return { root, text, metrics, state };
+}
+
+async function compare(form: HTMLFormElement): Promise<void> {
+  const ids = [...form.querySelectorAll<HTMLInputElement>('input[name="variant"]:checked')].map((b) => b.value);
+  const box = $("#compare-error");
+  const state = $("#compare-state");
+  const diff = $("#compare-diff");
+  showError(box, undefined);
+  diff.hidden = true;
+  if (ids.length < 2) {
+    showError(box, "Choose two or more loaded variants to compare (Refresh variants lists them).");
+    return;
+  }
+  const temperature = numberField(form, "temperature") ?? 0;
+  const request = {
+    prompt: $<HTMLTextAreaElement>("#compare-prompt").value,
+    raw: (form.elements.namedItem("raw") as HTMLInputElement).checked,
+    maxNewTokens: numberField(form, "maxNewTokens"),
+    temperature,
+  };
+  const columns = ids.map(compareColumn);
+  $("#compare-columns").replaceChildren(...columns.map((c) => c.root));
+  state.textContent = "streaming…";
+  state.dataset.state = "streaming";
+  $<HTMLButtonElement>("#compare-run").disabled = true;
+  const client = createClient(GenerationService, transport());
+  const results = await Promise.all(
+    ids.map(async (variant, i) => {
+      const column = columns[i]!;
+      column.state.textContent = "waiting…";
+      try {
+        const stream = client.generate(create(GenerateRequestSchema, { ...request, variant }), {
+          onTrailer: (trailers) => showMetrics(trailers, column.metrics),
+        });
+        for await (const response of stream) {
+          if (response.text !== "") {
+            column.text.textContent += response.text;
+            column.state.textContent = "streaming…";
+          }
+        }
+        column.state.textContent = "done";
+        column.root.dataset.state = "done";
+        return column.text.textContent ?? "";
+      } catch (error) {
+        column.state.textContent = explain(error);
+        column.root.dataset.state = "failed";
+        return undefined;
+      }
+    }),
+  );
+  $<HTMLButtonElement>("#compare-run").disabled = false;
+  state.textContent = "done";
+  state.dataset.state = "done";
+  // Greedy texts differ only by the variants: say where each first leaves the first one's.
+  const base = results[0];
+  if (temperature !== 0 || base === undefined) return;
+  const lines: string[] = [];
+  for (const [i, text] of results.entries()) {
+    if (i === 0 || text === undefined) continue;
+    const at = firstDifference(base, text);
+    lines.push(
+      at === undefined
+        ? `${ids[i]} gives the same text as ${ids[0]}.`
+        : `${ids[i]} first differs from ${ids[0]} at character ${at}.`,
+    );
+    if (at !== undefined) {
+      for (const column of [columns[0]!, columns[i]!]) {
+        const chars = [...(column.text.textContent ?? "")];
+        const mark = document.createElement("mark");
+        mark.textContent = chars.slice(at).join("");
+        if (column.text.querySelector("mark") === null) column.text.replaceChildren(chars.slice(0, at).join(""), mark);
+      }
+    }
+  }
+  diff.textContent = lines.join(" ");
+  diff.hidden = false;
+}
+
+$<HTMLFormElement>("#compare-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  void compare(event.currentTarget as HTMLFormElement);
+});
+$("#compare-refresh").addEventListener("click", () => void refreshCompareVariants());
+void refreshCompareVariants();
 
 // ---- Admin ----
 

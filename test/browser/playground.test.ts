@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { AiravataClient } from "../../clients/grpc-client.js";
 import { eventually, sample } from "../helpers/metrics.js";
 import { modelPath } from "../helpers/models.js";
 import { ROOT, startTestServer, type TestServer } from "../helpers/server.js";
@@ -162,4 +163,109 @@ describe("playground", () => {
     await page.screenshot({ path: join(ARTIFACTS, "playground-after-swap.png"), fullPage: true });
     await page.close();
   });
+});
+
+describe("the Compare view", () => {
+  let two: TestServer;
+  beforeAll(async () => {
+    const modelsDir = mkdtempSync(join(tmpdir(), "airavata-browser-compare-"));
+    copyFileSync(modelPath("q4_0"), join(modelsDir, "tiny.q4_0.gguf"));
+    copyFileSync(modelPath("q8_0"), join(modelsDir, "tiny.q8_0.gguf"));
+    two = await startTestServer({
+      modelPath: undefined,
+      variants: [
+        { id: "tiny.q4_0", weight: 100 },
+        { id: "tiny.q8_0", weight: 0 },
+      ],
+      modelsDir,
+      contextSize: 4096,
+    });
+  });
+  afterAll(async () => {
+    await two?.app.shutdown();
+  });
+
+  it("streams one prompt from both loaded variants side by side, with both metric blocks and where they differ", async () => {
+    // What each variant gives over gRPC, for the page to match: the first of these prompts on which
+    // the two quantizations differ, so the page has a difference to show.
+    const grpc = new AiravataClient(two.address);
+    let request = { prompt: "", raw: false, temperature: 0, maxNewTokens: 24 };
+    let expected: Record<string, string> = {};
+    for (const [prompt, raw] of [
+      ["नमस्ते", false],
+      ["The", true],
+      ["Once upon a time", true],
+      ["नमस्ते", true],
+    ] as const) {
+      request = { ...request, prompt, raw };
+      expected = Object.fromEntries(
+        await Promise.all(
+          ["tiny.q4_0", "tiny.q8_0"].map(
+            async (variant) => [variant, (await grpc.generate({ ...request, variant })).text] as const,
+          ),
+        ),
+      );
+      if (expected["tiny.q4_0"] !== expected["tiny.q8_0"]) break;
+    }
+    grpc.close();
+    expect(expected["tiny.q4_0"]).not.toBe(expected["tiny.q8_0"]);
+    const compare = await browser.newPage({ viewport: { width: 1200, height: 1400 } });
+    await compare.goto(`${two.baseUrl}/#compare`);
+    // The loaded variants are listed from health, without an admin token.
+    await compare.waitForSelector('#compare-variants[data-count="2"]');
+    expect(await compare.$$eval('input[name="variant"]', (boxes) => boxes.map((b) => (b as HTMLInputElement).value))).toEqual([
+      "tiny.q4_0",
+      "tiny.q8_0",
+    ]);
+    await compare.fill("#compare-prompt", request.prompt);
+    await compare.fill('#compare-form input[name="maxNewTokens"]', String(request.maxNewTokens));
+    if (request.raw) await compare.check('#compare-form input[name="raw"]');
+    // Count the changes each column's text goes through while it streams.
+    await compare.evaluate(() => {
+      const counts: Record<string, number> = {};
+      (window as unknown as { counts: Record<string, number> }).counts = counts;
+      new MutationObserver((records) => {
+        for (const r of records) {
+          const element = r.target instanceof Element ? r.target : r.target.parentElement;
+          const column = element?.closest("article");
+          if (column && element?.closest(".text")) {
+            const id = column.getAttribute("data-variant")!;
+            counts[id] = (counts[id] ?? 0) + 1;
+          }
+        }
+      }).observe(document.querySelector("#compare-columns")!, { childList: true, characterData: true, subtree: true });
+    });
+    await compare.click("#compare-run");
+    await compare.waitForSelector('#compare-state[data-state="done"]');
+    for (const variant of ["tiny.q4_0", "tiny.q8_0"]) {
+      const column = `#compare-columns article[data-variant="${variant}"]`;
+      expect(await compare.getAttribute(column, "data-state")).toBe("done");
+      expect(await compare.textContent(`${column} .text`)).toBe(expected[variant]);
+      expect(await compare.textContent(`${column} [data-metric="variant"]`)).toBe(variant);
+      expect(await compare.textContent(`${column} [data-metric="ttft"]`)).toMatch(/^\d+\.\d ms$/);
+      expect(await compare.textContent(`${column} [data-metric="tps"]`)).toMatch(/^\d+\.\d tokens\/s$/);
+      expect(await compare.textContent(`${column} [data-metric="tokens"]`)).toMatch(/^\d+ prompt · \d+ generated$/);
+      expect(await compare.textContent(`${column} [data-metric="finish"]`)).toMatch(/^(end of text|max new tokens reached)$/);
+    }
+    const counts = await compare.evaluate(() => (window as unknown as { counts: Record<string, number> }).counts);
+    expect(counts["tiny.q4_0"]).toBeGreaterThanOrEqual(3);
+    expect(counts["tiny.q8_0"]).toBeGreaterThanOrEqual(3);
+    const a = [...expected["tiny.q4_0"]!];
+    const b = [...expected["tiny.q8_0"]!];
+    let at = 0;
+    while (at < Math.max(a.length, b.length) && a[at] === b[at]) at++;
+    expect(await compare.textContent("#compare-diff")).toBe(`tiny.q8_0 first differs from tiny.q4_0 at character ${at}.`);
+    // Each column marks its text from there on.
+    for (const [variant, chars] of [
+      ["tiny.q4_0", a],
+      ["tiny.q8_0", b],
+    ] as const) {
+      expect(await compare.textContent(`#compare-columns article[data-variant="${variant}"] .text mark`)).toBe(
+        chars.slice(at).join(""),
+      );
+    }
+    await compare.screenshot({ path: join(ARTIFACTS, "playground-compare.png"), fullPage: true });
+    await compare.close();
+    await page.close();
+  }, 60_000);
 });
