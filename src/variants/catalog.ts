@@ -5,7 +5,7 @@
  * caller ever gives a path.
  */
 import { existsSync, readFileSync } from "node:fs";
-import { readdir } from "node:fs/promises";
+import { readdir, stat } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { ServiceError } from "../errors.js";
 import { inspectGguf } from "./gguf-inspect.js";
@@ -157,14 +157,26 @@ export class Catalog {
   }
 }
 
-/** `.gguf` files in the folder and its subfolders, skipping hidden ones (downloads in progress). */
+/** Whether a symbolic link leads to a file (a model kept elsewhere, linked into the folder); false when it leads nowhere. */
+async function isFileBehind(path: string): Promise<boolean> {
+  return stat(path).then(
+    (s) => s.isFile(),
+    () => false,
+  );
+}
+
+/** `.gguf` files (or links to them) in the folder and its subfolders, skipping hidden ones (downloads in progress). */
 async function listGguf(dir: string, depth = 0): Promise<string[]> {
   const out: string[] = [];
   for (const entry of await readdir(dir, { withFileTypes: true })) {
     if (entry.name.startsWith(".")) continue;
     const path = join(dir, entry.name);
     if (entry.isDirectory() && depth < 2) out.push(...(await listGguf(path, depth + 1)));
-    else if (entry.isFile() && entry.name.toLowerCase().endsWith(".gguf")) out.push(path);
+    else if (
+      entry.name.toLowerCase().endsWith(".gguf") &&
+      (entry.isFile() || (entry.isSymbolicLink() && (await isFileBehind(path))))
+    )
+      out.push(path);
   }
   return out.sort();
 }
