@@ -43,6 +43,10 @@ const cli = new Command("bench")
   )
   .option("--turns <n>", "turns per conversation (--scenario chat)", "5")
   .option(
+    "--variants <files>",
+    "comma-separated GGUF files: the same load on each, in one service process with all of them loaded (instead of --model and the targets)",
+  )
+  .option(
     "--targets <list>",
     "service, in-process, llama-server, kernel (llama-server and llama-batched-bench: built from source on first use, minutes); " +
       "with --scenario chat: service, cache-off, llama-server (all three by default)",
@@ -59,7 +63,30 @@ const opts = cli.opts<{
   targets: string;
   scenario: string;
   turns: string;
+  variants?: string;
 }>();
+if (opts.variants !== undefined) {
+  const files = opts.variants.split(",").filter(Boolean);
+  for (const file of files) {
+    if (!existsSync(file)) {
+      console.error(`no model at ${file}: run \`npm run models\` first`);
+      process.exit(1);
+    }
+  }
+  const { variantsScenario } = await import("./variants.js");
+  await variantsScenario({
+    files,
+    threads: Number(opts.threads.split(",")[0]),
+    levels: opts.concurrency.split(",").map(Number),
+    tokens: Number(opts.tokens),
+    rounds: Number(opts.rounds),
+    out: opts.out,
+    command:
+      `npm run bench -- --variants ${opts.variants} --threads ${opts.threads} --concurrency ${opts.concurrency} ` +
+      `--tokens ${opts.tokens} --rounds ${opts.rounds}`,
+  });
+  process.exit(0);
+}
 if (!existsSync(opts.model)) {
   console.error(`no model at ${opts.model}: run \`npm run models -- --shape small --types q4_0\` first`);
   process.exit(1);

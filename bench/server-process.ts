@@ -47,12 +47,14 @@ export async function startBenchServer(args: string[], env: Record<string, strin
 
 /**
  * One greedy stream from the service (`prompt`: one user message, or the whole conversation),
- * each token's arrival time recorded, with its text and trailers.
+ * each token's arrival time recorded, with its text and trailers; `variant` names a loaded
+ * variant (empty: as the server routes).
  */
 export async function serviceTrace(
   client: AiravataClient,
   prompt: string | { role: string; content: string }[],
   tokens: number,
+  variant = "",
 ): Promise<StreamTrace & { text: string; trailers: Record<string, string> }> {
   const trace: StreamTrace = { sentAt: performance.now(), tokenTimes: [] };
   const outcome = await client.generate(
@@ -61,6 +63,7 @@ export async function serviceTrace(
       maxNewTokens: tokens,
       temperature: 0,
       repeatPenalty: 1,
+      variant,
     },
     (r) => {
       const now = performance.now();
