@@ -328,8 +328,6 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
   for (const id of [o.variant as string, ...ids(o.fallback)]) checkId(id);
   let variants: Config["variants"];
   if (o.variants !== undefined) {
-    if (o.model) fail("--variants and --model cannot go together: --model serves one file");
-    if (ids(o.fallback).length > 0) fail("--fallback is for --variant alone; with --variants each variant that fails is skipped");
     const listed = ids(String(o.variants)).map((item) => {
       const [id = "", weight] = item.split("=").map((s) => s.trim());
       checkId(id);
@@ -343,6 +341,8 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
     variants = listed.map((v, i) => ({ id: v.id, weight: v.weight ?? (weighted ? 0 : i === 0 ? 100 : 0) }));
     if (!variants.some((v) => v.weight > 0))
       fail("--variants: the weights are all zero; at least one variant must take the calls");
+    if (o.model) fail("--variants and --model cannot go together: --model serves one file");
+    if (ids(o.fallback).length > 0) fail("--fallback is for --variant alone; with --variants each variant that fails is skipped");
   }
   let adminToken = process.env.AIRAVATA_ADMIN_TOKEN || undefined;
   if (o.adminTokenFile) adminToken = readFileSync(o.adminTokenFile, "utf8").trim() || undefined;

@@ -194,6 +194,10 @@ describe("configuration", () => {
     [[], { AIRAVATA_CONTEXT_SIZE: "lots" }, /--context-size.*'lots' from env 'AIRAVATA_CONTEXT_SIZE' is invalid/],
     [["--model", "/nope/airavata.gguf"], {}, /no file at \/nope\/airavata.gguf/],
     [["--tls-cert", "package.json"], {}, /--tls-cert and --tls-key go together/],
+    [["--variants", "q4_k_m=lots"], {}, /--variants: the weight of "q4_k_m" must be a whole number from 0 up/],
+    [["--variants", "q4_k_m=0,q8_0=0"], {}, /--variants: the weights are all zero/],
+    [[], { AIRAVATA_VARIANTS: "q4_k_m,q4_k_m" }, /--variants names a variant twice/],
+    [["--variants", "q4_k_m,q8_0"], {}, /--variants and --model cannot go together/],
   ] as const)("a bad setting (%j %j) is one clear line and exit code 2", async (args, env, message) => {
     const withModel = (args as readonly string[]).includes("--model") ? [...args] : ["--model", modelPath("q4_0"), ...args];
     const { code, stderr } = await run(withModel, env);

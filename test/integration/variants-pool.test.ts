@@ -16,7 +16,7 @@ import { GenerationService } from "../../src/gen/airavata/v1/generation_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as HealthStatus } from "../../src/gen/grpc/health/v1/health_pb.js";
 import { sample } from "../helpers/metrics.js";
 import { modelPath } from "../helpers/models.js";
-import { startTestServer, type TestServer } from "../helpers/server.js";
+import { startServerProcess, startTestServer, type TestServer } from "../helpers/server.js";
 
 const TOKEN = "test-admin-token-0123456789";
 const auth = { headers: { authorization: `Bearer ${TOKEN}` } };
@@ -283,6 +283,40 @@ describe("a canary promoted, then unloaded", () => {
     }
     expect((await other).codeName).toBe("OK");
   }, 120_000);
+});
+
+describe("starting with several variants", () => {
+  it("AIRAVATA_VARIANTS with weights loads each with its weight, in a real server process", async () => {
+    const proc = await startServerProcess(["--models-dir", modelsDir, "--threads", "1", "--context-size", "512"], {
+      AIRAVATA_VARIANTS: `${A}=90,${B}=10`,
+      AIRAVATA_ADMIN_TOKEN: TOKEN,
+    });
+    try {
+      const c = createClient(AdminService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${proc.port}` }));
+      let status = await c.getStatus({}, auth);
+      for (let i = 0; i < 100 && status.loadedVariants.length < 2; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        status = await c.getStatus({}, auth);
+      }
+      expect(status.loadedVariants.map((v) => [v.variantId, v.weight])).toEqual([
+        [A, 90],
+        [B, 10],
+      ]);
+      expect(status.startupNotes).toContain(`serving "${A}", "${B}"`);
+      // A weight in JSON that is not a uint32 never reaches the policy.
+      const negative = await fetch(`http://127.0.0.1:${proc.port}/airavata.v1.AdminService/SetRouting`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
+        body: JSON.stringify({ weights: { [A]: -1 } }),
+      });
+      expect(negative.status).toBe(400);
+      expect(((await negative.json()) as { code: string }).code).toBe("invalid_argument");
+      expect((await c.getStatus({}, auth)).loadedVariants.map((v) => v.weight)).toEqual([90, 10]);
+    } finally {
+      proc.child.kill("SIGTERM");
+      await proc.exited;
+    }
+  }, 60_000);
 });
 
 describe("the memory check before a load", () => {
