@@ -250,7 +250,7 @@ function compareColumn(id: string): {
 }
 
 async function compare(form: HTMLFormElement): Promise<void> {
-  const ids = [...form.querySelectorAll<HTMLInputElement>('input[name="variant"]:checked')].map((b) => b.value);
+  const ids = Array.from(form.querySelectorAll<HTMLInputElement>('input[name="variant"]:checked'), (b) => b.value);
   const box = $("#compare-error");
   const state = $("#compare-state");
   const diff = $("#compare-diff");

@@ -214,9 +214,16 @@ describe("two variants loaded", () => {
       [A, "OK"],
       [B, "UNAVAILABLE"],
     ]);
-    // Meanwhile the routed calls go to the variant that is up.
+    // Meanwhile the routed calls go to the variant that is up, and health says which is down.
     const routed = await client.generate({ prompt: "The", raw: true, temperature: 0, maxNewTokens: 1 });
     expect(routed.codeName).toBe("OK");
+    const health = createClient(Health, createGrpcTransport({ baseUrl: server.baseUrl }));
+    const statusOf = async (service: string) => (await health.check({ service })).status;
+    if (server.app.pool.loaded.find((m) => m.id === B)?.serving === undefined) {
+      expect(await statusOf(`airavata.v1.GenerationService/${B}`)).toBe(HealthStatus.NOT_SERVING);
+    }
+    expect(await statusOf(`airavata.v1.GenerationService/${A}`)).toBe(HealthStatus.SERVING);
+    expect(await statusOf("")).toBe(HealthStatus.SERVING);
     let back: number | undefined;
     for (let i = 0; i < 100 && back === undefined; i++) {
       await new Promise((r) => setTimeout(r, 100));
