@@ -20,7 +20,9 @@ import { ServiceMetrics } from "./metrics/prometheus.js";
 import { createAdminService } from "./services/admin-service.js";
 import { createGenerationService } from "./services/generation-service.js";
 import { createHealthService, HealthRegistry, ServingStatus } from "./services/health.js";
+import { createOpenAiHandler } from "./services/openai.js";
 import { createReflectionServices } from "./services/reflection.js";
+import { requestContextValues, requestIdKey } from "./services/request-id.js";
 import { createHttpHandler } from "./server/http-handler.js";
 import { createOnePortServer } from "./server/one-port.js";
 import { type PoolMember, ServingPool } from "./scheduling/serving-pool.js";
@@ -104,14 +106,16 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
       );
     },
   });
-  const metrics = new ServiceMetrics(() =>
-    pool.loaded.map((m) => ({
-      variant: m.id,
-      running: m.serving?.scheduler.running ?? 0,
-      waiting: m.serving?.scheduler.waiting ?? 0,
-      weight: m.weight,
-      kvCells: m.serving?.engine.kvCells ?? { used: 0, total: 0 },
-    })),
+  const metrics = new ServiceMetrics(
+    () =>
+      pool.loaded.map((m) => ({
+        variant: m.id,
+        running: m.serving?.scheduler.running ?? 0,
+        waiting: m.serving?.scheduler.waiting ?? 0,
+        weight: m.weight,
+        kvCells: m.serving?.engine.kvCells ?? { used: 0, total: 0 },
+      })),
+    config.vllmMetrics,
   );
   const reflection = createReflectionServices([GenerationService, AdminService, Health]);
   const generation = createGenerationService({
@@ -134,6 +138,15 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
     shutdownSignal: shutdownController.signal,
     registry: metrics.registry,
     webRoot: WEB_ROOT,
+    openai: createOpenAiHandler({
+      admit: (want) => pool.admit(want),
+      loadedVariants: () => pool.loaded.map((m) => m.id),
+      metrics,
+      log,
+      maxBodyBytes: config.maxMessageBytes,
+      shutdownSignal: shutdownController.signal,
+      newRequestId: (req) => requestContextValues(req.headers).get(requestIdKey),
+    }),
     routes(router) {
       router.service(GenerationService, generation);
       router.service(AdminService, admin);

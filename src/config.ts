@@ -41,6 +41,8 @@ export interface Config {
   streamInterval: StreamInterval;
   /** Slots keep their KV cells after a call; a new call reuses the longest shared prompt prefix. */
   prefixCache: boolean;
+  /** Also publish waiting, running and KV use under vLLM's metric names (for gateways that read those). */
+  vllmMetrics: boolean;
   maxQueue: number;
   maxMessageBytes: number;
   tls: { cert: Buffer; key: Buffer } | undefined;
@@ -200,6 +202,16 @@ export function buildCommand(): Command {
         "on: a slot keeps its KV cells after a call, and a new call takes the free slot sharing the longest prompt prefix and evaluates only the rest; off: every prompt is evaluated whole",
       )
         .env("AIRAVATA_PREFIX_CACHE")
+        .choices(["on", "off"])
+        .default("on"),
+    )
+    .addOption(
+      new Option(
+        "--vllm-metrics <on|off>",
+        "also publish waiting, running and KV-cache use as vllm:num_requests_waiting, vllm:num_requests_running and " +
+          "vllm:kv_cache_usage_perc (label model_name), the names the Gateway API Inference Extension reads by default",
+      )
+        .env("AIRAVATA_VLLM_METRICS")
         .choices(["on", "off"])
         .default("on"),
     )
@@ -376,6 +388,7 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
     batching: o.batching,
     streamInterval: o.streamInterval,
     prefixCache: o.prefixCache === "on",
+    vllmMetrics: o.vllmMetrics === "on",
     maxQueue: o.maxQueue,
     maxMessageBytes: o.maxMessageBytes,
     tls: o.tlsCert ? { cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey) } : undefined,

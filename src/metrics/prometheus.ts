@@ -24,80 +24,80 @@ export class ServiceMetrics {
   private readonly ttft = new Histogram({
     name: "airavata_time_to_first_token_seconds",
     help: "Time from receipt to the first streamed text.",
-    labelNames: ["variant"],
+    labelNames: ["variant", "api"],
     buckets: LATENCY_BUCKETS,
     registers: [this.registry],
   });
   private readonly interToken = new Histogram({
     name: "airavata_inter_token_latency_seconds",
     help: "Mean time between generated tokens of a request, after the first.",
-    labelNames: ["variant"],
+    labelNames: ["variant", "api"],
     buckets: TOKEN_BUCKETS,
     registers: [this.registry],
   });
   private readonly queue = new Histogram({
     name: "airavata_request_queue_time_seconds",
     help: "Time from receipt to a free slot.",
-    labelNames: ["variant"],
+    labelNames: ["variant", "api"],
     buckets: LATENCY_BUCKETS,
     registers: [this.registry],
   });
   private readonly prefill = new Histogram({
     name: "airavata_request_prefill_time_seconds",
     help: "Prompt evaluation time of a Generate call, up to its first token (calls that got one, cancelled ones too).",
-    labelNames: ["variant"],
+    labelNames: ["variant", "api"],
     buckets: LATENCY_BUCKETS,
     registers: [this.registry],
   });
   private readonly e2e = new Histogram({
     name: "airavata_e2e_request_latency_seconds",
     help: "Time from receipt to the end of a Generate call.",
-    labelNames: ["variant"],
+    labelNames: ["variant", "api"],
     buckets: LATENCY_BUCKETS,
     registers: [this.registry],
   });
   private readonly engineHop = new Histogram({
     name: "airavata_engine_hop_seconds",
     help: "Mean time a request's streamed chunks took from the engine process to the server process.",
-    labelNames: ["variant"],
+    labelNames: ["variant", "api"],
     buckets: [0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05],
     registers: [this.registry],
   });
   private readonly batchSize = new Histogram({
     name: "airavata_request_batch_size",
     help: "Mean number of requests decoded together (continuous batching) in the steps that gave a Generate call its tokens.",
-    labelNames: ["variant"],
+    labelNames: ["variant", "api"],
     buckets: [1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64],
     registers: [this.registry],
   });
   private readonly promptTokens = new Counter({
     name: "airavata_prompt_tokens_total",
     help: "Prompt tokens processed.",
-    labelNames: ["variant"],
+    labelNames: ["variant", "api"],
     registers: [this.registry],
   });
   private readonly promptTokensBySource = new Counter({
     name: "airavata_prompt_tokens_by_source_total",
     help: 'Prompt tokens by where their KV cells came from: "cached" (a slot held them from an earlier call) or "evaluated".',
-    labelNames: ["variant", "source"],
+    labelNames: ["variant", "source", "api"],
     registers: [this.registry],
   });
   private readonly prefixCacheHits = new Counter({
     name: "airavata_prefix_cache_hits_total",
     help: "Generate calls that found part of their prompt in a slot's KV cells.",
-    labelNames: ["variant"],
+    labelNames: ["variant", "api"],
     registers: [this.registry],
   });
   private readonly generationTokens = new Counter({
     name: "airavata_generation_tokens_total",
     help: "Tokens generated.",
-    labelNames: ["variant"],
+    labelNames: ["variant", "api"],
     registers: [this.registry],
   });
   private readonly requests = new Counter({
     name: "airavata_requests_total",
-    help: "Generate calls by final gRPC code and finish reason.",
-    labelNames: ["variant", "code", "finish_reason"],
+    help: 'Generate calls (api "airavata": gRPC, gRPC-Web, Connect; "openai": the OpenAI-compatible surface) by final code (gRPC\'s names) and finish reason.',
+    labelNames: ["variant", "code", "finish_reason", "api"],
     registers: [this.registry],
   });
 
@@ -120,8 +120,30 @@ export class ServiceMetrics {
     registers: [this.registry],
   });
 
-  /** @param variants each loaded variant's load, read at every scrape */
-  constructor(variants: () => readonly VariantLoad[]) {
+  /**
+   * @param variants each loaded variant's load, read at every scrape
+   * @param vllmNames also publish waiting, running and KV use under vLLM's names (`vllm:…`, label
+   *   `model_name`), which the Gateway API Inference Extension's endpoint picker reads by default
+   */
+  constructor(variants: () => readonly VariantLoad[], vllmNames = true) {
+    if (vllmNames) {
+      const gauge = (name: string, help: string, value: (v: VariantLoad) => number) =>
+        new Gauge({
+          name,
+          help,
+          labelNames: ["model_name"],
+          registers: [this.registry],
+          collect() {
+            this.reset();
+            for (const v of variants()) this.set({ model_name: v.variant }, value(v));
+          },
+        });
+      gauge("vllm:num_requests_waiting", "airavata_num_requests_waiting under vLLM's name.", (v) => v.waiting);
+      gauge("vllm:num_requests_running", "airavata_num_requests_running under vLLM's name.", (v) => v.running);
+      gauge("vllm:kv_cache_usage_perc", "airavata_kv_cache_usage_perc under vLLM's name (0-1).", (v) =>
+        v.kvCells.total > 0 ? v.kvCells.used / v.kvCells.total : 0,
+      );
+    }
     new Gauge({
       name: "airavata_kv_cache_usage_perc",
       help: "Fraction (0-1) of the variant's KV cells holding tokens (running calls' and those slots keep for the prefix cache), as the engine reported after its last finished call.",
@@ -181,8 +203,9 @@ export class ServiceMetrics {
   }
 
   /** Records one finished Generate call. */
-  observe(m: MetricsSnapshot, code: string): void {
-    const variant = { variant: m.variant };
+  /** @param api which surface served the call: "airavata" (gRPC, gRPC-Web, Connect) or "openai" */
+  observe(m: MetricsSnapshot, code: string, api: "airavata" | "openai" = "airavata"): void {
+    const variant = { variant: m.variant, api };
     this.requests.inc({ ...variant, code, finish_reason: m.finishReason });
     this.e2e.observe(variant, m.totalMs / 1000);
     this.queue.observe(variant, m.queueMs / 1000);

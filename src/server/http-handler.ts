@@ -1,7 +1,8 @@
 /**
  * The one request handler behind every protocol: CORS for configured
- * origins, `GET /metrics` for Prometheus, the browser playground's files at
- * `/`, and every RPC through connect-node's adapter.
+ * origins, `GET /metrics` for Prometheus, the OpenAI-compatible surface
+ * under `/v1/`, the browser playground's files at `/`, and every RPC through
+ * connect-node's adapter.
  */
 import { existsSync } from "node:fs";
 import type http from "node:http";
@@ -35,6 +36,8 @@ export interface HttpHandlerOptions {
   registry: Registry;
   /** The built playground (clients/web/dist); a short landing page when it is not built. */
   webRoot: string;
+  /** The OpenAI-compatible surface, for every path under `/v1/`. */
+  openai?: (req: Req, res: Res) => void;
 }
 
 type Req = http.IncomingMessage | http2.Http2ServerRequest;
@@ -88,6 +91,10 @@ export function createHttpHandler(options: HttpHandlerOptions): RequestHandler {
           res.end();
         },
       );
+      return;
+    }
+    if (options.openai && path?.startsWith("/v1/")) {
+      options.openai(req, res);
       return;
     }
     if ((req.method === "GET" || req.method === "HEAD") && !isRpcPath(path)) {
