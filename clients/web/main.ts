@@ -23,10 +23,12 @@ import { firstDifference } from "../first-difference.js";
 
 const $ = <T extends HTMLElement>(selector: string) => document.querySelector<T>(selector)!;
 
+const protocol = () => $<HTMLInputElement>('input[name="protocol"]:checked').value;
+
+/** Connect or gRPC-Web; the RPCs that have no OpenAI form (admin, health) go over Connect when OpenAI is chosen. */
 function transport(): Transport {
-  const protocol = $<HTMLInputElement>('input[name="protocol"]:checked').value;
   const baseUrl = window.location.origin;
-  return protocol === "grpc-web" ? createGrpcWebTransport({ baseUrl }) : createConnectTransport({ baseUrl });
+  return protocol() === "grpc-web" ? createGrpcWebTransport({ baseUrl }) : createConnectTransport({ baseUrl });
 }
 
 /** A sentence a person can act on, for any error a call can end with. */
@@ -116,7 +118,45 @@ const FINISH: Record<FinishReason, string> = {
 function showMetrics(trailers: Headers, list = $<HTMLDListElement>("#metrics")): void {
   const bin = trailers.get("airavata-metrics-bin");
   if (!bin) return;
-  const m = decodeBinaryHeader(bin, GenerationMetricsSchema);
+  renderMetrics(decodeBinaryHeader(bin, GenerationMetricsSchema), list);
+}
+
+/** The `airavata` object of an OpenAI answer's last chunk: the same metrics as the trailers. */
+interface OpenAiMetrics {
+  variant: string;
+  prompt_tokens: number;
+  generated_tokens: number;
+  queue_ms: number;
+  ttft_ms: number;
+  prefill_ms: number;
+  decode_tokens_per_second: number;
+  total_ms: number;
+  finish_reason: string;
+}
+
+const FINISH_BY_NAME: Record<string, FinishReason> = {
+  stop: FinishReason.STOP,
+  length: FinishReason.LENGTH,
+  stop_sequence: FinishReason.STOP_SEQUENCE,
+  cancelled: FinishReason.CANCELLED,
+  deadline: FinishReason.DEADLINE,
+  error: FinishReason.ERROR,
+};
+
+function renderMetrics(
+  m: {
+    variant: string;
+    timeToFirstTokenMs: number;
+    decodeTokensPerSecond: number;
+    promptTokens: number;
+    generatedTokens: number;
+    queueMs: number;
+    prefillMs: number;
+    totalMs: number;
+    finishReason: FinishReason;
+  },
+  list: HTMLDListElement,
+): void {
   const rows: [string, string, string][] = [
     ["variant", "variant", m.variant],
     ["ttft", "time to first token", `${m.timeToFirstTokenMs.toFixed(1)} ms`],
@@ -155,6 +195,12 @@ async function generate(form: HTMLFormElement): Promise<void> {
   state.dataset.state = "waiting";
   const client = createClient(GenerationService, transport());
   try {
+    if (protocol() === "openai") {
+      await generateOpenAi(buildRequest(form), running.signal, output, state);
+      state.textContent = "done";
+      state.dataset.state = "done";
+      return;
+    }
     const stream = client.generate(buildRequest(form), { signal: running.signal, onTrailer: showMetrics });
     for await (const response of stream) {
       if (response.queuePosition > 0) {
@@ -182,6 +228,101 @@ async function generate(form: HTMLFormElement): Promise<void> {
     running = undefined;
     stopButton.disabled = true;
     runButton.disabled = false;
+  }
+}
+
+/**
+ * The same request through the OpenAI-compatible surface: a streamed chat
+ * completion read as server-sent events, its metrics from the `airavata`
+ * object of the last chunk. A refusal becomes the ConnectError `explain` reads.
+ */
+async function generateOpenAi(
+  request: ReturnType<typeof buildRequest>,
+  signal: AbortSignal,
+  output: HTMLElement,
+  state: HTMLElement,
+): Promise<void> {
+  const messages = request.messages.length > 0 ? request.messages.map((m) => ({ role: m.role, content: m.content })) : undefined;
+  const body = {
+    model: "airavata",
+    ...(messages ? { messages } : { messages: [{ role: "user", content: request.prompt }] }),
+    max_tokens: request.maxNewTokens,
+    temperature: request.temperature,
+    top_k: request.topK,
+    top_p: request.topP,
+    min_p: request.minP,
+    repeat_penalty: request.repeatPenalty,
+    seed: request.seed,
+    stop: request.stop,
+    stream: true,
+  };
+  const path = request.raw ? "/v1/completions" : "/v1/chat/completions";
+  const payload = request.raw ? { ...body, messages: undefined, prompt: request.prompt } : body;
+  const res = await fetch(path, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(payload),
+    signal,
+  });
+  const refusal = (status: number, message: string) =>
+    new ConnectError(
+      message,
+      status === 429
+        ? Code.ResourceExhausted
+        : status === 503
+          ? Code.Unavailable
+          : status === 404
+            ? Code.NotFound
+            : status >= 500
+              ? Code.Internal
+              : Code.InvalidArgument,
+    );
+  if (!res.ok || res.body === null) {
+    const error = ((await res.json().catch(() => ({}))) as { error?: { message?: string } }).error;
+    throw refusal(res.status, error?.message ?? `HTTP ${res.status}`);
+  }
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value;
+    let end: number;
+    while ((end = buffer.indexOf("\n\n")) !== -1) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = event.startsWith("data: ") ? event.slice(6) : "";
+      if (data === "" || data === "[DONE]") continue;
+      const chunk = JSON.parse(data) as {
+        choices?: { delta?: { content?: string }; text?: string }[];
+        airavata?: OpenAiMetrics;
+        error?: { message: string };
+      };
+      if (chunk.error) throw refusal(500, chunk.error.message);
+      const text = chunk.choices?.[0]?.delta?.content ?? chunk.choices?.[0]?.text ?? "";
+      if (text !== "") {
+        output.textContent += text;
+        state.textContent = "streaming…";
+        state.dataset.state = "streaming";
+      }
+      if (chunk.airavata) {
+        const m = chunk.airavata;
+        renderMetrics(
+          {
+            variant: m.variant,
+            timeToFirstTokenMs: m.ttft_ms,
+            decodeTokensPerSecond: m.decode_tokens_per_second,
+            promptTokens: m.prompt_tokens,
+            generatedTokens: m.generated_tokens,
+            queueMs: m.queue_ms,
+            prefillMs: m.prefill_ms,
+            totalMs: m.total_ms,
+            finishReason: FINISH_BY_NAME[m.finish_reason] ?? FinishReason.UNSPECIFIED,
+          },
+          $<HTMLDListElement>("#metrics"),
+        );
+      }
+    }
   }
 }
 

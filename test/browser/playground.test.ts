@@ -78,7 +78,7 @@ async function setSampling(values: Record<string, string>): Promise<void> {
 }
 
 describe("playground", () => {
-  for (const protocol of ["connect", "grpc-web"] as const) {
+  for (const protocol of ["connect", "grpc-web", "openai"] as const) {
     it(`streams a Hindi prompt's answer in several steps, then shows the call's metrics (${protocol})`, async () => {
       await page.check(`input[name="protocol"][value="${protocol}"]`);
       await page.fill("#prompt", "भारत की राजधानी क्या है?");
@@ -101,6 +101,10 @@ describe("playground", () => {
       expect(await page.textContent('[data-metric="finish"]')).toBe("max new tokens reached");
       expect(await page.textContent('[data-metric="ttft"]')).toMatch(/^\d+\.\d ms$/);
       expect(await page.textContent('[data-metric="tps"]')).toMatch(/^\d+\.\d tokens\/s$/);
+      // The OpenAI choice really went through /v1: the server counts the call under that api.
+      if (protocol === "openai") {
+        expect(await sample(server.baseUrl, "airavata_requests_total", { api: "openai", code: "OK" })).toBe(1);
+      }
       await page.close();
     });
   }
