@@ -21,7 +21,7 @@ import { kernelBinary, kernelRound, promptTokenCount } from "./kernel.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
 import { writeReport } from "./report-files.js";
 import { cpuMs } from "../harness/proc.js";
-import { hopSeconds, serviceTrace, startBenchServer } from "./server-process.js";
+import { hopSeconds, openAiTrace, serviceTrace, startBenchServer } from "./server-process.js";
 import { median, type RunStats, type StreamTrace, summarize } from "./stream-stats.js";
 
 const exec = promisify(execFile);
@@ -48,9 +48,9 @@ const cli = new Command("bench")
   )
   .option(
     "--targets <list>",
-    "service, in-process, llama-server, kernel (llama-server and llama-batched-bench: built from source on first use, minutes); " +
+    "service (gRPC), openai (the same service over /v1 and SSE), in-process, llama-server, kernel (llama-server and llama-batched-bench: built from source on first use, minutes); " +
       "with --scenario chat: service, cache-off, llama-server (all three by default)",
-    "service,in-process,llama-server,kernel",
+    "service,openai,in-process,llama-server,kernel",
   );
 cli.parse();
 const opts = cli.opts<{
@@ -120,7 +120,7 @@ const withAuto = threadList.includes("auto");
 const slots = Math.max(...levels);
 const contextSize = Number(opts.tokens) + 64;
 const prompt = (i: number) => `भारत की राजधानी क्या है? (${i})`;
-const ALL_TARGETS = ["service", "in-process", "llama-server"] as const;
+const ALL_TARGETS = ["service", "openai", "in-process", "llama-server"] as const;
 type Target = (typeof ALL_TARGETS)[number];
 const wanted = opts.targets.split(",");
 for (const t of wanted) if (![...ALL_TARGETS, "kernel"].includes(t)) throw new Error(`unknown target ${t}`);
@@ -189,7 +189,8 @@ function tokensIn(round: Map<number, StreamTrace[]>): number {
   return [...round.values()].flat().reduce((n, t) => n + t.tokenTimes.length, 0);
 }
 
-async function serviceRound(threads: number | "auto"): Promise<Map<number, StreamTrace[]>> {
+/** A service round over gRPC (`via` "grpc"), or over the OpenAI-compatible surface's SSE (`via` "openai"). */
+async function serviceRound(threads: number | "auto", via: "grpc" | "openai" = "grpc"): Promise<Map<number, StreamTrace[]>> {
   const server = await startBenchServer([
     "--model",
     opts.model,
@@ -213,11 +214,21 @@ async function serviceRound(threads: number | "auto"): Promise<Map<number, Strea
   const cpuBefore = cpuMs(server.child.pid!);
   const clientBefore = process.cpuUsage();
   for (const c of levels) {
-    const traces = await Promise.all(Array.from({ length: c }, (_, i) => serviceTrace(client, prompt(i), Number(opts.tokens))));
+    const traces = await Promise.all(
+      Array.from({ length: c }, (_, i) =>
+        via === "grpc" ? serviceTrace(client, prompt(i), Number(opts.tokens)) : openAiTrace(port, prompt(i), Number(opts.tokens)),
+      ),
+    );
     out.set(c, traces);
   }
   const serverCpu = cpuMs(server.child.pid!) - cpuBefore;
   const tokens = tokensIn(out);
+  if (via === "openai") {
+    clientCpuPerToken(`openai ${threads}`, clientBefore, tokens);
+    client.close();
+    await server.stop();
+    return out;
+  }
   clientCpuPerToken(`service ${threads}`, clientBefore, tokens);
   const hopAfter = await hopSeconds(port);
   // The histogram holds each call's mean hop; every call of the levels streams the same number of tokens.
@@ -250,6 +261,7 @@ async function llamaServerRound(threads: number): Promise<Map<number, StreamTrac
 
 const ROUNDS: Record<Target, (threads: number) => Promise<Map<number, StreamTrace[]>>> = {
   service: serviceRound,
+  openai: (threads) => serviceRound(threads, "openai"),
   "in-process": inProcessRound,
   "llama-server": llamaServerRound,
 };
@@ -298,7 +310,9 @@ for (const threads of threadCounts) {
   }
 }
 const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
-const command = `npm run bench -- --model ${opts.model} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds} --threads ${opts.threads}`;
+const command =
+  `npm run bench -- --model ${opts.model} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds} --threads ${opts.threads}` +
+  (cli.getOptionValueSource("targets") === "cli" ? ` --targets ${opts.targets}` : "");
 /** The kernel's tok/s by thread count and concurrency: medians over rounds. */
 const kernelMedians = new Map(
   [...kernelSpeeds].map(([threads, series]) => [threads, new Map([...series].map(([c, v]) => [c, median(v)]))]),
@@ -339,6 +353,22 @@ function againstLlamaServer(): string[] {
       ];
     },
   );
+}
+
+/** The OpenAI surface (SSE over HTTP/1.1) over gRPC, the same service, per thread count and concurrency. */
+function openAiOverGrpc(): string[] {
+  return [
+    ...perLevelTable(
+      "The OpenAI-compatible surface over gRPC (the same service; tok/s aggregate, TTFT p50):",
+      ["openai tok/s ÷ gRPC", "openai TTFT ÷ gRPC"],
+      (threads, c) => {
+        const grpc = statsOf("service", threads, c)!;
+        const sse = statsOf("openai", threads, c);
+        return [ratio(sse?.aggregateTokensPerSecond, grpc.aggregateTokensPerSecond), ratio(sse?.ttftMs.p50, grpc.ttftMs.p50)];
+      },
+    ),
+    "",
+  ];
 }
 
 /** Each target over llama.cpp's kernel alone: how much of the hardware's speed a server keeps. */
@@ -416,12 +446,14 @@ function clientCpuLines(): string[] {
   const lines = [
     "The bench client's own CPU per token received (same process for both; medians over rounds): it shares the machine with the server it measures.",
     "",
-    "| threads | service (grpc-js, protobuf) µs | llama-server (HTTP/1.1, JSON events) µs |",
-    "|---:|---:|---:|",
+    "| threads | service (grpc-js, protobuf) µs | openai (fetch, SSE JSON) µs | llama-server (HTTP/1.1, JSON events) µs |",
+    "|---:|---:|---:|---:|",
   ];
   const cell = (key: string) => (clientCpu.has(key) ? f(median(clientCpu.get(key)!)) : "–");
   for (const threads of threadCounts)
-    lines.push(`| ${threads} | ${cell(`service ${threads}`)} | ${cell(`llama-server ${threads}`)} |`);
+    lines.push(
+      `| ${threads} | ${cell(`service ${threads}`)} | ${cell(`openai ${threads}`)} | ${cell(`llama-server ${threads}`)} |`,
+    );
   lines.push("");
   return lines;
 }
@@ -449,6 +481,7 @@ const md = [
   "",
   ...(TARGETS.includes("llama-server") ? againstLlamaServer() : ["llama-server was not part of this run."]),
   "",
+  ...(TARGETS.includes("openai") && TARGETS.includes("service") ? openAiOverGrpc() : []),
   ...(kernel !== undefined ? againstKernel() : []),
   ...autoLines(),
   ...(TARGETS.includes("service") ? hopCostLines() : []),
@@ -471,7 +504,12 @@ writeReport(
   md,
 );
 // Aggregate tokens/s against concurrency, one line per target and thread count.
-const colors: Record<string, string> = { service: "#4a7ab5", "in-process": "#d0803a", "llama-server": "#5a9a4a" };
+const colors: Record<string, string> = {
+  service: "#4a7ab5",
+  openai: "#8a5ab5",
+  "in-process": "#d0803a",
+  "llama-server": "#5a9a4a",
+};
 writeFileSync(
   `${opts.out}/bench.svg`,
   lineChart(

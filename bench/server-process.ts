@@ -80,3 +80,58 @@ export async function hopSeconds(port: number): Promise<{ sum: number; count: nu
   const sample = (name: string) => Number(new RegExp(`^${name}\\{[^}]*\\} (\\S+)$`, "m").exec(scraped)?.[1] ?? 0);
   return { sum: sample("airavata_engine_hop_seconds_sum"), count: sample("airavata_engine_hop_seconds_count") };
 }
+
+/**
+ * The same greedy stream through the OpenAI-compatible surface: a streamed
+ * chat completion over HTTP/1.1 (Node's fetch), each server-sent chunk's
+ * arrival recorded as its token's (one token a chunk, as the service streams
+ * every token; the count is made up to the usage's at the end, should a
+ * chunk have carried more).
+ */
+export async function openAiTrace(port: number, prompt: string, tokens: number): Promise<StreamTrace & { text: string }> {
+  const trace: StreamTrace = { sentAt: performance.now(), tokenTimes: [] };
+  const res = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      model: "airavata",
+      messages: [{ role: "user", content: prompt }],
+      max_tokens: tokens,
+      temperature: 0,
+      repeat_penalty: 1,
+      stream: true,
+      stream_options: { include_usage: true },
+    }),
+  });
+  if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
+  let text = "";
+  let buffer = "";
+  let completion = 0;
+  const decoder = new TextDecoder();
+  const reader = res.body.getReader();
+  for (;;) {
+    const { value: bytes, done } = await reader.read();
+    if (done) break;
+    const now = performance.now();
+    buffer += decoder.decode(bytes, { stream: true });
+    let end: number;
+    while ((end = buffer.indexOf("\n\n")) !== -1) {
+      const data = buffer.slice(6, end);
+      buffer = buffer.slice(end + 2);
+      if (data === "[DONE]") continue;
+      const chunk = JSON.parse(data) as {
+        choices: { delta: { content?: string }; finish_reason: string | null }[];
+        usage?: { completion_tokens: number };
+      };
+      if (chunk.usage) completion = chunk.usage.completion_tokens;
+      const choice = chunk.choices[0];
+      // The last chunk carries the finish reason (and any text held back); a chunk with a token otherwise.
+      if (choice && (choice.finish_reason === null || choice.delta.content)) trace.tokenTimes.push(now);
+      text += choice?.delta.content ?? "";
+    }
+  }
+  const last = trace.tokenTimes.at(-1) ?? performance.now();
+  while (trace.tokenTimes.length < completion) trace.tokenTimes.push(last);
+  trace.tokenTimes.length = Math.min(trace.tokenTimes.length, completion);
+  return { ...trace, text };
+}
