@@ -9,7 +9,8 @@ import OpenAI, { APIError } from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AiravataClient } from "../../clients/grpc-client.js";
 import { eventually, idle, sample } from "../helpers/metrics.js";
-import { startTestServer, type TestServer } from "../helpers/server.js";
+import { modelPath } from "../helpers/models.js";
+import { startServerProcess, startTestServer, type TestServer } from "../helpers/server.js";
 
 let server: TestServer;
 let openai: OpenAI;
@@ -193,6 +194,9 @@ describe("errors, in OpenAI's shape", () => {
     // Two slots and a queue of one: the fourth is refused at once.
     const running = [long(), long(), long()];
     await new Promise((r) => setTimeout(r, 300));
+    // The gateway's view meanwhile: two running, one waiting.
+    expect(await sample(server.baseUrl, "vllm:num_requests_running", { model_name: "tiny.q4_0" })).toBe(2);
+    expect(await sample(server.baseUrl, "vllm:num_requests_waiting", { model_name: "tiny.q4_0" })).toBe(1);
     const r = await refused({ prompt: HELLO, max_tokens: 5 }, "/v1/completions");
     expect(r.status).toBe(429);
     expect(r.headers.get("retry-after")).toBe("1");
@@ -256,6 +260,37 @@ describe("cancellation and the gateway metrics", () => {
     expect(kv).toBe(await sample(server.baseUrl, "airavata_kv_cache_usage_perc", { variant: "tiny.q4_0" }));
     expect(await sample(server.baseUrl, "airavata_requests_total", { api: "openai", code: "OK" })).toBeGreaterThan(0);
   });
+});
+
+describe("while the model loads", () => {
+  it("a call gets 503, and once it is loaded the same call is served", async () => {
+    // The server listens before its model loads; the process reports "listening" first.
+    const proc = await startServerProcess(["--model", modelPath("q4_0"), "--threads", "1"]);
+    try {
+      const call = () =>
+        fetch(`http://127.0.0.1:${proc.port}/v1/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ prompt: "The", temperature: 0 }),
+        });
+      const early = await call();
+      expect(early.status).toBe(503);
+      expect(((await early.json()) as { error: { type: string; message: string } }).error).toMatchObject({
+        type: "service_unavailable",
+        message: "no model is loaded; retry shortly",
+      });
+      let later = await call();
+      for (let i = 0; i < 100 && later.status === 503; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        later = await call();
+      }
+      expect(later.status).toBe(200);
+      expect(((await later.json()) as { choices: { text: string }[] }).choices[0]!.text).toBe("end of story🙏");
+    } finally {
+      proc.child.kill("SIGTERM");
+      await proc.exited;
+    }
+  }, 60_000);
 });
 
 describe("while the server shuts down", () => {
