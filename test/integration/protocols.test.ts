@@ -102,7 +102,8 @@ describe("one address, every protocol", () => {
     const response = await fetch(`${server.baseUrl}/metrics`);
     expect(response.status).toBe(200);
     const text = await response.text();
-    expect(text).toMatch(/airavata_requests_total\{variant="tiny.q4_0",code="OK",finish_reason="length"\} \d+/);
+    // api: which surface served the calls (these came over gRPC, gRPC-Web and Connect).
+    expect(text).toMatch(/airavata_requests_total\{variant="tiny.q4_0",api="airavata",code="OK",finish_reason="length"\} \d+/);
     expect(text).toContain("airavata_time_to_first_token_seconds_bucket");
   });
 });
