@@ -1,0 +1,200 @@
+/**
+ * Three replicas behind a real HAProxy (Debian's package), started by the
+ * project's own script (`npm run fleet`): every kind of client through the
+ * balancer, and a replica killed under load.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import net from "node:net";
+import { createInterface } from "node:readline";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcWebTransport } from "@connectrpc/connect-node";
+import OpenAI from "openai";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AiravataClient } from "../../clients/grpc-client.js";
+import { HAPROXY_DEFAULTS } from "../../deploy/haproxy.js";
+import { GenerationService } from "../../src/gen/airavata/v1/generation_pb.js";
+import { modelPath } from "../helpers/models.js";
+import { ROOT } from "../helpers/server.js";
+
+/** Ports free right now, for the balancer, its stats page and the replicas. */
+async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<net.Server>((resolve) => {
+          const s = net.createServer();
+          s.listen(0, "127.0.0.1", () => resolve(s));
+        }),
+    ),
+  );
+  const ports = servers.map((s) => (s.address() as net.AddressInfo).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
+interface FleetLine {
+  msg: string;
+  replica?: number;
+  pid?: number;
+}
+
+let fleet: ChildProcess;
+const lines: FleetLine[] = [];
+let port: number;
+let statsPort: number;
+const waitFor = async (match: (l: FleetLine) => boolean, ms: number, from = 0) => {
+  const until = Date.now() + ms;
+  for (;;) {
+    const found = lines.slice(from).find(match);
+    if (found) return found;
+    if (Date.now() > until) throw new Error(`no fleet line in ${ms} ms; saw ${JSON.stringify(lines)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+};
+
+/** The balancer's view of each replica (r1, r2, r3): UP, DOWN, … */
+async function rotation(): Promise<Record<string, string>> {
+  const csv = await (await fetch(`http://127.0.0.1:${statsPort}/stats;csv`)).text();
+  const out: Record<string, string> = {};
+  for (const line of csv.split("\n")) {
+    const cells = line.split(",");
+    if (cells[0] === "replicas" && cells[1]?.startsWith("r")) out[cells[1]] = cells[17] ?? "";
+  }
+  return out;
+}
+
+beforeAll(async () => {
+  const ports = await freePorts(5);
+  [port, statsPort] = [ports[0]!, ports[1]!];
+  fleet = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      "deploy/fleet.ts",
+      "--port",
+      String(port),
+      "--stats-port",
+      String(statsPort),
+      "--replica-ports",
+      ports.slice(2).join(","),
+      "--",
+      "--model",
+      modelPath("q4_0"),
+      "--threads",
+      "1",
+      "--context-size",
+      "1024",
+      "--log-level",
+      "warn",
+    ],
+    { cwd: ROOT, stdio: ["ignore", "pipe", "ignore"] },
+  );
+  createInterface({ input: fleet.stdout! }).on("line", (line) => lines.push(JSON.parse(line) as FleetLine));
+  await waitFor((l) => l.msg === "fleet ready", 90_000);
+}, 120_000);
+afterAll(async () => {
+  if (!fleet || fleet.exitCode !== null) return;
+  const exited = new Promise((r) => fleet.once("exit", r));
+  fleet.kill("SIGTERM");
+  await exited;
+});
+
+describe("a fleet of three behind HAProxy", () => {
+  it("serves gRPC, gRPC-Web, Connect and the OpenAI surface through the balancer, across the replicas", async () => {
+    expect(Object.values(await rotation())).toEqual(["UP", "UP", "UP"]);
+    const grpc = new AiravataClient(`127.0.0.1:${port}`);
+    const outcomes = await Promise.all(
+      Array.from({ length: 6 }, () => grpc.generate({ prompt: "The", raw: true, temperature: 0 })),
+    );
+    grpc.close();
+    for (const o of outcomes) {
+      expect(o.codeName).toBe("OK");
+      expect(o.text).toBe("end of story🙏");
+      // HTTP/2 end to end: the metric trailers arrive through the balancer.
+      expect(o.trailers["airavata-finish-reason"]).toBe("stop");
+    }
+    const web = createClient(
+      GenerationService,
+      createGrpcWebTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }),
+    );
+    let text = "";
+    for await (const r of web.generate({ prompt: "The", raw: true, temperature: 0 })) text += r.text;
+    expect(text).toBe("end of story🙏");
+    const tokenize = await fetch(`http://127.0.0.1:${port}/airavata.v1.GenerationService/Tokenize`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ text: "नमस्ते" }),
+    });
+    expect(tokenize.status).toBe(200);
+    expect(((await tokenize.json()) as { count: number }).count).toBe(1);
+    const openai = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: "unused", maxRetries: 0 });
+    const done = await openai.completions.create({ model: "airavata", prompt: "The", temperature: 0 });
+    expect(done.choices[0]!.text).toBe("end of story🙏");
+    // Least-connections spread the six concurrent calls: every replica served some.
+    const csv = await (await fetch(`http://127.0.0.1:${statsPort}/stats;csv`)).text();
+    const served = csv
+      .split("\n")
+      .filter((l) => l.startsWith("replicas,r"))
+      .map((l) => Number(l.split(",")[7]));
+    expect(served.every((n) => n > 0)).toBe(true);
+  }, 60_000);
+
+  it("SIGKILL of one replica under load: only the calls on it fail; it leaves rotation within the checks and comes back", async () => {
+    const victim = lines.filter((l) => l.msg === "replica started" && l.replica === 2).at(-1)!.pid!;
+    const seen = lines.length;
+    const outcomes: string[] = [];
+    const broken: { code: string; message: string; tokens: number }[] = [];
+    let calling = true;
+    const workers = Array.from({ length: 6 }, async (_, n) => {
+      const c = new AiravataClient(`127.0.0.1:${port}`);
+      while (calling) {
+        const o = await c.generate({ prompt: "नमस्ते", temperature: 0, maxNewTokens: 60 + n * 10 }, undefined, {
+          timeoutMs: 30_000,
+        });
+        outcomes.push(o.codeName);
+        if (o.codeName !== "OK")
+          broken.push({ code: o.codeName, message: o.message, tokens: o.responses.reduce((k, r) => k + r.tokenIds.length, 0) });
+      }
+      c.close();
+    });
+    await new Promise((r) => setTimeout(r, 1500));
+    const killedAt = Date.now();
+    process.kill(victim, "SIGKILL");
+    let downAfter: number | undefined;
+    while (downAfter === undefined && Date.now() - killedAt < 10_000) {
+      if ((await rotation()).r2 !== "UP") downAfter = Date.now() - killedAt;
+      else await new Promise((r) => setTimeout(r, 50));
+    }
+    // Out of rotation within the checks' fall × interval, with room for one check in flight.
+    expect(downAfter).toBeDefined();
+    expect(downAfter!).toBeLessThanOrEqual(
+      HAPROXY_DEFAULTS.fall * HAPROXY_DEFAULTS.checkIntervalMs + HAPROXY_DEFAULTS.checkIntervalMs + 500,
+    );
+    // The script starts it again, and the balancer puts it back.
+    await waitFor((l) => l.msg === "replica started" && l.replica === 2, 10_000, seen);
+    let back = false;
+    // A replica starts in seconds, more with five others decoding on two cores.
+    for (let i = 0; i < 600 && !back; i++) {
+      back = (await rotation()).r2 === "UP";
+      if (!back) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(back).toBe(true);
+    await new Promise((r) => setTimeout(r, 1000));
+    calling = false;
+    await Promise.all(workers);
+    const failed = outcomes.filter((c) => c !== "OK");
+    // Only the calls that were on the killed replica: two slots and its queue at most.
+    // A call cut after its first tokens reaches the client through HAProxy as a stream reset with no
+    // gRPC status (grpc-js: INTERNAL, "RST_STREAM with code 0"); one not answered yet is retried on
+    // another replica by the balancer, or ends UNAVAILABLE. None other fails.
+    for (const b of broken) {
+      if (b.code === "UNAVAILABLE") continue;
+      expect(b).toMatchObject({ code: "INTERNAL", message: expect.stringMatching(/RST_STREAM with code 0/) });
+      expect(b.tokens).toBeGreaterThan(0);
+    }
+    expect(failed.length).toBeLessThanOrEqual(6);
+    expect(outcomes.filter((c) => c === "OK").length).toBeGreaterThan(20);
+  }, 180_000);
+});
