@@ -239,6 +239,11 @@ export class AdminClient {
     return this.caller.stream(AdminService.method.unloadVariant, request, onProgress, options);
   }
 
+  /** Out of a balancer's rotation (health NOT_SERVING, calls still served), or back with `resume`. */
+  drain(resume: boolean, options: CallOptions = {}) {
+    return this.caller.unary(AdminService.method.drain, { resume }, options);
+  }
+
   setRouting(weights: Record<string, number>, options: CallOptions = {}) {
     return this.caller.unary(AdminService.method.setRouting, { weights }, options);
   }

@@ -81,6 +81,8 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
     log,
   });
   let stopping = false;
+  /** Drained by the admin Drain call: health NOT_SERVING, calls still served. */
+  let draining = false;
   const pool = new ServingPool({
     loader,
     maxQueue: config.maxQueue,
@@ -88,24 +90,26 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
     engineWatchdogMs: config.engineWatchdogMs,
     maxRestarts: config.engineMaxRestarts,
     onEngineEvent: (variant, event) => metrics.countEngineEvent(variant, event),
-    onChange() {
-      if (stopping) return;
-      // SERVING while any variant the policy routes to is up; each loaded variant has a name of its own.
-      const up = (m: PoolMember) => m.serving !== undefined && !m.unloading;
-      const routedUp = pool.loaded.some((m) => m.weight > 0 && up(m));
-      health.setAll(routedUp ? ServingStatus.SERVING : ServingStatus.NOT_SERVING);
-      health.setExtra(
-        Object.fromEntries(
-          pool.loaded.map((m) => [variantHealthName(m.id), up(m) ? ServingStatus.SERVING : ServingStatus.NOT_SERVING]),
-        ),
-      );
-      metrics.setActiveVariants(
-        pool.loaded
-          .filter((m) => m.weight > 0 && !m.unloading)
-          .map((m) => ({ variant: m.id, quantization: m.summary.quantization })),
-      );
-    },
+    onChange: () => refreshHealth(),
   });
+  /** Health and the active-variant gauge, from what the pool serves (and whether this replica is drained). */
+  function refreshHealth(): void {
+    if (stopping) return;
+    // SERVING while any variant the policy routes to is up; each loaded variant has a name of its own.
+    const up = (m: PoolMember) => m.serving !== undefined && !m.unloading;
+    const routedUp = pool.loaded.some((m) => m.weight > 0 && up(m));
+    health.setAll(routedUp && !draining ? ServingStatus.SERVING : ServingStatus.NOT_SERVING);
+    health.setExtra(
+      Object.fromEntries(
+        pool.loaded.map((m) => [variantHealthName(m.id), up(m) ? ServingStatus.SERVING : ServingStatus.NOT_SERVING]),
+      ),
+    );
+    metrics.setActiveVariants(
+      pool.loaded
+        .filter((m) => m.weight > 0 && !m.unloading)
+        .map((m) => ({ variant: m.id, quantization: m.summary.quantization })),
+    );
+  }
   const metrics = new ServiceMetrics(
     () =>
       pool.loaded.map((m) => ({
@@ -131,6 +135,11 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
     version: VERSION,
     startedAt,
     onSwap: (result) => metrics.countSwap(result),
+    drain(resume) {
+      draining = !resume;
+      refreshHealth();
+    },
+    draining: () => draining,
   });
   const handler = createHttpHandler({
     corsOrigins: config.corsOrigins,

@@ -43,6 +43,10 @@ export interface AdminServiceDeps {
   startedAt: number;
   /** Called after every swap attempt, with its result. */
   onSwap?(result: "ok" | "failed", variant: string): void;
+  /** Out of (or, with `resume`, back into) a balancer's rotation: health only, calls are still served. */
+  drain(resume: boolean): void;
+  /** Whether the replica is drained. */
+  draining(): boolean;
 }
 
 function variantMessage(v: VariantView): MessageInitShape<typeof VariantSchema> {
@@ -138,6 +142,7 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
           threads: serving?.engine.info.threads ?? 0,
           startupNotes: pool.startupNotes,
           swappingTo: pool.swapInProgress ?? "",
+          draining: deps.draining(),
           loadedVariants: loaded.map((m) => ({
             variantId: m.id,
             quantization: m.summary.quantization,
@@ -205,6 +210,14 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
           ),
         log,
       );
+    },
+
+    drain(req, ctx) {
+      return guard(ctx, "Drain", async () => {
+        deps.drain(req.resume);
+        log.info({ resume: req.resume, inFlight: pool.inFlight }, req.resume ? "back in rotation" : "drained");
+        return { draining: deps.draining(), inFlight: pool.inFlight };
+      });
     },
 
     setRouting(req, ctx) {

@@ -239,6 +239,23 @@ describe("SwapVariant", () => {
   });
 });
 
+describe("Drain", () => {
+  it("turns health NOT_SERVING while calls are still served, and back with resume", async () => {
+    const health = createClient(Health, createGrpcTransport({ baseUrl: server.baseUrl }));
+    expect(await admin.drain({}, auth)).toMatchObject({ draining: true, inFlight: 0 });
+    expect((await health.check({ service: "" })).status).toBe(HealthStatus.NOT_SERVING);
+    expect((await health.check({ service: "airavata.v1.GenerationService" })).status).toBe(HealthStatus.NOT_SERVING);
+    expect((await admin.getStatus({}, auth)).draining).toBe(true);
+    // A balancer takes a moment to notice: what arrives meanwhile is served.
+    const served = await client.generate({ prompt: "The", raw: true, temperature: 0 });
+    expect(served.codeName).toBe("OK");
+    expect(await admin.drain({ resume: true }, auth)).toMatchObject({ draining: false });
+    expect((await health.check({ service: "" })).status).toBe(HealthStatus.SERVING);
+    expect((await admin.getStatus({}, auth)).draining).toBe(false);
+    await expect(admin.drain({})).rejects.toMatchObject({ code: Code.Unauthenticated });
+  });
+});
+
 describe("a cancelled SwapVariant", () => {
   it("stops before its switch: the new engine is ended, the old variant serves on, the next swap runs", async () => {
     const { activeVariant: serving } = await admin.getStatus({}, auth);

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file airavata/v1/admin.proto.
  */
 export const file_airavata_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChdhaXJhdmF0YS92MS9hZG1pbi5wcm90bxILYWlyYXZhdGEudjEijgEKD0V2YWx1YXRlUmVxdWVzdBITCgt2YXJpYW50X2lkcxgBIAMoCRIMCgR0ZXh0GAIgASgJEhcKCm1heF90b2tlbnMYAyABKA1IAIgBARIcCg9nZW5lcmF0ZV90b2tlbnMYBCABKA1IAYgBAUINCgtfbWF4X3Rva2Vuc0ISChBfZ2VuZXJhdGVfdG9rZW5zIrkCCg5FdmFsdWF0ZVJlc3VsdBISCgp2YXJpYW50X2lkGAEgASgJEhQKDHF1YW50aXphdGlvbhgCIAEoCRIXCg9maWxlX3NpemVfYnl0ZXMYAyABKAQSFwoPcGFyYW1ldGVyX2NvdW50GAQgASgEEhcKD2JpdHNfcGVyX3dlaWdodBgFIAEoARIPCgdsb2FkX21zGAYgASgBEhEKCXJhbV9ieXRlcxgHIAEoBBISCgp2cmFtX2J5dGVzGAggASgEEh4KFnRpbWVfdG9fZmlyc3RfdG9rZW5fbXMYCSABKAESIAoYZGVjb2RlX3Rva2Vuc19wZXJfc2Vjb25kGAogASgBEhIKCnBlcnBsZXhpdHkYCyABKAESFQoNc2NvcmVkX3Rva2VucxgMIAEoDRINCgVlcnJvchgNIAEoCSIVChNMaXN0VmFyaWFudHNSZXF1ZXN0Ij4KFExpc3RWYXJpYW50c1Jlc3BvbnNlEiYKCHZhcmlhbnRzGAEgAygLMhQuYWlyYXZhdGEudjEuVmFyaWFudCKIAgoHVmFyaWFudBIKCgJpZBgBIAEoCRIOCgZzb3VyY2UYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSFAoMcXVhbnRpemF0aW9uGAQgASgJEhcKD2ZpbGVfc2l6ZV9ieXRlcxgFIAEoBBIXCg9wYXJhbWV0ZXJfY291bnQYBiABKAQSFwoPYml0c19wZXJfd2VpZ2h0GAcgASgBEhIKCmRvd25sb2FkZWQYCCABKAgSDgoGbG9hZGVkGAkgASgIEg4KBmFjdGl2ZRgKIAEoCBIOCgZ1c2FibGUYCyABKAgSFwoPdW51c2FibGVfcmVhc29uGAwgASgJEg4KBnNoYTI1NhgNIAEoCSISChBHZXRTdGF0dXNSZXF1ZXN0IpsDChFHZXRTdGF0dXNSZXNwb25zZRIWCg5hY3RpdmVfdmFyaWFudBgBIAEoCRIPCgdiYWNrZW5kGAIgASgJEg8KB2RldmljZXMYAyADKAkSFwoPcmFtX3RvdGFsX2J5dGVzGAQgASgEEhYKDnJhbV9mcmVlX2J5dGVzGAUgASgEEhgKEHZyYW1fdG90YWxfYnl0ZXMYBiABKAQSFwoPdnJhbV9mcmVlX2J5dGVzGAcgASgEEhYKDnBhcmFsbGVsX3Nsb3RzGAggASgNEg8KB3J1bm5pbmcYCSABKA0SDgoGcXVldWVkGAogASgNEhYKDnVwdGltZV9zZWNvbmRzGAsgASgBEg8KB3ZlcnNpb24YDCABKAkSFAoMY29udGV4dF9zaXplGA0gASgNEg8KB3RocmVhZHMYDiABKA0SFQoNc3RhcnR1cF9ub3RlcxgPIAMoCRITCgtzd2FwcGluZ190bxgQIAEoCRIzCg9sb2FkZWRfdmFyaWFudHMYESADKAsyGi5haXJhdmF0YS52MS5Mb2FkZWRWYXJpYW50IooBCg1Mb2FkZWRWYXJpYW50EhIKCnZhcmlhbnRfaWQYASABKAkSFAoMcXVhbnRpemF0aW9uGAIgASgJEg4KBndlaWdodBgDIAEoDRINCgVjYWxscxgEIAEoBBIPCgdydW5uaW5nGAUgASgNEg4KBnF1ZXVlZBgGIAEoDRIPCgdzZXJ2aW5nGAcgASgIIigKEkxvYWRWYXJpYW50UmVxdWVzdBISCgp2YXJpYW50X2lkGAEgASgJIocBChRVbmxvYWRWYXJpYW50UmVxdWVzdBISCgp2YXJpYW50X2lkGAEgASgJEicKBnBvbGljeRgCIAEoDjIXLmFpcmF2YXRhLnYxLlN3YXBQb2xpY3kSHQoQZHJhaW5fdGltZW91dF9tcxgDIAEoDUgAiAEBQhMKEV9kcmFpbl90aW1lb3V0X21zIoEBChFTZXRSb3V0aW5nUmVxdWVzdBI8Cgd3ZWlnaHRzGAEgAygLMisuYWlyYXZhdGEudjEuU2V0Um91dGluZ1JlcXVlc3QuV2VpZ2h0c0VudHJ5Gi4KDFdlaWdodHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKA06AjgBIoMBChJTZXRSb3V0aW5nUmVzcG9uc2USPQoHd2VpZ2h0cxgBIAMoCzIsLmFpcmF2YXRhLnYxLlNldFJvdXRpbmdSZXNwb25zZS5XZWlnaHRzRW50cnkaLgoMV2VpZ2h0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDToCOAEinQEKElN3YXBWYXJpYW50UmVxdWVzdBISCgp2YXJpYW50X2lkGAEgASgJEicKBnBvbGljeRgCIAEoDjIXLmFpcmF2YXRhLnYxLlN3YXBQb2xpY3kSHQoQZHJhaW5fdGltZW91dF9tcxgDIAEoDUgAiAEBEhYKDmFsbG93X2Rvd250aW1lGAQgASgIQhMKEV9kcmFpbl90aW1lb3V0X21zIrsBCgxTd2FwUHJvZ3Jlc3MSJQoFcGhhc2UYASABKA4yFi5haXJhdmF0YS52MS5Td2FwUGhhc2USEgoKdmFyaWFudF9pZBgCIAEoCRISCgpieXRlc19kb25lGAMgASgEEhMKC2J5dGVzX3RvdGFsGAQgASgEEg8KB3BlcmNlbnQYBSABKAESEQoJaW5fZmxpZ2h0GAYgASgNEg8KB21lc3NhZ2UYByABKAkSEgoKZWxhcHNlZF9tcxgIIAEoASpYCgpTd2FwUG9saWN5EhsKF1NXQVBfUE9MSUNZX1VOU1BFQ0lGSUVEEAASFQoRU1dBUF9QT0xJQ1lfRFJBSU4QARIWChJTV0FQX1BPTElDWV9DQU5DRUwQAirsAQoJU3dhcFBoYXNlEhoKFlNXQVBfUEhBU0VfVU5TUEVDSUZJRUQQABIXChNTV0FQX1BIQVNFX0NIRUNLSU5HEAESGgoWU1dBUF9QSEFTRV9ET1dOTE9BRElORxACEhYKElNXQVBfUEhBU0VfTE9BRElORxADEhYKElNXQVBfUEhBU0VfV0FSTUlORxAEEhcKE1NXQVBfUEhBU0VfU1dJVENIRUQQBRIXChNTV0FQX1BIQVNFX0RSQUlOSU5HEAYSFwoTU1dBUF9QSEFTRV9SRUxFQVNFRBAHEhMKD1NXQVBfUEhBU0VfRE9ORRAIMsEECgxBZG1pblNlcnZpY2USWAoMTGlzdFZhcmlhbnRzEiAuYWlyYXZhdGEudjEuTGlzdFZhcmlhbnRzUmVxdWVzdBohLmFpcmF2YXRhLnYxLkxpc3RWYXJpYW50c1Jlc3BvbnNlIgOQAgESTwoJR2V0U3RhdHVzEh0uYWlyYXZhdGEudjEuR2V0U3RhdHVzUmVxdWVzdBoeLmFpcmF2YXRhLnYxLkdldFN0YXR1c1Jlc3BvbnNlIgOQAgESSwoLU3dhcFZhcmlhbnQSHy5haXJhdmF0YS52MS5Td2FwVmFyaWFudFJlcXVlc3QaGS5haXJhdmF0YS52MS5Td2FwUHJvZ3Jlc3MwARJLCgtMb2FkVmFyaWFudBIfLmFpcmF2YXRhLnYxLkxvYWRWYXJpYW50UmVxdWVzdBoZLmFpcmF2YXRhLnYxLlN3YXBQcm9ncmVzczABEk8KDVVubG9hZFZhcmlhbnQSIS5haXJhdmF0YS52MS5VbmxvYWRWYXJpYW50UmVxdWVzdBoZLmFpcmF2YXRhLnYxLlN3YXBQcm9ncmVzczABElIKClNldFJvdXRpbmcSHi5haXJhdmF0YS52MS5TZXRSb3V0aW5nUmVxdWVzdBofLmFpcmF2YXRhLnYxLlNldFJvdXRpbmdSZXNwb25zZSIDkAICEkcKCEV2YWx1YXRlEhwuYWlyYXZhdGEudjEuRXZhbHVhdGVSZXF1ZXN0GhsuYWlyYXZhdGEudjEuRXZhbHVhdGVSZXN1bHQwAWIGcHJvdG8z");
+  fileDesc("ChdhaXJhdmF0YS92MS9hZG1pbi5wcm90bxILYWlyYXZhdGEudjEijgEKD0V2YWx1YXRlUmVxdWVzdBITCgt2YXJpYW50X2lkcxgBIAMoCRIMCgR0ZXh0GAIgASgJEhcKCm1heF90b2tlbnMYAyABKA1IAIgBARIcCg9nZW5lcmF0ZV90b2tlbnMYBCABKA1IAYgBAUINCgtfbWF4X3Rva2Vuc0ISChBfZ2VuZXJhdGVfdG9rZW5zIrkCCg5FdmFsdWF0ZVJlc3VsdBISCgp2YXJpYW50X2lkGAEgASgJEhQKDHF1YW50aXphdGlvbhgCIAEoCRIXCg9maWxlX3NpemVfYnl0ZXMYAyABKAQSFwoPcGFyYW1ldGVyX2NvdW50GAQgASgEEhcKD2JpdHNfcGVyX3dlaWdodBgFIAEoARIPCgdsb2FkX21zGAYgASgBEhEKCXJhbV9ieXRlcxgHIAEoBBISCgp2cmFtX2J5dGVzGAggASgEEh4KFnRpbWVfdG9fZmlyc3RfdG9rZW5fbXMYCSABKAESIAoYZGVjb2RlX3Rva2Vuc19wZXJfc2Vjb25kGAogASgBEhIKCnBlcnBsZXhpdHkYCyABKAESFQoNc2NvcmVkX3Rva2VucxgMIAEoDRINCgVlcnJvchgNIAEoCSIVChNMaXN0VmFyaWFudHNSZXF1ZXN0Ij4KFExpc3RWYXJpYW50c1Jlc3BvbnNlEiYKCHZhcmlhbnRzGAEgAygLMhQuYWlyYXZhdGEudjEuVmFyaWFudCKIAgoHVmFyaWFudBIKCgJpZBgBIAEoCRIOCgZzb3VyY2UYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSFAoMcXVhbnRpemF0aW9uGAQgASgJEhcKD2ZpbGVfc2l6ZV9ieXRlcxgFIAEoBBIXCg9wYXJhbWV0ZXJfY291bnQYBiABKAQSFwoPYml0c19wZXJfd2VpZ2h0GAcgASgBEhIKCmRvd25sb2FkZWQYCCABKAgSDgoGbG9hZGVkGAkgASgIEg4KBmFjdGl2ZRgKIAEoCBIOCgZ1c2FibGUYCyABKAgSFwoPdW51c2FibGVfcmVhc29uGAwgASgJEg4KBnNoYTI1NhgNIAEoCSISChBHZXRTdGF0dXNSZXF1ZXN0Iq0DChFHZXRTdGF0dXNSZXNwb25zZRIWCg5hY3RpdmVfdmFyaWFudBgBIAEoCRIPCgdiYWNrZW5kGAIgASgJEg8KB2RldmljZXMYAyADKAkSFwoPcmFtX3RvdGFsX2J5dGVzGAQgASgEEhYKDnJhbV9mcmVlX2J5dGVzGAUgASgEEhgKEHZyYW1fdG90YWxfYnl0ZXMYBiABKAQSFwoPdnJhbV9mcmVlX2J5dGVzGAcgASgEEhYKDnBhcmFsbGVsX3Nsb3RzGAggASgNEg8KB3J1bm5pbmcYCSABKA0SDgoGcXVldWVkGAogASgNEhYKDnVwdGltZV9zZWNvbmRzGAsgASgBEg8KB3ZlcnNpb24YDCABKAkSFAoMY29udGV4dF9zaXplGA0gASgNEg8KB3RocmVhZHMYDiABKA0SFQoNc3RhcnR1cF9ub3RlcxgPIAMoCRITCgtzd2FwcGluZ190bxgQIAEoCRIzCg9sb2FkZWRfdmFyaWFudHMYESADKAsyGi5haXJhdmF0YS52MS5Mb2FkZWRWYXJpYW50EhAKCGRyYWluaW5nGBIgASgIIooBCg1Mb2FkZWRWYXJpYW50EhIKCnZhcmlhbnRfaWQYASABKAkSFAoMcXVhbnRpemF0aW9uGAIgASgJEg4KBndlaWdodBgDIAEoDRINCgVjYWxscxgEIAEoBBIPCgdydW5uaW5nGAUgASgNEg4KBnF1ZXVlZBgGIAEoDRIPCgdzZXJ2aW5nGAcgASgIIh4KDERyYWluUmVxdWVzdBIOCgZyZXN1bWUYASABKAgiNAoNRHJhaW5SZXNwb25zZRIQCghkcmFpbmluZxgBIAEoCBIRCglpbl9mbGlnaHQYAiABKA0iKAoSTG9hZFZhcmlhbnRSZXF1ZXN0EhIKCnZhcmlhbnRfaWQYASABKAkihwEKFFVubG9hZFZhcmlhbnRSZXF1ZXN0EhIKCnZhcmlhbnRfaWQYASABKAkSJwoGcG9saWN5GAIgASgOMhcuYWlyYXZhdGEudjEuU3dhcFBvbGljeRIdChBkcmFpbl90aW1lb3V0X21zGAMgASgNSACIAQFCEwoRX2RyYWluX3RpbWVvdXRfbXMigQEKEVNldFJvdXRpbmdSZXF1ZXN0EjwKB3dlaWdodHMYASADKAsyKy5haXJhdmF0YS52MS5TZXRSb3V0aW5nUmVxdWVzdC5XZWlnaHRzRW50cnkaLgoMV2VpZ2h0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDToCOAEigwEKElNldFJvdXRpbmdSZXNwb25zZRI9Cgd3ZWlnaHRzGAEgAygLMiwuYWlyYXZhdGEudjEuU2V0Um91dGluZ1Jlc3BvbnNlLldlaWdodHNFbnRyeRouCgxXZWlnaHRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgNOgI4ASKdAQoSU3dhcFZhcmlhbnRSZXF1ZXN0EhIKCnZhcmlhbnRfaWQYASABKAkSJwoGcG9saWN5GAIgASgOMhcuYWlyYXZhdGEudjEuU3dhcFBvbGljeRIdChBkcmFpbl90aW1lb3V0X21zGAMgASgNSACIAQESFgoOYWxsb3dfZG93bnRpbWUYBCABKAhCEwoRX2RyYWluX3RpbWVvdXRfbXMiuwEKDFN3YXBQcm9ncmVzcxIlCgVwaGFzZRgBIAEoDjIWLmFpcmF2YXRhLnYxLlN3YXBQaGFzZRISCgp2YXJpYW50X2lkGAIgASgJEhIKCmJ5dGVzX2RvbmUYAyABKAQSEwoLYnl0ZXNfdG90YWwYBCABKAQSDwoHcGVyY2VudBgFIAEoARIRCglpbl9mbGlnaHQYBiABKA0SDwoHbWVzc2FnZRgHIAEoCRISCgplbGFwc2VkX21zGAggASgBKlgKClN3YXBQb2xpY3kSGwoXU1dBUF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIVChFTV0FQX1BPTElDWV9EUkFJThABEhYKElNXQVBfUE9MSUNZX0NBTkNFTBACKuwBCglTd2FwUGhhc2USGgoWU1dBUF9QSEFTRV9VTlNQRUNJRklFRBAAEhcKE1NXQVBfUEhBU0VfQ0hFQ0tJTkcQARIaChZTV0FQX1BIQVNFX0RPV05MT0FESU5HEAISFgoSU1dBUF9QSEFTRV9MT0FESU5HEAMSFgoSU1dBUF9QSEFTRV9XQVJNSU5HEAQSFwoTU1dBUF9QSEFTRV9TV0lUQ0hFRBAFEhcKE1NXQVBfUEhBU0VfRFJBSU5JTkcQBhIXChNTV0FQX1BIQVNFX1JFTEVBU0VEEAcSEwoPU1dBUF9QSEFTRV9ET05FEAgygQUKDEFkbWluU2VydmljZRJYCgxMaXN0VmFyaWFudHMSIC5haXJhdmF0YS52MS5MaXN0VmFyaWFudHNSZXF1ZXN0GiEuYWlyYXZhdGEudjEuTGlzdFZhcmlhbnRzUmVzcG9uc2UiA5ACARJPCglHZXRTdGF0dXMSHS5haXJhdmF0YS52MS5HZXRTdGF0dXNSZXF1ZXN0Gh4uYWlyYXZhdGEudjEuR2V0U3RhdHVzUmVzcG9uc2UiA5ACARJLCgtTd2FwVmFyaWFudBIfLmFpcmF2YXRhLnYxLlN3YXBWYXJpYW50UmVxdWVzdBoZLmFpcmF2YXRhLnYxLlN3YXBQcm9ncmVzczABEksKC0xvYWRWYXJpYW50Eh8uYWlyYXZhdGEudjEuTG9hZFZhcmlhbnRSZXF1ZXN0GhkuYWlyYXZhdGEudjEuU3dhcFByb2dyZXNzMAESTwoNVW5sb2FkVmFyaWFudBIhLmFpcmF2YXRhLnYxLlVubG9hZFZhcmlhbnRSZXF1ZXN0GhkuYWlyYXZhdGEudjEuU3dhcFByb2dyZXNzMAESUgoKU2V0Um91dGluZxIeLmFpcmF2YXRhLnYxLlNldFJvdXRpbmdSZXF1ZXN0Gh8uYWlyYXZhdGEudjEuU2V0Um91dGluZ1Jlc3BvbnNlIgOQAgISPgoFRHJhaW4SGS5haXJhdmF0YS52MS5EcmFpblJlcXVlc3QaGi5haXJhdmF0YS52MS5EcmFpblJlc3BvbnNlEkcKCEV2YWx1YXRlEhwuYWlyYXZhdGEudjEuRXZhbHVhdGVSZXF1ZXN0GhsuYWlyYXZhdGEudjEuRXZhbHVhdGVSZXN1bHQwAWIGcHJvdG8z");
 
 /**
  * @generated from message airavata.v1.EvaluateRequest
@@ -369,6 +369,13 @@ export type GetStatusResponse = Message<"airavata.v1.GetStatusResponse"> & {
    * @generated from field: repeated airavata.v1.LoadedVariant loaded_variants = 17;
    */
   loadedVariants: LoadedVariant[];
+
+  /**
+   * Drained (admin Drain): health NOT_SERVING while calls are still served.
+   *
+   * @generated from field: bool draining = 18;
+   */
+  draining: boolean;
 };
 
 /**
@@ -434,6 +441,49 @@ export const LoadedVariantSchema: GenMessage<LoadedVariant> = /*@__PURE__*/
   messageDesc(file_airavata_v1_admin, 7);
 
 /**
+ * @generated from message airavata.v1.DrainRequest
+ */
+export type DrainRequest = Message<"airavata.v1.DrainRequest"> & {
+  /**
+   * Back into rotation: health SERVING again.
+   *
+   * @generated from field: bool resume = 1;
+   */
+  resume: boolean;
+};
+
+/**
+ * Describes the message airavata.v1.DrainRequest.
+ * Use `create(DrainRequestSchema)` to create a new message.
+ */
+export const DrainRequestSchema: GenMessage<DrainRequest> = /*@__PURE__*/
+  messageDesc(file_airavata_v1_admin, 8);
+
+/**
+ * @generated from message airavata.v1.DrainResponse
+ */
+export type DrainResponse = Message<"airavata.v1.DrainResponse"> & {
+  /**
+   * @generated from field: bool draining = 1;
+   */
+  draining: boolean;
+
+  /**
+   * Calls running or queued now.
+   *
+   * @generated from field: uint32 in_flight = 2;
+   */
+  inFlight: number;
+};
+
+/**
+ * Describes the message airavata.v1.DrainResponse.
+ * Use `create(DrainResponseSchema)` to create a new message.
+ */
+export const DrainResponseSchema: GenMessage<DrainResponse> = /*@__PURE__*/
+  messageDesc(file_airavata_v1_admin, 9);
+
+/**
  * @generated from message airavata.v1.LoadVariantRequest
  */
 export type LoadVariantRequest = Message<"airavata.v1.LoadVariantRequest"> & {
@@ -448,7 +498,7 @@ export type LoadVariantRequest = Message<"airavata.v1.LoadVariantRequest"> & {
  * Use `create(LoadVariantRequestSchema)` to create a new message.
  */
 export const LoadVariantRequestSchema: GenMessage<LoadVariantRequest> = /*@__PURE__*/
-  messageDesc(file_airavata_v1_admin, 8);
+  messageDesc(file_airavata_v1_admin, 10);
 
 /**
  * @generated from message airavata.v1.UnloadVariantRequest
@@ -478,7 +528,7 @@ export type UnloadVariantRequest = Message<"airavata.v1.UnloadVariantRequest"> &
  * Use `create(UnloadVariantRequestSchema)` to create a new message.
  */
 export const UnloadVariantRequestSchema: GenMessage<UnloadVariantRequest> = /*@__PURE__*/
-  messageDesc(file_airavata_v1_admin, 9);
+  messageDesc(file_airavata_v1_admin, 11);
 
 /**
  * @generated from message airavata.v1.SetRoutingRequest
@@ -498,7 +548,7 @@ export type SetRoutingRequest = Message<"airavata.v1.SetRoutingRequest"> & {
  * Use `create(SetRoutingRequestSchema)` to create a new message.
  */
 export const SetRoutingRequestSchema: GenMessage<SetRoutingRequest> = /*@__PURE__*/
-  messageDesc(file_airavata_v1_admin, 10);
+  messageDesc(file_airavata_v1_admin, 12);
 
 /**
  * @generated from message airavata.v1.SetRoutingResponse
@@ -517,7 +567,7 @@ export type SetRoutingResponse = Message<"airavata.v1.SetRoutingResponse"> & {
  * Use `create(SetRoutingResponseSchema)` to create a new message.
  */
 export const SetRoutingResponseSchema: GenMessage<SetRoutingResponse> = /*@__PURE__*/
-  messageDesc(file_airavata_v1_admin, 11);
+  messageDesc(file_airavata_v1_admin, 13);
 
 /**
  * @generated from message airavata.v1.SwapVariantRequest
@@ -556,7 +606,7 @@ export type SwapVariantRequest = Message<"airavata.v1.SwapVariantRequest"> & {
  * Use `create(SwapVariantRequestSchema)` to create a new message.
  */
 export const SwapVariantRequestSchema: GenMessage<SwapVariantRequest> = /*@__PURE__*/
-  messageDesc(file_airavata_v1_admin, 12);
+  messageDesc(file_airavata_v1_admin, 14);
 
 /**
  * @generated from message airavata.v1.SwapProgress
@@ -616,7 +666,7 @@ export type SwapProgress = Message<"airavata.v1.SwapProgress"> & {
  * Use `create(SwapProgressSchema)` to create a new message.
  */
 export const SwapProgressSchema: GenMessage<SwapProgress> = /*@__PURE__*/
-  messageDesc(file_airavata_v1_admin, 13);
+  messageDesc(file_airavata_v1_admin, 15);
 
 /**
  * SwapPolicy says what happens to calls still running on the old variant.
@@ -793,6 +843,20 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof SetRoutingRequestSchema;
     output: typeof SetRoutingResponseSchema;
+  },
+  /**
+   * Drain takes this replica out of a balancer's rotation without failing a
+   * call: health goes NOT_SERVING at once, so the balancer's check stops
+   * sending, while calls that still arrive meanwhile are served as usual.
+   * With resume, health goes back to SERVING. Answers with the calls in
+   * flight, so a rolling change can wait for them to end.
+   *
+   * @generated from rpc airavata.v1.AdminService.Drain
+   */
+  drain: {
+    methodKind: "unary";
+    input: typeof DrainRequestSchema;
+    output: typeof DrainResponseSchema;
   },
   /**
    * Evaluate measures variants side by side, one at a time, each in an engine
