@@ -4,7 +4,10 @@
  * balancer, and a replica killed under load.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { copyFileSync, mkdtempSync } from "node:fs";
 import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-node";
@@ -64,8 +67,16 @@ async function rotation(): Promise<Record<string, string>> {
   return out;
 }
 
+let modelsDir: string;
+let replicaPorts: number[];
+const TOKEN = "fleet-admin-token-0123456789";
+
 beforeAll(async () => {
+  modelsDir = mkdtempSync(join(tmpdir(), "airavata-fleet-models-"));
+  copyFileSync(modelPath("q4_0"), join(modelsDir, "tiny.q4_0.gguf"));
+  copyFileSync(modelPath("q8_0"), join(modelsDir, "tiny.q8_0.gguf"));
   const ports = await freePorts(5);
+  replicaPorts = ports.slice(2);
   [port, statsPort] = [ports[0]!, ports[1]!];
   fleet = spawn(
     process.execPath,
@@ -80,8 +91,10 @@ beforeAll(async () => {
       "--replica-ports",
       ports.slice(2).join(","),
       "--",
-      "--model",
-      modelPath("q4_0"),
+      "--models-dir",
+      modelsDir,
+      "--variant",
+      "tiny.q4_0",
       "--threads",
       "1",
       "--context-size",
@@ -89,7 +102,7 @@ beforeAll(async () => {
       "--log-level",
       "warn",
     ],
-    { cwd: ROOT, stdio: ["ignore", "pipe", "ignore"] },
+    { cwd: ROOT, stdio: ["ignore", "pipe", "ignore"], env: { ...process.env, AIRAVATA_ADMIN_TOKEN: TOKEN } },
   );
   createInterface({ input: fleet.stdout! }).on("line", (line) => lines.push(JSON.parse(line) as FleetLine));
   await waitFor((l) => l.msg === "fleet ready", 90_000);
@@ -197,4 +210,97 @@ describe("a fleet of three behind HAProxy", () => {
     expect(failed.length).toBeLessThanOrEqual(6);
     expect(outcomes.filter((c) => c === "OK").length).toBeGreaterThan(20);
   }, 180_000);
+
+  it("npm run fleet:swap under 6 steady callers: every replica on the new variant, replica by replica, zero failed calls", async () => {
+    const outcomes: { code: string; variant: string | undefined }[] = [];
+    let calling = true;
+    const workers = Array.from({ length: 6 }, async (_, n) => {
+      const c = new AiravataClient(`127.0.0.1:${port}`);
+      while (calling) {
+        const o = await c.generate({ prompt: "नमस्ते", temperature: 0, maxNewTokens: 40 + n * 10 }, undefined, {
+          timeoutMs: 60_000,
+        });
+        outcomes.push({ code: o.codeName, variant: o.trailers["airavata-variant"] });
+      }
+      c.close();
+    });
+    await new Promise((r) => setTimeout(r, 1000));
+    const swap = spawn(
+      process.execPath,
+      [
+        "--import",
+        "tsx",
+        "deploy/fleet-swap.ts",
+        "--to",
+        "tiny.q8_0",
+        "--replica-ports",
+        replicaPorts.join(","),
+        "--stats-port",
+        String(statsPort),
+      ],
+      { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, AIRAVATA_ADMIN_TOKEN: TOKEN } },
+    );
+    const steps: { msg: string; replica?: string; variant?: string }[] = [];
+    createInterface({ input: swap.stdout! }).on("line", (line) => steps.push(JSON.parse(line) as (typeof steps)[number]));
+    const code = await new Promise<number | null>((r) => swap.once("exit", r));
+    await new Promise((r) => setTimeout(r, 1000));
+    calling = false;
+    await Promise.all(workers);
+    expect(code).toBe(0);
+    // One replica at a time, in order, each out of rotation before its swap.
+    expect(
+      steps.filter((s) => s.msg === "replica out of rotation" || s.msg === "replica swapped").map((s) => `${s.msg} ${s.replica}`),
+    ).toEqual([
+      "replica out of rotation r1",
+      "replica swapped r1",
+      "replica out of rotation r2",
+      "replica swapped r2",
+      "replica out of rotation r3",
+      "replica swapped r3",
+    ]);
+    expect(steps.at(-1)).toMatchObject({ msg: "fleet swapped", variant: "tiny.q8_0" });
+    expect(outcomes.filter((o) => o.code !== "OK")).toEqual([]);
+    // The calls moved over as the replicas did: both variants served, the new one last.
+    expect(new Set(outcomes.map((o) => o.variant))).toEqual(new Set(["tiny.q4_0", "tiny.q8_0"]));
+    expect(outcomes.at(-1)!.variant).toBe("tiny.q8_0");
+    const admin = new AiravataClient(`127.0.0.1:${port}`);
+    const after = await Promise.all(
+      Array.from({ length: 6 }, () => admin.generate({ prompt: "The", raw: true, temperature: 0 })),
+    );
+    admin.close();
+    expect(after.map((o) => o.trailers["airavata-variant"])).toEqual(Array(6).fill("tiny.q8_0"));
+  }, 300_000);
+
+  it("fleet:swap stops at the first replica that fails: exit 1, it is back in rotation, the rest untouched", async () => {
+    const swap = spawn(
+      process.execPath,
+      [
+        "--import",
+        "tsx",
+        "deploy/fleet-swap.ts",
+        "--to",
+        "nope",
+        "--replica-ports",
+        replicaPorts.join(","),
+        "--stats-port",
+        String(statsPort),
+      ],
+      { cwd: ROOT, stdio: ["ignore", "pipe", "ignore"], env: { ...process.env, AIRAVATA_ADMIN_TOKEN: TOKEN } },
+    );
+    const steps: { msg: string; replica?: string; error?: string; untouched?: number[] }[] = [];
+    createInterface({ input: swap.stdout! }).on("line", (line) => steps.push(JSON.parse(line) as (typeof steps)[number]));
+    expect(await new Promise<number | null>((r) => swap.once("exit", r))).toBe(1);
+    expect(steps.at(-1)).toMatchObject({
+      msg: "stopped",
+      replica: "r1",
+      error: expect.stringMatching(/SwapVariant: NOT_FOUND: no variant "nope"/),
+      untouched: replicaPorts.slice(1),
+    });
+    let states = await rotation();
+    for (let i = 0; i < 50 && states.r1 !== "UP"; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      states = await rotation();
+    }
+    expect(states).toEqual({ r1: "UP", r2: "UP", r3: "UP" });
+  }, 60_000);
 });
