@@ -313,6 +313,20 @@ admin
   });
 
 admin
+  .command("drain")
+  .description("out of a balancer's rotation: health NOT_SERVING, calls still served (--resume: back in)")
+  .option("--resume", "back into rotation")
+  .action(async (o: { resume?: boolean }) => {
+    const { client, address } = adminClient();
+    const outcome = await client.drain(Boolean(o.resume));
+    client.close();
+    if (outcome.codeName !== "OK" || !outcome.response) fail(outcome, address);
+    process.stdout.write(
+      `${outcome.response.draining ? "drained" : "in rotation"}; ${outcome.response.inFlight} calls in flight\n`,
+    );
+  });
+
+admin
   .command("route")
   .description("split the calls that name no variant: a weight per loaded variant (those left out get 0)")
   .argument("<weights...>", "id=weight, e.g. q4_k_m=90 q8_0=10")

@@ -113,6 +113,14 @@ describe("command-line client", () => {
     expect(bad.stderr).toMatch(/"tiny\.q8_0=lots" is not id=weight/);
   }, 60_000);
 
+  it("admin drain takes the server out of rotation and --resume puts it back", async () => {
+    const env = { AIRAVATA_ADMIN_TOKEN: TOKEN };
+    const drained = await cli(["-a", server.address, "admin", "drain"], env);
+    expect(drained).toMatchObject({ code: 0, stdout: "drained; 0 calls in flight\n" });
+    const resumed = await cli(["-a", server.address, "admin", "drain", "--resume"], env);
+    expect(resumed).toMatchObject({ code: 0, stdout: "in rotation; 0 calls in flight\n" });
+  });
+
   it("admin without a token gives the auth error and exits 1", async () => {
     const { code, stderr } = await cli(["-a", server.address, "admin", "status"], { AIRAVATA_ADMIN_TOKEN: "" });
     expect(code).toBe(1);
