@@ -4,7 +4,7 @@
  * against the Inference Extension's own CRD schema (../shared/k8s-crds, by
  * Ajv); and the Dockerfile parsed. Each check is shown to fail on a broken copy.
  */
-import { readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Ajv } from "ajv";
@@ -17,7 +17,17 @@ import { describe, expect, it } from "vitest";
 import { parseAllDocuments, parse } from "yaml";
 
 const DEPLOY = fileURLToPath(new URL("../../deploy/", import.meta.url));
-const CRD = fileURLToPath(new URL("../../../shared/k8s-crds/inference.networking.k8s.io_inferencepools.yaml", import.meta.url));
+/**
+ * The Inference Extension's CRD, as the workplace keeps it beside the checkout (`../shared/k8s-crds`,
+ * with its source and commit); AIRAVATA_K8S_CRDS names another folder.
+ */
+const CRDS = process.env.AIRAVATA_K8S_CRDS ?? fileURLToPath(new URL("../../../shared/k8s-crds/", import.meta.url));
+const CRD = join(CRDS, "inference.networking.k8s.io_inferencepools.yaml");
+if (!existsSync(CRD)) {
+  throw new Error(
+    `the InferencePool CRD is not at ${CRD}: keep ../shared/k8s-crds beside the checkout, or set AIRAVATA_K8S_CRDS`,
+  );
+}
 
 type Manifest = { apiVersion: string; kind: string; metadata: { name: string } } & Record<string, unknown>;
 
