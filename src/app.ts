@@ -25,7 +25,7 @@ import { createReflectionServices } from "./services/reflection.js";
 import { requestContextValues, requestIdKey } from "./services/request-id.js";
 import { createHttpHandler } from "./server/http-handler.js";
 import { createOnePortServer } from "./server/one-port.js";
-import { type PoolMember, ServingPool } from "./scheduling/serving-pool.js";
+import { isUp, ServingPool } from "./scheduling/serving-pool.js";
 import { idForFile } from "./variants/catalog.js";
 import { VariantLoader } from "./variants/variant-loader.js";
 
@@ -96,18 +96,15 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
   function refreshHealth(): void {
     if (stopping) return;
     // SERVING while any variant the policy routes to is up; each loaded variant has a name of its own.
-    const up = (m: PoolMember) => m.serving !== undefined && !m.unloading;
-    const routedUp = pool.loaded.some((m) => m.weight > 0 && up(m));
+    const routedUp = pool.loaded.some((m) => m.weight > 0 && isUp(m));
     health.setAll(routedUp && !draining ? ServingStatus.SERVING : ServingStatus.NOT_SERVING);
     health.setExtra(
       Object.fromEntries(
-        pool.loaded.map((m) => [variantHealthName(m.id), up(m) ? ServingStatus.SERVING : ServingStatus.NOT_SERVING]),
+        pool.loaded.map((m) => [variantHealthName(m.id), isUp(m) ? ServingStatus.SERVING : ServingStatus.NOT_SERVING]),
       ),
     );
     metrics.setActiveVariants(
-      pool.loaded
-        .filter((m) => m.weight > 0 && !m.unloading)
-        .map((m) => ({ variant: m.id, quantization: m.summary.quantization })),
+      pool.loaded.filter((m) => m.weight > 0).map((m) => ({ variant: m.id, quantization: m.summary.quantization })),
     );
   }
   const metrics = new ServiceMetrics(

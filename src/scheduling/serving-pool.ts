@@ -37,10 +37,25 @@ export interface PoolMember {
   weight: number;
   /** Calls it took since it was loaded, routed or named. */
   calls: number;
-  /** Set once an unload has begun: it takes no new calls. */
+  /** Set once an unload has begun: it takes no new calls, and its weight is 0. */
   unloading: boolean;
   /** When its engine failed lately (crashes, hangs, failed restarts). */
   failures: number[];
+}
+
+/** Whether `m` takes calls: its engine up and no unload begun. */
+export function isUp(m: PoolMember): boolean {
+  return m.serving !== undefined && !m.unloading;
+}
+
+function newMember(entry: CatalogEntry, summary: UsableSummary, weight: number): PoolMember {
+  return { id: entry.id, entry, summary, serving: undefined, weight, calls: 0, unloading: false, failures: [] };
+}
+
+/** An unload has begun: no new calls, routed or named. */
+function unloadingNow(m: PoolMember): void {
+  m.unloading = true;
+  m.weight = 0;
 }
 
 export type SwapPhaseName = "checking" | "downloading" | "loading" | "warming" | "switched" | "draining" | "released" | "done";
@@ -125,7 +140,7 @@ export class ServingPool {
   get current(): Serving | undefined {
     let best: PoolMember | undefined;
     for (const m of this.members.values()) {
-      if (m.serving && !m.unloading && m.weight > 0 && (!best || m.weight > best.weight)) best = m;
+      if (isUp(m) && m.weight > 0 && (!best || m.weight > best.weight)) best = m;
     }
     return best?.serving;
   }
@@ -180,7 +195,7 @@ export class ServingPool {
    * the same variant, while the weights stay).
    */
   private route(key: string | undefined): PoolMember {
-    const candidates = [...this.members.values()].filter((m) => m.weight > 0 && m.serving && !m.unloading);
+    const candidates = [...this.members.values()].filter((m) => m.weight > 0 && isUp(m));
     if (candidates.length === 0) {
       throw new ServiceError(
         "unavailable",
@@ -227,16 +242,7 @@ export class ServingPool {
         const summary = await loader.ensureUsable(entry, (p) => onDownload?.(id, p));
         const beside = this.servings();
         if (beside.length > 0) await loader.checkFits(beside, entry);
-        const member: PoolMember = {
-          id: entry.id,
-          entry,
-          summary,
-          serving: undefined,
-          weight,
-          calls: 0,
-          unloading: false,
-          failures: [],
-        };
+        const member = newMember(entry, summary, weight);
         member.serving = await this.start1(member);
         this.members.set(member.id, member);
         this.options.onChange?.();
@@ -277,7 +283,7 @@ export class ServingPool {
     const members = [...this.members.values()];
     return this.options.loader.list(
       new Set(members.map((m) => m.entry.path)),
-      new Set(members.filter((m) => m.weight > 0 && !m.unloading).map((m) => m.entry.path)),
+      new Set(members.filter((m) => m.weight > 0).map((m) => m.entry.path)),
     );
   }
 
@@ -319,16 +325,7 @@ export class ServingPool {
       stopIfCancelled();
       const beside = this.servings();
       if (beside.length > 0) await loader.checkFits(beside, entry);
-      const member: PoolMember = {
-        id: entry.id,
-        entry,
-        summary,
-        serving: undefined,
-        weight: 0,
-        calls: 0,
-        unloading: false,
-        failures: [],
-      };
+      const member = newMember(entry, summary, 0);
       member.serving = await this.loadCancellable(member, emit, signal, stopIfCancelled);
       this.members.set(member.id, member);
       this.options.log.info({ variant: id }, "variant loaded");
@@ -362,8 +359,7 @@ export class ServingPool {
           `variant "${request.id}" takes every routed call; give another loaded variant a weight with SetRouting first`,
         );
       }
-      member.unloading = true;
-      member.weight = 0;
+      unloadingNow(member);
       this.options.onChange?.();
       await this.retire(member, request, `unload of "${request.id}"`, emit);
       emit({ phase: "done" });
@@ -436,21 +432,13 @@ export class ServingPool {
             );
           }
           stopIfCancelled();
-          const member: PoolMember = {
-            id: entry.id,
-            entry,
-            summary,
-            serving: undefined,
-            weight: 0,
-            calls: 0,
-            unloading: false,
-            failures: [],
-          };
+          const member = newMember(entry, summary, 0);
           if (shortage) {
             // Downtime: the old variants go first, then the new one loads.
             log.warn({ to: entry.id, shortage }, "swapping with downtime: unloading the old variants first");
             const retired = others();
-            for (const m of retired) m.unloading = true;
+            const weights = retired.map((m) => m.weight);
+            for (const m of retired) unloadingNow(m);
             this.options.onChange?.();
             await Promise.all(retired.map((m) => this.retire(m, request, `swap to "${entry.id}"`, emit)));
             try {
@@ -460,8 +448,8 @@ export class ServingPool {
                 { variant: entry.id, err: error },
                 "the new variant failed to load during a downtime swap; reloading the old ones",
               );
-              for (const m of retired) {
-                const again: PoolMember = { ...m, serving: undefined, unloading: false, calls: 0, failures: [] };
+              for (const [i, m] of retired.entries()) {
+                const again = newMember(m.entry, m.summary, weights[i]!);
                 again.serving = await this.start1(again);
                 this.members.set(again.id, again);
               }
@@ -480,10 +468,7 @@ export class ServingPool {
           target = member;
         }
         const retired = others();
-        for (const m of retired) {
-          m.weight = 0;
-          m.unloading = true;
-        }
+        for (const m of retired) unloadingNow(m);
         target.weight = 100;
         this.options.onChange?.();
         log.info({ from: retired.map((m) => m.id), to: target.id }, "switched variant");

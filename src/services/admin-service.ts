@@ -14,7 +14,7 @@ import {
   type SwapProgressSchema,
   type VariantSchema,
 } from "../gen/airavata/v1/admin_pb.js";
-import type { Serving, ServingPool, SwapEvent, SwapPhaseName } from "../scheduling/serving-pool.js";
+import { isUp, type Serving, type ServingPool, type SwapEvent, type SwapPhaseName } from "../scheduling/serving-pool.js";
 import type { VariantView } from "../variants/variant-loader.js";
 import { invalidArgument } from "../errors.js";
 import { defaultEvaluationText } from "../variants/evaluate.js";
@@ -150,7 +150,7 @@ export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof A
             calls: BigInt(m.calls),
             running: m.serving?.scheduler.running ?? 0,
             queued: m.serving?.scheduler.waiting ?? 0,
-            serving: m.serving !== undefined && !m.unloading,
+            serving: isUp(m),
           })),
         };
       });
