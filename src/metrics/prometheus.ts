@@ -126,65 +126,38 @@ export class ServiceMetrics {
    *   `model_name`), which the Gateway API Inference Extension's endpoint picker reads by default
    */
   constructor(variants: () => readonly VariantLoad[], vllmNames = true) {
+    // Read from the pool at each scrape: one series per loaded variant.
+    const perVariant = (name: string, help: string, label: "variant" | "model_name", value: (v: VariantLoad) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: [label],
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const v of variants()) this.set({ [label]: v.variant }, value(v));
+        },
+      });
+    const kvUsage = (v: VariantLoad) => (v.kvCells.total > 0 ? v.kvCells.used / v.kvCells.total : 0);
+    perVariant(
+      "airavata_kv_cache_usage_perc",
+      "Fraction (0-1) of the variant's KV cells holding tokens (running calls' and those slots keep for the prefix cache), as the engine reported after its last finished call.",
+      "variant",
+      kvUsage,
+    );
+    perVariant("airavata_num_requests_running", "Generate calls holding a slot.", "variant", (v) => v.running);
+    perVariant("airavata_num_requests_waiting", "Generate calls queued for a slot.", "variant", (v) => v.waiting);
+    perVariant(
+      "airavata_variant_routing_weight",
+      "Each loaded variant's routing weight (its share of the calls that name no variant is weight / the sum).",
+      "variant",
+      (v) => v.weight,
+    );
     if (vllmNames) {
-      const gauge = (name: string, help: string, value: (v: VariantLoad) => number) =>
-        new Gauge({
-          name,
-          help,
-          labelNames: ["model_name"],
-          registers: [this.registry],
-          collect() {
-            this.reset();
-            for (const v of variants()) this.set({ model_name: v.variant }, value(v));
-          },
-        });
-      gauge("vllm:num_requests_waiting", "airavata_num_requests_waiting under vLLM's name.", (v) => v.waiting);
-      gauge("vllm:num_requests_running", "airavata_num_requests_running under vLLM's name.", (v) => v.running);
-      gauge("vllm:kv_cache_usage_perc", "airavata_kv_cache_usage_perc under vLLM's name (0-1).", (v) =>
-        v.kvCells.total > 0 ? v.kvCells.used / v.kvCells.total : 0,
-      );
+      perVariant("vllm:num_requests_waiting", "airavata_num_requests_waiting under vLLM's name.", "model_name", (v) => v.waiting);
+      perVariant("vllm:num_requests_running", "airavata_num_requests_running under vLLM's name.", "model_name", (v) => v.running);
+      perVariant("vllm:kv_cache_usage_perc", "airavata_kv_cache_usage_perc under vLLM's name (0-1).", "model_name", kvUsage);
     }
-    new Gauge({
-      name: "airavata_kv_cache_usage_perc",
-      help: "Fraction (0-1) of the variant's KV cells holding tokens (running calls' and those slots keep for the prefix cache), as the engine reported after its last finished call.",
-      labelNames: ["variant"],
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const { variant, kvCells } of variants())
-          this.set({ variant }, kvCells.total > 0 ? kvCells.used / kvCells.total : 0);
-      },
-    });
-    new Gauge({
-      name: "airavata_num_requests_running",
-      help: "Generate calls holding a slot.",
-      labelNames: ["variant"],
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const { variant, running } of variants()) this.set({ variant }, running);
-      },
-    });
-    new Gauge({
-      name: "airavata_num_requests_waiting",
-      help: "Generate calls queued for a slot.",
-      labelNames: ["variant"],
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const { variant, waiting } of variants()) this.set({ variant }, waiting);
-      },
-    });
-    new Gauge({
-      name: "airavata_variant_routing_weight",
-      help: "Each loaded variant's routing weight (its share of the calls that name no variant is weight / the sum).",
-      labelNames: ["variant"],
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const { variant, weight } of variants()) this.set({ variant }, weight);
-      },
-    });
     collectDefaultMetrics({ register: this.registry });
   }
 
