@@ -6,11 +6,11 @@
  *   npx tsx bench/balancer.ts [--model models/synthetic/small.Q4_K_M.gguf] [--concurrency 1,4] [--tokens 128] [--rounds 5]
  */
 import { spawn } from "node:child_process";
-import net from "node:net";
 import os from "node:os";
 import { createInterface } from "node:readline";
 import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
+import { freePorts } from "../harness/free-ports.js";
 import { writeReport } from "./report-files.js";
 import { serviceTrace } from "./server-process.js";
 import { type StreamTrace, summarize } from "./stream-stats.js";
@@ -26,14 +26,7 @@ const o = new Command("balancer")
 const levels = o.concurrency.split(",").map(Number);
 const tokens = Number(o.tokens);
 
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-const [balancerPort, statsPort, replicaPort] = [await freePort(), await freePort(), await freePort()];
+const [balancerPort, statsPort, replicaPort] = await freePorts(3);
 const fleet = spawn(
   process.execPath,
   [

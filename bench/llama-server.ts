@@ -7,7 +7,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { type IncomingMessage, request } from "node:http";
-import { createServer } from "node:net";
+import { freePorts } from "../harness/free-ports.js";
 import { formatAiravataChat } from "../src/engine/child/chat-format.js";
 import type { ChatTurn } from "../src/generation.js";
 import { ensureLlamaTool, loadedCpuVariant } from "../src/quantize/llama-tools.js";
@@ -43,17 +43,6 @@ export async function llamaServerBinary(log: (line: string) => void): Promise<st
   }
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
-
 export interface LlamaServerOptions {
   model: string;
   threads: number;
@@ -63,7 +52,7 @@ export interface LlamaServerOptions {
 }
 
 export async function startLlamaServer(binary: string, options: LlamaServerOptions): Promise<LlamaServer> {
-  const port = await freePort();
+  const port = (await freePorts(1))[0]!;
   const args = [
     ["--model", options.model],
     ["--host", "127.0.0.1"],

@@ -10,7 +10,7 @@
 import { Command, InvalidArgumentError } from "commander";
 import { SwapPhase } from "../src/gen/airavata/v1/admin_pb.js";
 import { AdminClient } from "../clients/grpc-client.js";
-import { HAPROXY_DEFAULTS } from "./haproxy.js";
+import { HAPROXY_DEFAULTS, replicaStates } from "./haproxy.js";
 
 const int = (name: string) => (value: string) => {
   const n = Number(value);
@@ -51,12 +51,9 @@ const say = (msg: string, fields: Record<string, unknown> = {}) =>
 
 /** The balancer's state of replica `name` (r1, r2, …): UP, DOWN, … */
 async function rotation(name: string): Promise<string> {
-  const csv = await (await fetch(`http://${o.host}:${o.statsPort}/stats;csv`)).text();
-  for (const line of csv.split("\n")) {
-    const cells = line.split(",");
-    if (cells[0] === "replicas" && cells[1] === name) return cells[17] ?? "";
-  }
-  throw new Error(`the balancer has no server ${name}`);
+  const state = (await replicaStates(o.host, o.statsPort))[name];
+  if (!state) throw new Error(`the balancer has no server ${name}`);
+  return state.status;
 }
 
 async function until(what: string, check: () => Promise<boolean>): Promise<void> {

@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { Command, InvalidArgumentError } from "commander";
-import { HAPROXY_DEFAULTS, haproxyConfig } from "./haproxy.js";
+import { HAPROXY_DEFAULTS, haproxyConfig, replicaStates } from "./haproxy.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -128,25 +128,14 @@ balancer.once("exit", (code) => {
   }
 });
 
-/** The balancer's view of each replica: UP, DOWN… by name (r1, r2, …). */
-async function rotation(): Promise<Record<string, string>> {
-  const csv = await (await fetch(`http://${o.host}:${o.statsPort}/stats;csv`)).text();
-  const out: Record<string, string> = {};
-  for (const line of csv.split("\n")) {
-    const [proxy, server, ...rest] = line.split(",");
-    if (proxy === "replicas" && server?.startsWith("r")) out[server] = rest[15] ?? "";
-  }
-  return out;
-}
-
 // Ready once the balancer has every replica in rotation.
 void (async () => {
   for (;;) {
     await new Promise((r) => setTimeout(r, 200));
     if (stopping) return;
     try {
-      const states = await rotation();
-      if (Object.keys(states).length === ports.length && Object.values(states).every((s) => s === "UP")) {
+      const states = Object.values(await replicaStates(o.host, o.statsPort));
+      if (states.length === ports.length && states.every((s) => s.status === "UP")) {
         say("fleet ready", { port: o.port, statsPort: o.statsPort, replicas: ports });
         return;
       }

@@ -75,3 +75,26 @@ listen stats
   stats refresh 1s
 `;
 }
+
+/** One replica as the balancer sees it. */
+export interface ReplicaState {
+  /** UP, DOWN, "UP 1/2" (one failed check), "DOWN 1/1" (coming back), … */
+  status: string;
+  /** Calls (HTTP requests) it has been given since the balancer started. */
+  sessions: number;
+}
+
+/** The balancer's view of each replica (r1, r2, …), from its stats page's CSV, columns by their header names. */
+export async function replicaStates(host: string, statsPort: number): Promise<Record<string, ReplicaState>> {
+  const [header = "", ...rows] = (await (await fetch(`http://${host}:${statsPort}/stats;csv`)).text()).split("\n");
+  const column = (name: string) => header.replace(/^# /, "").split(",").indexOf(name);
+  const [proxy, server, status, sessions] = [column("pxname"), column("svname"), column("status"), column("stot")];
+  const out: Record<string, ReplicaState> = {};
+  for (const row of rows) {
+    const cells = row.split(",");
+    if (cells[proxy] === "replicas" && /^r\d+$/.test(cells[server] ?? "")) {
+      out[cells[server]!] = { status: cells[status] ?? "", sessions: Number(cells[sessions]) };
+    }
+  }
+  return out;
+}

@@ -5,7 +5,6 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { copyFileSync, mkdtempSync } from "node:fs";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -14,27 +13,11 @@ import { createGrpcWebTransport } from "@connectrpc/connect-node";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AiravataClient } from "../../clients/grpc-client.js";
-import { HAPROXY_DEFAULTS } from "../../deploy/haproxy.js";
+import { HAPROXY_DEFAULTS, replicaStates } from "../../deploy/haproxy.js";
+import { freePorts } from "../../harness/free-ports.js";
 import { GenerationService } from "../../src/gen/airavata/v1/generation_pb.js";
 import { modelPath } from "../helpers/models.js";
 import { ROOT } from "../helpers/server.js";
-
-/** Ports free right now, for the balancer, its stats page and the replicas. */
-async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from(
-      { length: n },
-      () =>
-        new Promise<net.Server>((resolve) => {
-          const s = net.createServer();
-          s.listen(0, "127.0.0.1", () => resolve(s));
-        }),
-    ),
-  );
-  const ports = servers.map((s) => (s.address() as net.AddressInfo).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
-}
 
 interface FleetLine {
   msg: string;
@@ -58,18 +41,44 @@ const waitFor = async (match: (l: FleetLine) => boolean, ms: number, from = 0) =
 
 /** The balancer's view of each replica (r1, r2, r3): UP, DOWN, … */
 async function rotation(): Promise<Record<string, string>> {
-  const csv = await (await fetch(`http://127.0.0.1:${statsPort}/stats;csv`)).text();
-  const out: Record<string, string> = {};
-  for (const line of csv.split("\n")) {
-    const cells = line.split(",");
-    if (cells[0] === "replicas" && cells[1]?.startsWith("r")) out[cells[1]] = cells[17] ?? "";
-  }
-  return out;
+  const states = await replicaStates("127.0.0.1", statsPort);
+  return Object.fromEntries(Object.entries(states).map(([name, state]) => [name, state.status]));
 }
 
 let modelsDir: string;
 let replicaPorts: number[];
 const TOKEN = "fleet-admin-token-0123456789";
+
+interface SwapStep {
+  msg: string;
+  replica?: string;
+  variant?: string;
+  error?: string;
+  untouched?: number[];
+}
+
+/** `npm run fleet:swap -- --to <variant>` on this fleet, run to its end: its exit code and JSON lines. */
+async function fleetSwap(to: string): Promise<{ code: number | null; steps: SwapStep[] }> {
+  const swap = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      "deploy/fleet-swap.ts",
+      "--to",
+      to,
+      "--replica-ports",
+      replicaPorts.join(","),
+      "--stats-port",
+      String(statsPort),
+    ],
+    { cwd: ROOT, stdio: ["ignore", "pipe", "ignore"], env: { ...process.env, AIRAVATA_ADMIN_TOKEN: TOKEN } },
+  );
+  const steps: SwapStep[] = [];
+  createInterface({ input: swap.stdout! }).on("line", (line) => steps.push(JSON.parse(line) as SwapStep));
+  const code = await new Promise<number | null>((r) => swap.once("exit", r));
+  return { code, steps };
+}
 
 beforeAll(async () => {
   modelsDir = mkdtempSync(join(tmpdir(), "airavata-fleet-models-"));
@@ -146,11 +155,7 @@ describe("a fleet of three behind HAProxy", () => {
     const done = await openai.completions.create({ model: "airavata", prompt: "The", temperature: 0 });
     expect(done.choices[0]!.text).toBe("end of story🙏");
     // Least-connections spread the six concurrent calls: every replica served some.
-    const csv = await (await fetch(`http://127.0.0.1:${statsPort}/stats;csv`)).text();
-    const served = csv
-      .split("\n")
-      .filter((l) => l.startsWith("replicas,r"))
-      .map((l) => Number(l.split(",")[7]));
+    const served = Object.values(await replicaStates("127.0.0.1", statsPort)).map((r) => r.sessions);
     expect(served.every((n) => n > 0)).toBe(true);
   }, 60_000);
 
@@ -225,24 +230,7 @@ describe("a fleet of three behind HAProxy", () => {
       c.close();
     });
     await new Promise((r) => setTimeout(r, 1000));
-    const swap = spawn(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        "deploy/fleet-swap.ts",
-        "--to",
-        "tiny.q8_0",
-        "--replica-ports",
-        replicaPorts.join(","),
-        "--stats-port",
-        String(statsPort),
-      ],
-      { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, AIRAVATA_ADMIN_TOKEN: TOKEN } },
-    );
-    const steps: { msg: string; replica?: string; variant?: string }[] = [];
-    createInterface({ input: swap.stdout! }).on("line", (line) => steps.push(JSON.parse(line) as (typeof steps)[number]));
-    const code = await new Promise<number | null>((r) => swap.once("exit", r));
+    const { code, steps } = await fleetSwap("tiny.q8_0");
     await new Promise((r) => setTimeout(r, 1000));
     calling = false;
     await Promise.all(workers);
@@ -272,24 +260,8 @@ describe("a fleet of three behind HAProxy", () => {
   }, 300_000);
 
   it("fleet:swap stops at the first replica that fails: exit 1, it is back in rotation, the rest untouched", async () => {
-    const swap = spawn(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        "deploy/fleet-swap.ts",
-        "--to",
-        "nope",
-        "--replica-ports",
-        replicaPorts.join(","),
-        "--stats-port",
-        String(statsPort),
-      ],
-      { cwd: ROOT, stdio: ["ignore", "pipe", "ignore"], env: { ...process.env, AIRAVATA_ADMIN_TOKEN: TOKEN } },
-    );
-    const steps: { msg: string; replica?: string; error?: string; untouched?: number[] }[] = [];
-    createInterface({ input: swap.stdout! }).on("line", (line) => steps.push(JSON.parse(line) as (typeof steps)[number]));
-    expect(await new Promise<number | null>((r) => swap.once("exit", r))).toBe(1);
+    const { code, steps } = await fleetSwap("nope");
+    expect(code).toBe(1);
     expect(steps.at(-1)).toMatchObject({
       msg: "stopped",
       replica: "r1",
