@@ -134,14 +134,10 @@ interface OpenAiMetrics {
   finish_reason: string;
 }
 
-const FINISH_BY_NAME: Record<string, FinishReason> = {
-  stop: FinishReason.STOP,
-  length: FinishReason.LENGTH,
-  stop_sequence: FinishReason.STOP_SEQUENCE,
-  cancelled: FinishReason.CANCELLED,
-  deadline: FinishReason.DEADLINE,
-  error: FinishReason.ERROR,
-};
+/** The service's finish reason names are its proto enum's, lower-cased ("stop_sequence" is STOP_SEQUENCE). */
+function finishReasonNamed(name: string): FinishReason {
+  return FinishReason[name.toUpperCase() as keyof typeof FinishReason] ?? FinishReason.UNSPECIFIED;
+}
 
 function renderMetrics(
   m: {
@@ -317,7 +313,7 @@ async function generateOpenAi(
             queueMs: m.queue_ms,
             prefillMs: m.prefill_ms,
             totalMs: m.total_ms,
-            finishReason: FINISH_BY_NAME[m.finish_reason] ?? FinishReason.UNSPECIFIED,
+            finishReason: finishReasonNamed(m.finish_reason),
           },
           $<HTMLDListElement>("#metrics"),
         );
