@@ -387,11 +387,8 @@ export function createOpenAiHandler(deps: OpenAiDeps): (req: Req, res: Res) => v
         cause = new ServiceError(cause.kind, cause.message.replace(/\bmax_new_tokens\b/g, maxName), cause.details);
       }
       metrics.finishReason = finishReasonOf(cause, stopped);
-      const e = toOpenAiError(
-        stopped && !(cause instanceof ServiceError) ? new ServiceError("cancelled", "cancelled") : cause,
-        log,
-        model,
-      );
+      // A stop's reason is a ServiceError here (the closed connection's, the shutdown's).
+      const e = toOpenAiError(cause, log, model);
       // The metrics' code, by gRPC's names as for Generate (the api label tells the surfaces apart).
       code = left.signal.aborted
         ? "CANCELLED"
