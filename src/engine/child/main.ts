@@ -93,6 +93,7 @@ async function generate(message: Extract<ToEngine, { type: "generate" }>): Promi
   const { id } = message;
   const controller = new AbortController();
   running.set(id, controller);
+  let end: FromEngine;
   try {
     const result = await loaded.generate(
       message.input,
@@ -104,14 +105,15 @@ async function generate(message: Extract<ToEngine, { type: "generate" }>): Promi
       },
       { cache: message.cache },
     );
-    send({ type: "done", id, ...result });
+    end = { type: "done", id, ...result };
   } catch (error) {
-    send(failure(id, error));
-  } finally {
-    running.delete(id);
-    // A failed generation emptied its sequence: the count changes either way.
-    send({ type: "kv-cells", ...loaded.kvCells() });
+    end = failure(id, error);
   }
+  running.delete(id);
+  // The cell count first (a failed generation emptied its sequence: it changes either way), so that
+  // the server's gauge has it by the time the call's end reaches the client.
+  send({ type: "kv-cells", ...loaded.kvCells() });
+  send(end);
 }
 
 async function shutdown(): Promise<void> {
