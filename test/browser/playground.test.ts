@@ -3,12 +3,13 @@
  * playwright-core), against the service on a real port with the real engine:
  * what a person sees in the page.
  */
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { AiravataClient } from "../../clients/grpc-client.js";
+import { chromiumPath } from "../helpers/browser.js";
 import { eventually, sample } from "../helpers/metrics.js";
 import { modelPath } from "../helpers/models.js";
 import { ROOT, startTestServer, type TestServer } from "../helpers/server.js";
@@ -16,16 +17,6 @@ import { ROOT, startTestServer, type TestServer } from "../helpers/server.js";
 const TOKEN = "browser-admin-token-0123456789";
 const ARTIFACTS = join(ROOT, "test-results");
 const GREETING = "नमस्ते! मैं एक छोटा परीक्षण मॉडल हूँ।";
-
-/** Debian's package puts it at /usr/bin/chromium; CHROMIUM_PATH names another. */
-function chromiumPath(): string {
-  const candidates = [process.env.CHROMIUM_PATH, "/usr/bin/chromium", "/usr/bin/chromium-browser"].filter(
-    (p): p is string => p !== undefined,
-  );
-  const found = candidates.find((p) => existsSync(p));
-  if (!found) throw new Error("Chromium is not installed: apt-get install chromium (.ci/run does it), or set CHROMIUM_PATH");
-  return found;
-}
 
 let server: TestServer;
 let browser: Browser;

@@ -8,6 +8,7 @@ import { loadConfigs, runConfig, type RunSummary, serverStatusOf, summarizeRepor
 import { file_airavata_v1_admin } from "../../src/gen/airavata/v1/admin_pb.js";
 import { file_airavata_v1_generation } from "../../src/gen/airavata/v1/generation_pb.js";
 import { file_grpc_health_v1_health } from "../../src/gen/grpc/health/v1/health_pb.js";
+import { ghzInstalled } from "../helpers/ghz.js";
 import { modelPath } from "../helpers/models.js";
 import { ROOT } from "../helpers/server.js";
 
@@ -129,8 +130,6 @@ describe("npm run bench:ghz without ghz", () => {
     expect(existsSync(out)).toBe(false);
   });
 });
-
-const ghzInstalled = spawnSync(process.env.GHZ ?? "ghz", ["--version"]).status === 0;
 
 // ghz is not in npm or Debian (a Go program): this runs where a developer has installed it.
 describe.runIf(ghzInstalled)("npm run bench:ghz with ghz installed", () => {
