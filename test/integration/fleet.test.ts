@@ -3,19 +3,23 @@
  * project's own script (`npm run fleet`): every kind of client through the
  * balancer, and a replica killed under load.
  */
-import { type ChildProcess, spawn } from "node:child_process";
-import { copyFileSync, mkdtempSync } from "node:fs";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { copyFileSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-node";
 import OpenAI from "openai";
+import { chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AiravataClient } from "../../clients/grpc-client.js";
 import { HAPROXY_DEFAULTS, replicaStates } from "../../deploy/haproxy.js";
+import type { RunSummary } from "../../bench/ghz/report.js";
 import { freePorts } from "../../harness/free-ports.js";
 import { GenerationService } from "../../src/gen/airavata/v1/generation_pb.js";
+import { chromiumPath } from "../helpers/browser.js";
+import { ghzInstalled } from "../helpers/ghz.js";
 import { modelPath } from "../helpers/models.js";
 import { ROOT } from "../helpers/server.js";
 
@@ -158,6 +162,51 @@ describe("a fleet of three behind HAProxy", () => {
     const served = Object.values(await replicaStates("127.0.0.1", statsPort)).map((r) => r.sessions);
     expect(served.every((n) => n > 0)).toBe(true);
   }, 60_000);
+
+  it("the playground in Chromium through the balancer: Connect and gRPC-Web stream the answer and its metrics", async () => {
+    const browser = await chromium.launch({ executablePath: chromiumPath(), args: ["--no-sandbox"] });
+    try {
+      for (const protocol of ["connect", "grpc-web"] as const) {
+        // A browser speaks HTTP/1.1 to the balancer, which speaks HTTP/2 to the replica.
+        const page = await browser.newPage();
+        await page.goto(`http://127.0.0.1:${port}/`);
+        await page.check(`input[name="protocol"][value="${protocol}"]`);
+        await page.fill("#prompt", "भारत की राजधानी क्या है?");
+        await page.click("summary");
+        await page.fill('input[name="maxNewTokens"]', "400");
+        await page.fill('input[name="temperature"]', "0");
+        await page.click("#run");
+        await page.waitForSelector('#state[data-state="done"]', { timeout: 30_000 });
+        expect((await page.textContent("#output"))!.startsWith("नमस्ते! मैं एक छोटा परीक्षण मॉडल हूँ।")).toBe(true);
+        // The trailers came through: the page shows the call's own metrics.
+        expect(await page.textContent('[data-metric="variant"]')).toBe("tiny.q4_0");
+        expect(await page.textContent('[data-metric="tokens"]')).toMatch(/^\d+ prompt · 400 generated$/);
+        await page.close();
+      }
+    } finally {
+      await browser.close();
+    }
+  }, 90_000);
+
+  // ghz is not in npm or Debian (a Go program): this runs where a developer has installed it.
+  it.runIf(ghzInstalled)(
+    "npm run bench:ghz through the balancer: every call of each level OK",
+    () => {
+      const out = join(mkdtempSync(join(tmpdir(), "airavata-fleet-ghz-")), "results");
+      const run = spawnSync(
+        process.execPath,
+        ["--import", "tsx", "bench/ghz/run.ts", "--address", `127.0.0.1:${port}`, "--concurrency", "1,4", "--out", out],
+        { cwd: ROOT, encoding: "utf8" },
+      );
+      expect(run.status, run.stderr).toBe(0);
+      const report = JSON.parse(readFileSync(join(out, "ghz.json"), "utf8")) as {
+        rows: { total: number; summary: RunSummary }[];
+      };
+      expect(report.rows.length).toBeGreaterThan(0);
+      for (const { total, summary } of report.rows) expect(summary.statuses).toEqual({ OK: total });
+    },
+    300_000,
+  );
 
   it("SIGKILL of one replica under load: only the calls on it fail; it leaves rotation within the checks and comes back", async () => {
     const victim = lines.filter((l) => l.msg === "replica started" && l.replica === 2).at(-1)!.pid!;
