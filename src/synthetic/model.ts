@@ -149,7 +149,18 @@ export interface WriteModelOptions {
   type: WeightType;
   name?: string;
   seed?: number;
+  /**
+   * Layer weights tiled from one encoded block of random values instead of
+   * drawn and encoded tensor by tensor: a 7B-shaped file in seconds rather than
+   * minutes (the GPU run writes one on a clock). Embeddings and the output
+   * matrix are written as usual, so the scripted answers and the token
+   * dynamics stay; the layers' outputs are small either way.
+   */
+  fast?: boolean;
 }
+
+/** Values in the tiled pattern of a fast write: a whole number of quantization blocks (32). */
+const TILE_VALUES = 1 << 20;
 
 /** Writes one synthetic model; returns its parameter count. */
 export function writeSyntheticModel(options: WriteModelOptions): { parameters: number } {
@@ -196,22 +207,36 @@ export function writeSyntheticModel(options: WriteModelOptions): { parameters: n
 
   const tensors: TensorSpec[] = [];
   let parameters = 0;
-  const add = (name: string, dims: number[], t: GgmlType, values: () => Float32Array) => {
-    parameters += dims.reduce((a, b) => a * b, 1);
-    tensors.push({ name, dims, type: t, encode: () => encode(t, values()) });
+  const tiles = new Map<GgmlType, Uint8Array>();
+  /** `count` values' worth of the encoded pattern, repeated: whole blocks, since `count` is a multiple of 32. */
+  const tiled = (t: GgmlType, count: number): Uint8Array => {
+    let tile = tiles.get(t);
+    if (!tile) {
+      tile = encode(t, uniform(TILE_VALUES, layerScale, prng(seed * 7919 + 7)));
+      tiles.set(t, tile);
+    }
+    const out = new Uint8Array((tile.length / TILE_VALUES) * count);
+    for (let at = 0; at < out.length; at += tile.length) out.set(tile.subarray(0, Math.min(tile.length, out.length - at)), at);
+    return out;
+  };
+  const add = (name: string, dims: number[], t: GgmlType, values: () => Float32Array, layer = false) => {
+    const count = dims.reduce((a, b) => a * b, 1);
+    parameters += count;
+    const fast = layer && options.fast === true && count % 32 === 0;
+    tensors.push({ name, dims, type: t, encode: () => (fast ? tiled(t, count) : encode(t, values())) });
   };
   add("token_embd.weight", [d, nVocab], matrixType, () => embeddings);
   for (let l = 0; l < shape.blockCount; l++) {
     const s = 100 + l * 10;
     add(`blk.${l}.attn_norm.weight`, [d], GgmlType.F32, ones(d));
-    add(`blk.${l}.attn_q.weight`, [d, d], matrixType, matrix(d, d, layerScale, s));
-    add(`blk.${l}.attn_k.weight`, [d, dKv], matrixType, matrix(dKv, d, layerScale, s + 1));
-    add(`blk.${l}.attn_v.weight`, [d, dKv], matrixType, matrix(dKv, d, layerScale, s + 2));
-    add(`blk.${l}.attn_output.weight`, [d, d], matrixType, matrix(d, d, layerScale, s + 3));
+    add(`blk.${l}.attn_q.weight`, [d, d], matrixType, matrix(d, d, layerScale, s), true);
+    add(`blk.${l}.attn_k.weight`, [d, dKv], matrixType, matrix(dKv, d, layerScale, s + 1), true);
+    add(`blk.${l}.attn_v.weight`, [d, dKv], matrixType, matrix(dKv, d, layerScale, s + 2), true);
+    add(`blk.${l}.attn_output.weight`, [d, d], matrixType, matrix(d, d, layerScale, s + 3), true);
     add(`blk.${l}.ffn_norm.weight`, [d], GgmlType.F32, ones(d));
-    add(`blk.${l}.ffn_gate.weight`, [d, ff], matrixType, matrix(ff, d, layerScale, s + 4));
-    add(`blk.${l}.ffn_up.weight`, [d, ff], matrixType, matrix(ff, d, layerScale, s + 5));
-    add(`blk.${l}.ffn_down.weight`, [ff, d], matrixType, matrix(d, ff, layerScale, s + 6));
+    add(`blk.${l}.ffn_gate.weight`, [d, ff], matrixType, matrix(ff, d, layerScale, s + 4), true);
+    add(`blk.${l}.ffn_up.weight`, [d, ff], matrixType, matrix(ff, d, layerScale, s + 5), true);
+    add(`blk.${l}.ffn_down.weight`, [ff, d], matrixType, matrix(d, ff, layerScale, s + 6), true);
   }
   add("output_norm.weight", [d], GgmlType.F32, ones(d));
   add("output.weight", [d, nVocab], outputType, output);
