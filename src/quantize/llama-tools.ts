@@ -149,18 +149,13 @@ function installEngineKernels(binDir: string): void {
   }
 }
 
-/** Path of llama.cpp tool `target`, building it first if this commit's build lacks it. */
-export async function ensureLlamaTool(target: string, options: BuildOptions = {}): Promise<string> {
+/**
+ * The llama.cpp source of node-llama-cpp's commit, a git clone of its bundle
+ * in the cache (made on first use): what the tools and the GPU kit build from.
+ */
+export async function llamaSourceDir(options: BuildOptions = {}): Promise<string> {
   const { bundle, commit } = bundledSource();
   const root = resolve(options.cacheDir ?? defaultCacheDir(), commit.slice(0, 12));
-  const build = BUILD;
-  const binDir = join(root, build.dir, "bin");
-  const binary = join(binDir, target);
-  if (existsSync(binary)) {
-    installEngineKernels(binDir);
-    return binary;
-  }
-  requireTools();
   const source = join(root, "src");
   if (!existsSync(join(source, "CMakeLists.txt"))) {
     rmSync(source, { recursive: true, force: true });
@@ -168,6 +163,28 @@ export async function ensureLlamaTool(target: string, options: BuildOptions = {}
     options.onProgress?.(`extracting llama.cpp ${commit.slice(0, 12)} from node-llama-cpp's bundle`);
     await run("git", ["clone", "--quiet", bundle, source], root);
   }
+  return source;
+}
+
+/** The folder of the engine-kernel build's binaries (llama-server, … once built). */
+export function llamaToolsBinDir(options: BuildOptions = {}): string {
+  const { commit } = bundledSource();
+  return join(resolve(options.cacheDir ?? defaultCacheDir(), commit.slice(0, 12)), BUILD.dir, "bin");
+}
+
+/** Path of llama.cpp tool `target`, building it first if this commit's build lacks it. */
+export async function ensureLlamaTool(target: string, options: BuildOptions = {}): Promise<string> {
+  const { commit } = bundledSource();
+  const root = resolve(options.cacheDir ?? defaultCacheDir(), commit.slice(0, 12));
+  const build = BUILD;
+  const binDir = llamaToolsBinDir(options);
+  const binary = join(binDir, target);
+  if (existsSync(binary)) {
+    installEngineKernels(binDir);
+    return binary;
+  }
+  requireTools();
+  const source = await llamaSourceDir(options);
   options.onProgress?.(`configuring the build of ${target}`);
   await run(
     "cmake",
