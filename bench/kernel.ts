@@ -53,6 +53,10 @@ export interface KernelRun {
   levels: number[];
   /** KV cells for the whole context (streams × tokens per stream, as llama-server gets). */
   contextCells: number;
+  /** Layers on the GPU (0, the default: the CPU bench). */
+  gpuLayers?: number;
+  /** Its environment (the GPU run adds where cuBLAS is). */
+  env?: NodeJS.ProcessEnv;
 }
 
 /** One llama-batched-bench run of `run`'s levels: output tokens/s by concurrency (see `kernelSpeeds`). */
@@ -64,13 +68,13 @@ export async function kernelRound(binary: string, run: KernelRun): Promise<Map<n
       ["-t", String(run.threads)],
       ["-tb", String(run.threads)],
       ["-c", String(run.contextCells)],
-      ["-ngl", "0"],
+      ["-ngl", String(run.gpuLayers ?? 0)],
       ["-npp", String(run.promptTokens)],
       ["-ntg", String(run.tokens)],
       ["-npl", run.levels.join(",")],
       ["--output-format", "jsonl"],
     ].flat(),
-    { maxBuffer: 16 * 2 ** 20 },
+    { maxBuffer: 16 * 2 ** 20, env: run.env },
   );
   return kernelSpeeds(stdout, run.levels);
 }

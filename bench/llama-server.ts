@@ -49,6 +49,10 @@ export interface LlamaServerOptions {
   slots: number;
   /** Tokens per slot, as the service's --context-size. */
   contextSize: number;
+  /** Layers on the GPU (0, the default: the CPU bench). */
+  gpuLayers?: number;
+  /** Its environment (the GPU run adds where cuBLAS is). */
+  env?: NodeJS.ProcessEnv;
 }
 
 export async function startLlamaServer(binary: string, options: LlamaServerOptions): Promise<LlamaServer> {
@@ -61,11 +65,11 @@ export async function startLlamaServer(binary: string, options: LlamaServerOptio
     ["--threads-batch", String(options.threads)],
     ["--parallel", String(options.slots)],
     ["--ctx-size", String(options.contextSize * options.slots)],
-    ["--n-gpu-layers", "0"],
+    ["--n-gpu-layers", String(options.gpuLayers ?? 0)],
     ["--cont-batching"],
     ["--no-webui"],
   ].flat();
-  const child: ChildProcess = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe"] });
+  const child: ChildProcess = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe"], env: options.env });
   // Never outlive the bench, even when it fails.
   const kill = () => child.kill("SIGKILL");
   process.once("exit", kill);

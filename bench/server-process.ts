@@ -10,6 +10,8 @@ import type { StreamTrace } from "./stream-stats.js";
 export interface BenchServer {
   child: ChildProcess;
   port: number;
+  /** The "model loaded" log line: backend, devices, GPU layers, load time, … */
+  loaded: Record<string, unknown>;
   stop(): Promise<void>;
 }
 
@@ -24,12 +26,12 @@ export async function startBenchServer(args: string[], env: Record<string, strin
   const kill = () => child.kill("SIGKILL");
   process.once("exit", kill);
   child.once("exit", () => process.off("exit", kill));
-  const port = await new Promise<number>((resolve, reject) => {
+  const { port, loaded } = await new Promise<{ port: number; loaded: Record<string, unknown> }>((resolve, reject) => {
     let listening = 0;
     createInterface({ input: child.stdout! }).on("line", (line) => {
       const entry = JSON.parse(line) as { msg: string; port?: number; stepMs?: unknown };
       if (entry.msg === "listening") listening = entry.port!;
-      if (entry.msg.startsWith("model loaded")) resolve(listening);
+      if (entry.msg.startsWith("model loaded")) resolve({ port: listening, loaded: entry });
       // The thread tuner's choices, as they happen (with --threads auto).
       if (entry.msg.startsWith("decode threads")) process.stderr.write(`service: ${entry.msg} ${JSON.stringify(entry.stepMs)}\n`);
     });
@@ -38,6 +40,7 @@ export async function startBenchServer(args: string[], env: Record<string, strin
   return {
     child,
     port,
+    loaded,
     stop: async () => {
       child.kill("SIGTERM");
       await new Promise((r) => child.once("exit", r));
