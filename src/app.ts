@@ -10,6 +10,7 @@ import os from "node:os";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import type { Config } from "./config.js";
+import { nvidiaDriverLoaded } from "./engine/cuda-libraries.js";
 import { ServiceError } from "./errors.js";
 import { AdminService } from "./gen/airavata/v1/admin_pb.js";
 import { GenerationService } from "./gen/airavata/v1/generation_pb.js";
@@ -209,10 +210,21 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
   for (const { serving, weight } of pool.loaded) {
     if (!serving) continue;
     const info = serving.engine.info;
-    log.info(
-      { variant: serving.entry.id, model: serving.entry.path, quantization: serving.summary.quantization, weight, ...info },
-      info.backend === "cpu" ? "model loaded on CPU" : `model loaded on ${info.backend.toUpperCase()}`,
-    );
+    const fields = {
+      variant: serving.entry.id,
+      model: serving.entry.path,
+      quantization: serving.summary.quantization,
+      weight,
+      ...info,
+    };
+    if (info.backend !== "cpu") {
+      log.info(fields, `model loaded on ${info.backend.toUpperCase()}`);
+    } else if (config.gpu === "auto" && nvidiaDriverLoaded()) {
+      // A GPU is there and idle: say so louder than a CPU machine's normal start.
+      log.warn(fields, `model loaded on CPU although an NVIDIA driver is loaded: ${info.cpuReason ?? "no usable GPU backend"}`);
+    } else {
+      log.info(fields, "model loaded on CPU");
+    }
   }
 
   let shuttingDown: Promise<void> | undefined;

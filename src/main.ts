@@ -86,6 +86,8 @@ try {
         `  - serve a GGUF file you already have: npm start -- --model path/to/airavata.Q4_K_M.gguf\n` +
         `  - try the service without any weights: npm run demo\n`,
     );
+  } else {
+    process.stderr.write(`\nCould not serve ${config.modelPath}: ${reason}\n`);
   }
   process.exit(1);
 }

@@ -20,6 +20,8 @@ export interface EngineInfo {
   /** The counts the tuner chooses from while serving ("auto" on the CPU); empty when the count is fixed. */
   threadCandidates: number[];
   gpuLayers: number;
+  /** On the CPU backend, why: "--gpu cpu", or what keeps the GPU backend from loading. */
+  cpuReason?: string;
   loadMs: number;
   /** Measured ms of a decode step by the tokens in it (index = tokens); empty with batching "full". */
   stepMs: number[];

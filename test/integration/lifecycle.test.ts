@@ -10,6 +10,7 @@ import { processesMentioning } from "../../harness/proc.js";
 import { AiravataClient } from "../../clients/grpc-client.js";
 import { AdminService, SwapPhase } from "../../src/gen/airavata/v1/admin_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../../src/gen/grpc/health/v1/health_pb.js";
+import { nvidiaDriverLoaded } from "../../src/engine/cuda-libraries.js";
 import { modelPath } from "../helpers/models.js";
 import { ROOT, startServerProcess } from "../helpers/server.js";
 
@@ -39,7 +40,14 @@ describe("the server process", () => {
       expect(seen).toEqual([Status.NOT_SERVING, Status.SERVING]);
       while (!server.logs.some((l) => l.msg === "model loaded on CPU")) await new Promise((r) => setTimeout(r, 20));
       const loaded = server.logs.find((l) => l.msg === "model loaded on CPU");
-      expect(loaded).toMatchObject({ backend: "cpu", threads: 1, sequences: 2, contextSize: 1024 });
+      // With --gpu auto on the CPU, the line says why (here: what keeps CUDA from loading).
+      expect(loaded).toMatchObject({
+        backend: "cpu",
+        threads: 1,
+        sequences: 2,
+        contextSize: 1024,
+        cpuReason: expect.any(String),
+      });
     } finally {
       server.child.kill("SIGTERM");
       expect(await server.exited).toBe(0);
@@ -225,6 +233,20 @@ describe("configuration", () => {
       holder.close();
     }
   });
+
+  // Where the NVIDIA driver is loaded CUDA may well work; everywhere else it cannot.
+  it.runIf(!nvidiaDriverLoaded())(
+    "--gpu cuda without CUDA: a clear message naming what is missing, at once, exit 1",
+    async () => {
+      // No compile from source in between (node-llama-cpp's default when no prebuilt loads): the test's timeout.
+      const { code, stderr } = await run(["--model", modelPath("q4_0"), "--gpu", "cuda", "--port", "0"]);
+      expect(code).toBe(1);
+      expect(stderr).toMatch(/--gpu cuda: the CUDA backend cannot load: /);
+      expect(stderr).toMatch(/libcuda\.so\.1/);
+      expect(stderr).toMatch(/--gpu auto runs on the CPU instead/);
+    },
+    60_000,
+  );
 
   it("offline without the default variant, it says what is missing and how to fix it", async () => {
     const empty = mkdtempSync(join(tmpdir(), "airavata-models-"));

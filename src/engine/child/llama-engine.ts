@@ -15,6 +15,7 @@ import {
 } from "node-llama-cpp";
 import { ServiceError } from "../../errors.js";
 import { formatAiravataChat } from "./chat-format.js";
+import { cudaUnavailableReason } from "../cuda-libraries.js";
 import {
   type FinishReason,
   type GenerationInput,
@@ -121,12 +122,32 @@ export class LlamaEngine {
     const threads = options.threads === "auto" ? safeThreadCount() : options.threads;
     const llama = await getLlama({
       gpu: options.gpu === "cpu" ? false : options.gpu,
+      // Prebuilt binaries only: where none loads, node-llama-cpp would otherwise
+      // clone and compile llama.cpp inside the service's start, for minutes.
+      build: "never",
       logLevel: LlamaLogLevel.error,
       maxThreads: auto ? cores : threads,
+    }).catch((error: unknown) => {
+      if (options.gpu !== "cuda" && options.gpu !== "vulkan") throw error;
+      const reason =
+        (options.gpu === "cuda" ? cudaUnavailableReason() : undefined) ?? "its prebuilt binary does not load on this machine";
+      throw new Error(
+        `--gpu ${options.gpu}: the ${options.gpu === "cuda" ? "CUDA" : "Vulkan"} backend cannot load: ${reason}; --gpu auto runs on the CPU instead`,
+        {
+          cause: error,
+        },
+      );
     });
     let model: LlamaModel | undefined;
     try {
       const backend = llama.gpu === false ? "cpu" : llama.gpu;
+      // Said in the "model loaded" line: on a GPU machine the CPU is usually a mistake.
+      const cpuReason =
+        backend !== "cpu"
+          ? undefined
+          : options.gpu === "cpu"
+            ? "--gpu cpu"
+            : (cudaUnavailableReason() ?? "no usable GPU backend");
       const sequenceCount = options.sequences === "auto" ? (backend === "cpu" ? 4 : 8) : options.sequences;
       model = await llama.loadModel({ modelPath: options.modelPath, gpuLayers: "auto", onLoadProgress: onProgress });
       const context = await model.createContext({
@@ -148,6 +169,7 @@ export class LlamaEngine {
         // On a GPU the threads only feed it: nothing to tune.
         threadCandidates: auto && backend === "cpu" && cores > threads ? [threads, cores] : [],
         gpuLayers: model.gpuLayers,
+        ...(cpuReason ? { cpuReason } : {}),
         loadMs: 0,
         stepMs: [],
       };
