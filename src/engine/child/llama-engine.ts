@@ -50,8 +50,11 @@ export const TOKENIZER_ARRAY_KEYS = [
 /** Tokens of the prompt and generation considered by the repeat penalty. */
 const REPEAT_WINDOW = 64;
 
-/** Tokens each sequence generates while decode steps are timed at load. */
+/** Decode steps timed for each size at load (after a first one, left out)… */
 const MEASURED_STEPS = 10;
+/** …or this many, once they add up to STEP_TIMING_MS. */
+const MIN_MEASURED_STEPS = 3;
+const STEP_TIMING_MS = 1000;
 
 export interface GenerationEvents {
   started(promptTokens: number): void;
@@ -211,33 +214,49 @@ export class LlamaEngine {
   }
 
   /**
-   * Times a decode step of each size from 1 to the sequence count: that many
-   * greedy generations at once, released together a step at a time. The
-   * median of each size's steps (the first, which meets the prompts, left
-   * out). Costs about a second on a small CPU.
+   * Times a decode step of each size from the sequence count down to 1:
+   * that many greedy generations at once, released `size` at a time, the
+   * size lowered once it has its samples, so one set of prompts serves every
+   * size. A size has its samples at MEASURED_STEPS steps, or at
+   * MIN_MEASURED_STEPS once they add up to STEP_TIMING_MS (a 7B on two cores,
+   * at 0.3–0.8 s a step, would otherwise spend most of its load here). The
+   * median of each size's steps, its first left out. Generations that end
+   * early (an end-of-text token) are followed by new ones for the sizes left.
    */
   private async measureSteps(): Promise<number[]> {
-    const samples: number[][] = [];
-    this.loop.onStep = (size, ms) => (samples[size] ??= []).push(ms);
+    const sequences = this.info.sequences;
+    const samples: number[][] = Array.from({ length: sequences + 1 }, () => []);
+    const measured = (size: number) => {
+      const kept = samples[size]!.slice(1);
+      const ms = kept.reduce((a, b) => a + b, 0);
+      return kept.length >= MEASURED_STEPS || (kept.length >= MIN_MEASURED_STEPS && ms >= STEP_TIMING_MS);
+    };
+    let size = sequences;
+    let stop = new AbortController();
+    this.loop.groupSize = (ready) => Math.min(size, ready);
+    this.loop.onStep = (stepSize, ms) => {
+      samples[stepSize]!.push(ms);
+      while (size > 0 && measured(size)) size--;
+      if (size === 0) stop.abort();
+    };
     const input: GenerationInput = { kind: "chat", messages: [{ role: "user", content: "नमस्ते" }] };
     const quiet = { started: () => {}, chunk: () => {} };
-    const signal = new AbortController().signal;
+    // Enough tokens for every size's steps in one pass, however the steps fall.
+    const sampling = greedySampling((MEASURED_STEPS + 1) * sequences);
     try {
-      for (let size = 1; size <= this.info.sequences; size++) {
-        this.loop.groupSize = () => size;
-        await Promise.all(
-          Array.from({ length: size }, () =>
-            this.generate(input, greedySampling(MEASURED_STEPS), signal, quiet, { cache: false }),
-          ),
+      for (let pass = 0; pass < sequences && size > 0; pass++) {
+        stop = new AbortController();
+        await Promise.allSettled(
+          Array.from({ length: size }, () => this.generate(input, sampling, stop.signal, quiet, { cache: false })),
         );
       }
     } finally {
       this.loop.onStep = undefined;
       this.loop.groupSize = (ready) => ready;
     }
-    // Index = tokens in the step; 0 where a size got no step (a generation ended early).
-    return Array.from({ length: this.info.sequences + 1 }, (_, size) => {
-      const ms = samples[size] ?? [];
+    // Index = tokens in the step; 0 where a size got no step (generations ended early).
+    return samples.map((ms, stepSize) => {
+      if (stepSize === 0) return 0;
       const kept = ms.length > 1 ? ms.slice(1).sort((a, b) => a - b) : ms;
       return kept.length === 0 ? 0 : Math.round(kept[Math.floor(kept.length / 2)]! * 100) / 100;
     });
