@@ -17,9 +17,25 @@
  *   npm run gpu:kit -- [--out .gpu-kit] [--limit-mib 60]
  *
  * Everything is made here from what npm installed; nothing of it is committed.
+ * Each part is kept under the cache's `gpu-kit/` (Node.js by version, the
+ * source by commit, the project by content), so an unchanged kit is rewritten
+ * in seconds.
  */
 import { execFileSync, spawnSync } from "node:child_process";
-import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import {
+  copyFileSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import os from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -112,7 +128,28 @@ async function packLlamaSource(cache: string, log: (line: string) => void): Prom
   return packed;
 }
 
-function packApp(stage: string, to: string): void {
+/** What a staged folder holds, as one hash: every path, link target and file's bytes, in order. */
+function contentKey(dir: string): string {
+  const hash = createHash("sha256");
+  const walk = (rel: string) => {
+    for (const entry of readdirSync(join(dir, rel), { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const path = join(rel, entry.name);
+      hash.update(`${path}\0`);
+      if (entry.isSymbolicLink()) hash.update(`-> ${readlinkSync(join(dir, path))}\0`);
+      else if (entry.isDirectory()) walk(path);
+      else hash.update(readFileSync(join(dir, path)));
+    }
+  };
+  walk("");
+  return hash.digest("hex").slice(0, 16);
+}
+
+/**
+ * The project and its runtime packages, staged and packed; the same content
+ * packed before is reused (the last one is kept in the cache), so a second
+ * kit of an unchanged checkout takes seconds, not the xz of ~150 MB.
+ */
+function packApp(stage: string, cache: string): string {
   rmSync(stage, { recursive: true, force: true });
   const app = join(stage, "app");
   mkdirSync(app, { recursive: true });
@@ -139,8 +176,13 @@ function packApp(stage: string, to: string): void {
       verbatimSymlinks: true,
     });
   }
-  xzTar(stage, ["app"], to);
+  const packed = join(cache, `app-${contentKey(app)}.tar.xz`);
+  if (!existsSync(packed)) {
+    for (const old of readdirSync(cache).filter((f) => /^app-[0-9a-f]+\.tar\.xz$/.test(f))) rmSync(join(cache, old));
+    xzTar(stage, ["app"], packed);
+  }
   rmSync(stage, { recursive: true, force: true });
+  return packed;
 }
 
 /** Writes the kit into `out` (replacing what was there) and checks it against `limitBytes`: over it, no kit is left. */
@@ -154,7 +196,7 @@ export async function writeKit(out: string, limitBytes: number, log: (line: stri
   log("packing the llama.cpp source");
   copyFileSync(await packLlamaSource(cache, log), join(out, "llama-src.tar.xz"));
   log("packing the project and its runtime dependencies");
-  packApp(join(out, ".stage"), join(out, "app.tar.xz"));
+  copyFileSync(packApp(join(out, ".stage"), cache), join(out, "app.tar.xz"));
   copyFileSync(join(ROOT, "bench", "gpu", "run.sh"), join(out, "run.sh"));
   const parts = readdirSync(out).map((file) => ({ file, bytes: statSync(join(out, file)).size }));
   const manifest = {
