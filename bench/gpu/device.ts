@@ -456,6 +456,8 @@ if (seconds() < budget) {
 }
 say(`done in ${seconds().toFixed(0)} s`);
 writeOut();
+// The report last on stdout too: the device hands back the output's tail even when no file comes back.
+console.log(`\n${markdown()}`);
 
 function markdown(): string {
   const m = report.machine;
