@@ -5,7 +5,9 @@
  * have ended, SwapVariant, Drain with resume, wait until the balancer has it
  * back, then the next. The first replica that fails stops the run (exit 1):
  * it is put back in rotation on what it serves, and the ones after it are not
- * touched. The admin token comes from AIRAVATA_ADMIN_TOKEN.
+ * touched. The admin token comes from AIRAVATA_ADMIN_TOKEN. Each line is
+ * JSON with `atS`, the seconds since the run began; each replica's last line
+ * says how many calls the balancer gave every replica while it was changed.
  */
 import { Command, InvalidArgumentError } from "commander";
 import { SwapPhase } from "../src/gen/airavata/v1/admin_pb.js";
@@ -46,8 +48,14 @@ if (!token) {
   process.exit(2);
 }
 
+const started = performance.now();
 const say = (msg: string, fields: Record<string, unknown> = {}) =>
-  process.stdout.write(`${JSON.stringify({ msg, ...fields })}\n`);
+  process.stdout.write(`${JSON.stringify({ msg, atS: Math.round(performance.now() - started) / 1000, ...fields })}\n`);
+
+/** Calls the balancer has given each replica so far. */
+async function callsGiven(): Promise<Record<string, number>> {
+  return Object.fromEntries(Object.entries(await replicaStates(o.host, o.statsPort)).map(([name, s]) => [name, s.sessions]));
+}
 
 /** The balancer's state of replica `name` (r1, r2, …): UP, DOWN, … */
 async function rotation(name: string): Promise<string> {
@@ -78,6 +86,8 @@ for (const [i, port] of ports.entries()) {
       say("replica already on it", { replica: name, port, variant: o.to });
       continue;
     }
+    const given = await callsGiven();
+    const began = performance.now();
     await call("Drain", admin.drain(false));
     // "UP 1/2" is still in rotation (one failed check of the two that take it out).
     await until("out of rotation", async () => (await rotation(name)).startsWith("DOWN"));
@@ -86,17 +96,28 @@ for (const [i, port] of ports.entries()) {
       const s = (await call("GetStatus", admin.getStatus())).response!;
       return s.running + s.queued === 0;
     });
-    const swap = await call(
+    // Each phase once (LOADING repeats with the load's progress).
+    let phase = "";
+    await call(
       "SwapVariant",
-      admin.swapVariant({ variantId: o.to }, (p) =>
-        say("swap phase", { replica: name, phase: SwapPhase[p.phase].toLowerCase() }),
-      ),
+      admin.swapVariant({ variantId: o.to }, (p) => {
+        if (SwapPhase[p.phase] === phase) return;
+        phase = SwapPhase[p.phase] ?? String(p.phase);
+        say("swap phase", { replica: name, phase: phase.toLowerCase() });
+      }),
     );
-    void swap;
     await call("Drain (resume)", admin.drain(true));
     await until("back in rotation", async () => (await rotation(name)) === "UP");
     const after = (await call("GetStatus", admin.getStatus())).response!;
-    say("replica swapped", { replica: name, port, variant: after.activeVariant });
+    const now = await callsGiven();
+    say("replica swapped", {
+      replica: name,
+      port,
+      variant: after.activeVariant,
+      seconds: Math.round(performance.now() - began) / 1000,
+      // From its Drain to its return: what each replica was given meanwhile (its own: the second before the checks took it out).
+      callsMeanwhile: Object.fromEntries(Object.entries(now).map(([r, n]) => [r, n - (given[r] ?? 0)])),
+    });
   } catch (error) {
     // Back in rotation on whatever it serves now; the replicas after it are left as they are.
     await admin.drain(true).catch(() => undefined);

@@ -55,8 +55,12 @@ const TOKEN = "fleet-admin-token-0123456789";
 
 interface SwapStep {
   msg: string;
+  /** Seconds since the run began. */
+  atS: number;
   replica?: string;
   variant?: string;
+  phase?: string;
+  callsMeanwhile?: Record<string, number>;
   error?: string;
   untouched?: number[];
 }
@@ -296,6 +300,23 @@ describe("a fleet of three behind HAProxy", () => {
       "replica swapped r3",
     ]);
     expect(steps.at(-1)).toMatchObject({ msg: "fleet swapped", variant: "tiny.q8_0" });
+    // The log: each replica's phases once each, in order, and what the balancer gave whom meanwhile.
+    for (const replica of ["r1", "r2", "r3"]) {
+      expect(steps.filter((s) => s.msg === "swap phase" && s.replica === replica).map((s) => s.phase)).toEqual([
+        "checking",
+        "loading",
+        "warming",
+        "switched",
+        "draining",
+        "released",
+        "done",
+      ]);
+      const swapped = steps.find((s) => s.msg === "replica swapped" && s.replica === replica)!;
+      const meanwhile = swapped.callsMeanwhile!;
+      // The others carried the load while it was changed.
+      for (const other of ["r1", "r2", "r3"].filter((r) => r !== replica)) expect(meanwhile[other]).toBeGreaterThan(0);
+    }
+    expect(steps.every((s, i) => i === 0 || s.atS >= steps[i - 1]!.atS)).toBe(true);
     expect(outcomes.filter((o) => o.code !== "OK")).toEqual([]);
     // The calls moved over as the replicas did: both variants served, the new one last.
     expect(new Set(outcomes.map((o) => o.variant))).toEqual(new Set(["tiny.q4_0", "tiny.q8_0"]));
