@@ -80,7 +80,7 @@ describe("npm run gpu:kit", () => {
     const run = runKit("cpu", [
       "--backend cpu",
       `--tools ${llamaToolsBinDir()}`,
-      "--shape small",
+      "--shape tiny",
       "--concurrency 1,4",
       "--tokens 32",
       "--rounds 1",
