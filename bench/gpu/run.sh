@@ -19,7 +19,15 @@ unpack() {
   if command -v xz >/dev/null; then
     tar -C "$work" -xJf "$kit/$1.tar.xz"
   else
-    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="tar")' "$kit/$1.tar.xz" "$work"
+    # extractall's filter argument is Python 3.12's (and 3.8.17+ backports); older ones lack it.
+    python3 -c '
+import sys, tarfile
+with tarfile.open(sys.argv[1]) as archive:
+    try:
+        archive.extractall(sys.argv[2], filter="tar")
+    except TypeError:
+        archive.extractall(sys.argv[2])
+' "$kit/$1.tar.xz" "$work"
   fi
 }
 # A new kit replaces the programs; what the run made (builds, models) stays.

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { cudaBuildFlags, LLAMA_BUILD_FLAGS } from "../../bench/gpu/build-flags.js";
 import { type Kit, writeKit } from "../../bench/gpu/kit.js";
+import { PYTHON } from "../../harness/python-client.js";
 import { ensureLlamaTool, llamaToolsBinDir } from "../../src/quantize/llama-tools.js";
 
 const LIMIT = 60 * 2 ** 20;
@@ -105,6 +106,39 @@ describe("npm run gpu:kit", () => {
     expect(Object.keys(report.batchedBench ?? {})).toEqual(["1", "4"]);
     expect(readFileSync(join(run.out, "report.md"), "utf8")).toMatch(/\| 4 \| llama-server \| [\d.]+ \|/);
   }, 300_000);
+
+  it("unpacks with Python's tarfile where there is no xz", () => {
+    // The device's image may lack xz; its Python (Debian's here, without extractall's filter argument) unpacks instead.
+    const dir = join(root, "no-xz");
+    const bin = join(dir, "bin");
+    mkdirSync(bin, { recursive: true });
+    for (const program of PROGRAMS.filter((p) => p !== "xz" && p !== "python3"))
+      symlinkSync(join(pathDir, program), join(bin, program));
+    symlinkSync(PYTHON, join(bin, "python3"));
+    const run = spawnSync(
+      "env",
+      [
+        "-i",
+        `PATH=${bin}`,
+        `HOME=${dir}`,
+        "bash",
+        join(kit.dir, "run.sh"),
+        "--work",
+        join(dir, "work"),
+        "--out",
+        join(dir, "out"),
+        "--help",
+      ],
+      {
+        encoding: "utf8",
+        timeout: 120_000,
+      },
+    );
+    expect(run.status, `${run.stdout}${run.stderr}`).toBe(0);
+    expect(run.stderr).toContain("unpacking app");
+    expect(run.stdout).toMatch(/--budget-s <s>/);
+    expect(readdirSync(join(dir, "work")).sort()).toEqual(["app", "bin", "kit.json", "llama-src"]);
+  }, 180_000);
 
   it("stops at a failing step with its name and what it printed, and still writes its files", () => {
     // No GPU here: the CUDA run's first step fails, loudly.
