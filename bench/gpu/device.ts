@@ -216,7 +216,8 @@ function locateCuda(): CudaPieces & { libDirs: string[] } {
   const nvcc = [
     process.env.CUDACXX,
     "/usr/local/cuda/bin/nvcc",
-    spawnSync("which", ["nvcc"], { encoding: "utf8" }).stdout.trim(),
+    // On the PATH, looked up here: the image need not have `which`.
+    ...(process.env.PATH ?? "").split(":").map((dir) => join(dir, "nvcc")),
   ].find((p) => p && existsSync(p));
   if (!nvcc) throw new Error("nvcc was not found (CUDACXX, /usr/local/cuda/bin, PATH)");
   const toolkit = resolve(dirname(nvcc), "..");
