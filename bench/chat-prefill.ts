@@ -10,15 +10,14 @@
  *   npx tsx bench/chat-prefill.ts [--model models/synthetic/small.Q4_K_M.gguf] [--turns 10] [--threads 1]
  *     [--out bench/results/chat-prefill]
  */
-import { request } from "node:http";
 import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { Command } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
-import { formatAiravataChat } from "../src/engine/child/chat-format.js";
 import type { ChatTurn } from "../src/generation.js";
-import { llamaServerBinary, startLlamaServer } from "./llama-server.js";
+import { SYSTEM_PROMPT } from "./chat.js";
+import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
 import { startBenchServer } from "./server-process.js";
 
 const opts = new Command("chat-prefill")
@@ -30,7 +29,6 @@ const opts = new Command("chat-prefill")
   .parse()
   .opts<{ model: string; turns: string; threads: string; answerTokens: string; out: string }>();
 
-const SYSTEM = `You are a helpful assistant for Hindi and English speakers. ${"Answer clearly, briefly and politely; say when you are not sure. भारत के बारे में प्रश्नों का उत्तर हिंदी में दें। ".repeat(12)}`;
 const threads = Number(opts.threads);
 const binary = await llamaServerBinary((line) => console.error(line));
 if (!binary) throw new Error("llama-server could not be built");
@@ -47,34 +45,6 @@ const service = await startBenchServer([
 const peer = await startLlamaServer(binary, { model: opts.model, threads, slots: 1, contextSize: 2048 });
 const client = new AiravataClient(`127.0.0.1:${service.port}`);
 
-interface Completion {
-  content: string;
-  timings: { prompt_ms: number; prompt_n: number };
-}
-function complete(prompt: string, tokens: number): Promise<Completion> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        host: "127.0.0.1",
-        port: peer.port,
-        path: "/completion",
-        method: "POST",
-        agent: false,
-        headers: { "content-type": "application/json" },
-      },
-      async (res) => {
-        let text = "";
-        for await (const chunk of res) text += String(chunk);
-        resolve(JSON.parse(text) as Completion);
-      },
-    );
-    req.once("error", reject);
-    req.end(
-      JSON.stringify({ prompt, n_predict: tokens, temperature: 0, repeat_penalty: 1, cache_prompt: true, ignore_eos: true }),
-    );
-  });
-}
-
 const rows: {
   turn: number;
   service: { prefillMs: number; clientTtftMs: number; evaluated: number; promptTokens: number };
@@ -82,7 +52,7 @@ const rows: {
   sameAnswer: boolean;
 }[] = [];
 try {
-  const history: ChatTurn[] = [{ role: "system", content: SYSTEM }];
+  const history: ChatTurn[] = [{ role: "system", content: SYSTEM_PROMPT }];
   for (let turn = 1; turn <= Number(opts.turns); turn++) {
     history.push({ role: "user", content: `Question ${turn}: भारत की राजधानी क्या है?` });
     const sent = performance.now();
@@ -91,10 +61,8 @@ try {
       first ||= performance.now();
     });
     const m = one.metrics!;
-    const prompt = formatAiravataChat(history);
-    const asked = performance.now();
-    const peerOne = await complete(prompt, 1);
-    const wallMs = performance.now() - asked;
+    const peerOne = await llamaServerTrace(peer.port, history, 1, { cachePrompt: true });
+    const wallMs = performance.now() - peerOne.sentAt;
     // The answers, so that both hold the whole turn in their cache for the next.
     const answer = await client.generate({
       messages: history,
@@ -102,7 +70,7 @@ try {
       temperature: 0,
       repeatPenalty: 1,
     });
-    const peerAnswer = await complete(prompt, Number(opts.answerTokens));
+    const peerAnswer = await llamaServerTrace(peer.port, history, Number(opts.answerTokens), { cachePrompt: true });
     rows.push({
       turn,
       service: {
@@ -111,8 +79,8 @@ try {
         evaluated: m.promptTokens - m.cachedPromptTokens,
         promptTokens: m.promptTokens,
       },
-      llamaServer: { promptMs: peerOne.timings.prompt_ms, wallMs, evaluated: peerOne.timings.prompt_n },
-      sameAnswer: peerAnswer.content.trim() === answer.text.trim(),
+      llamaServer: { promptMs: peerOne.promptMs!, wallMs, evaluated: peerOne.promptEvaluated! },
+      sameAnswer: peerAnswer.text.trim() === answer.text.trim(),
     });
     history.push({ role: "assistant", content: answer.text });
   }

@@ -49,7 +49,7 @@ interface Turn {
 }
 
 // About 1,000 tokens of the synthetic models' vocabulary: the same for every conversation.
-const SYSTEM = `You are a helpful assistant for Hindi and English speakers. ${"Answer clearly, briefly and politely; say when you are not sure. भारत के बारे में प्रश्नों का उत्तर हिंदी में दें। ".repeat(12)}`;
+export const SYSTEM_PROMPT = `You are a helpful assistant for Hindi and English speakers. ${"Answer clearly, briefly and politely; say when you are not sure. भारत के बारे में प्रश्नों का उत्तर हिंदी में दें। ".repeat(12)}`;
 const QUESTIONS = ["नमस्ते", "भारत की राजधानी क्या है?", "और बताइए", "धन्यवाद", "Tell me more"];
 
 /** One conversation against a target: each turn sends everything so far; the answers are the target's own. */
@@ -58,7 +58,7 @@ async function converse(
   conversation: number,
   turns: number,
 ): Promise<Turn[]> {
-  const history: ChatTurn[] = [{ role: "system", content: SYSTEM }];
+  const history: ChatTurn[] = [{ role: "system", content: SYSTEM_PROMPT }];
   const out: Turn[] = [];
   for (let t = 0; t < turns; t++) {
     history.push({ role: "user", content: `${QUESTIONS[t % QUESTIONS.length]} (${conversation})` });
@@ -123,7 +123,7 @@ export async function chatScenario(options: ChatScenarioOptions): Promise<void> 
             target === "service" ? "on" : "off",
           ]);
           const client = new AiravataClient(`127.0.0.1:${server.port}`);
-          systemTokens ||= (await client.tokenize(SYSTEM)).response?.count ?? 0;
+          systemTokens ||= (await client.tokenize(SYSTEM_PROMPT)).response?.count ?? 0;
           ask = (c) =>
             converse(
               async (turns) => {

@@ -119,8 +119,12 @@ export async function llamaServerTrace(
   content: string | ChatTurn[],
   tokens: number,
   { cachePrompt = false } = {},
-): Promise<StreamTrace & { text: string; promptEvaluated?: number }> {
-  const trace: StreamTrace & { text: string; promptEvaluated?: number } = { sentAt: performance.now(), tokenTimes: [], text: "" };
+): Promise<StreamTrace & { text: string; promptEvaluated?: number; promptMs?: number }> {
+  const trace: StreamTrace & { text: string; promptEvaluated?: number; promptMs?: number } = {
+    sentAt: performance.now(),
+    tokenTimes: [],
+    text: "",
+  };
   const body = JSON.stringify({
     prompt: formatAiravataChat(typeof content === "string" ? [{ role: "user", content }] : content),
     n_predict: tokens,
@@ -167,11 +171,12 @@ export async function llamaServerTrace(
       } = JSON.parse(data) as {
         tokens_predicted?: number;
         content?: string;
-        /** On the last event: `prompt_n`, the prompt tokens it evaluated (not taken from its cache). */
-        timings?: { prompt_n?: number };
+        /** On the last event: `prompt_n`, the prompt tokens it evaluated (not taken from its cache), in `prompt_ms`. */
+        timings?: { prompt_n?: number; prompt_ms?: number };
       };
       trace.text += text;
       if (timings?.prompt_n !== undefined) trace.promptEvaluated = timings.prompt_n;
+      if (timings?.prompt_ms !== undefined) trace.promptMs = timings.prompt_ms;
       while (predicted !== undefined && trace.tokenTimes.length < predicted) trace.tokenTimes.push(now);
     }
   }
