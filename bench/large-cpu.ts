@@ -19,12 +19,12 @@
  *    stream from the new one.
  * Writes <out>/large-cpu.json and large-cpu.md.
  */
-import { linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { linkSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import os, { tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { Command } from "commander";
 import { AdminClient, AiravataClient } from "../clients/grpc-client.js";
-import { enginePids } from "../harness/proc.js";
+import { enginePids, memoryMiB } from "../harness/proc.js";
 import { SwapPhase } from "../src/gen/airavata/v1/admin_pb.js";
 import { startBenchServer } from "./server-process.js";
 
@@ -55,13 +55,6 @@ const slots = Number(opts.parallel);
 const tokens = Number(opts.tokens);
 const log = (line: string) => console.error(`[large-cpu] ${line}`);
 
-/** /proc/<pid>/status's memory lines, MiB. */
-function memory(pid: number): { rss: number; anon: number; file: number; peak: number } {
-  const status = readFileSync(`/proc/${pid}/status`, "latin1");
-  const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? NaN) / 1024;
-  return { rss: kib("VmRSS"), anon: kib("RssAnon"), file: kib("RssFile"), peak: kib("VmHWM") };
-}
-
 const modelsDir = mkdtempSync(join(tmpdir(), "airavata-large-"));
 linkSync(model, join(modelsDir, `${id}.gguf`));
 linkSync(model, join(modelsDir, `${twinId}.gguf`));
@@ -88,7 +81,7 @@ try {
     `loaded in ${(loaded.loadMs / 1000).toFixed(1)} s (wall ${wallLoadS.toFixed(1)} s); steps ${JSON.stringify(loaded.stepMs)}`,
   );
   const [engine] = enginePids(server.child.pid!);
-  const afterLoad = memory(engine!);
+  const afterLoad = memoryMiB(engine!);
 
   const variants = await admin.listVariants();
   const entry = variants.response?.variants.find((v) => v.id === id);
@@ -100,7 +93,7 @@ try {
     ),
   );
   for (const s of streams) if (s.codeName !== "OK") throw new Error(`a stream ended ${s.codeName}: ${s.message}`);
-  const afterStreams = memory(engine!);
+  const afterStreams = memoryMiB(engine!);
 
   // The service's own estimate, as its memory check states it: the twin does not fit beside the model.
   const load = await admin.loadVariant({ variantId: twinId });

@@ -41,13 +41,24 @@ export function enginePids(serverPid: number): number[] {
   return processesMentioning("engine/child/main").filter((pid) => Number(statFields(pid)?.[1]) === serverPid);
 }
 
+/**
+ * Memory, MiB (NaN once the process is gone): resident, its anonymous and
+ * file-backed parts (a mapped model file's pages are the latter), and the peak.
+ */
+export function memoryMiB(pid: number): { rss: number; anon: number; file: number; peak: number } {
+  let status = "";
+  try {
+    status = readFileSync(`/proc/${pid}/status`, "latin1");
+  } catch {
+    // Gone: every field NaN.
+  }
+  const field = (name: string) => Number(new RegExp(`${name}:\\s+(\\d+)`).exec(status)?.[1] ?? NaN) / 1024;
+  return { rss: field("VmRSS"), anon: field("RssAnon"), file: field("RssFile"), peak: field("VmHWM") };
+}
+
 /** Resident memory, MiB (NaN once the process is gone). */
 export function rssMiB(pid: number): number {
-  try {
-    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "latin1"))?.[1]) / 1024;
-  } catch {
-    return NaN;
-  }
+  return memoryMiB(pid).rss;
 }
 
 /** Open file descriptors (NaN once the process is gone). */
