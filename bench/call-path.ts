@@ -21,7 +21,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Command } from "commander";
-import { grpcFrame } from "../harness/raw-grpc.js";
+import { grpcFrame, rawGrpcCall } from "../harness/raw-grpc.js";
 import { GenerateRequestSchema } from "../src/gen/airavata/v1/generation_pb.js";
 import { startBenchServer } from "./server-process.js";
 
@@ -70,21 +70,10 @@ const kinds = {
 type Kind = keyof typeof kinds;
 
 /** One call: ms to its first DATA frame, and its trailers. */
-function call(kind: Kind): Promise<{ firstMs: number; trailers: http2.IncomingHttpHeaders }> {
+async function call(kind: Kind): Promise<{ firstMs: number; trailers: http2.IncomingHttpHeaders }> {
   const { session, path, body } = kinds[kind];
-  return new Promise((resolve, reject) => {
-    const sent = performance.now();
-    let first = 0;
-    let trailers: http2.IncomingHttpHeaders = {};
-    const req = session.request({ ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers" });
-    req.on("data", () => {
-      first ||= performance.now();
-    });
-    req.on("trailers", (t) => (trailers = t));
-    req.on("end", () => resolve({ firstMs: first - sent, trailers }));
-    req.on("error", reject);
-    req.end(body);
-  });
+  const result = await rawGrpcCall(session, path, body);
+  return { firstMs: result.firstDataMs ?? NaN, trailers: result.trailers };
 }
 
 const samples: Record<Kind, number[]> = { floor: [], health: [], generate: [] };

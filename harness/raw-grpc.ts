@@ -20,6 +20,10 @@ export interface RawGrpcResult {
   grpc?: string;
   /** `grpc-message`, percent-decoded. */
   message?: string;
+  /** The trailers as sent (empty for a trailers-only response, whose status is in the headers). */
+  trailers: http2.IncomingHttpHeaders;
+  /** Milliseconds from the request to its first DATA frame, when one came. */
+  firstDataMs?: number;
 }
 
 /** One call on `session` with `body` as the request bytes; rejects on an HTTP/2 error. */
@@ -30,6 +34,7 @@ export function rawGrpcCall(
   headers: { contentType?: string; timeout?: string; encoding?: string } = {},
 ): Promise<RawGrpcResult> {
   return new Promise((resolve, reject) => {
+    const sent = performance.now();
     const req = session.request({
       ":method": "POST",
       ":path": path,
@@ -38,7 +43,7 @@ export function rawGrpcCall(
       ...(headers.timeout ? { "grpc-timeout": headers.timeout } : {}),
       ...(headers.encoding ? { "grpc-encoding": headers.encoding } : {}),
     });
-    const result: RawGrpcResult = { http: 0 };
+    const result: RawGrpcResult = { http: 0, trailers: {} };
     const read = (h: http2.IncomingHttpHeaders) => {
       result.grpc = (h["grpc-status"] as string | undefined) ?? result.grpc;
       const message = h["grpc-message"] as string | undefined;
@@ -48,8 +53,13 @@ export function rawGrpcCall(
       result.http = Number(h[":status"]);
       read(h);
     });
-    req.on("trailers", read);
-    req.on("data", () => {});
+    req.on("trailers", (t) => {
+      result.trailers = t;
+      read(t);
+    });
+    req.on("data", () => {
+      result.firstDataMs ??= performance.now() - sent;
+    });
     req.on("end", () => resolve(result));
     req.on("error", reject);
     req.end(body);
