@@ -199,17 +199,13 @@ await step("machine", async () => {
 
 // --- the build ------------------------------------------------------------
 
-/** Files under `roots` (a few levels down) whose names match. */
-function findFiles(roots: string[], match: RegExp): string[] {
-  const found: string[] = [];
-  for (const root of roots) {
-    if (!existsSync(root)) continue;
-    for (const entry of readdirSync(root, { recursive: true, withFileTypes: false }) as string[]) {
-      if (match.test(basename(entry))) found.push(join(root, entry));
-    }
-  }
-  return found;
+/** Every file under `roots`, however deep (listed once: a CUDA toolkit holds thousands). */
+function filesUnder(roots: string[]): string[] {
+  return roots
+    .filter((root) => existsSync(root))
+    .flatMap((root) => (readdirSync(root, { recursive: true }) as string[]).map((entry) => join(root, entry)));
 }
+const named = (files: string[], match: RegExp) => files.filter((f) => match.test(basename(f)));
 
 /** Where CUDA's pieces are: the toolkit, or NVIDIA's Python wheels (cuBLAS, the runtime). */
 function locateCuda(): CudaPieces & { libDirs: string[] } {
@@ -223,8 +219,9 @@ function locateCuda(): CudaPieces & { libDirs: string[] } {
   const toolkit = resolve(dirname(nvcc), "..");
   const wheels = spawnSync("python3", ["-c", "import nvidia; print('\\n'.join(nvidia.__path__))"], { encoding: "utf8" });
   const roots = [toolkit, ...(wheels.status === 0 ? wheels.stdout.trim().split("\n") : [])];
+  const files = filesUnder(roots);
   const pick = (re: RegExp, what: string) => {
-    const hit = findFiles(roots, re).find((p) => !p.includes("/stubs/"));
+    const hit = named(files, re).find((p) => !p.includes("/stubs/"));
     if (!hit) throw new Error(`${what} was not found under ${roots.join(", ")}`);
     return hit;
   };
@@ -233,10 +230,11 @@ function locateCuda(): CudaPieces & { libDirs: string[] } {
   const cudart = pick(/^libcudart\.so\.\d+$/, "libcudart.so.N");
   const header = pick(/^cublas_v2\.h$/, "cublas_v2.h");
   // To link against: the toolkit's stub, else the driver's library.
-  const driverRoots = [toolkit, "/usr/local/nvidia/lib64", "/usr/local/nvidia/lib", "/usr/lib/x86_64-linux-gnu"];
+  const driverRoots = ["/usr/local/nvidia/lib64", "/usr/local/nvidia/lib", "/usr/lib/x86_64-linux-gnu"];
   const cudaDriver =
-    findFiles([toolkit], /^libcuda\.so$/).find((p) => p.includes("/stubs/")) ?? findFiles(driverRoots, /^libcuda\.so(\.1)?$/)[0];
-  if (!cudaDriver) throw new Error(`libcuda.so was not found under ${driverRoots.join(", ")}`);
+    named(files, /^libcuda\.so$/).find((p) => p.startsWith(toolkit) && p.includes("/stubs/")) ??
+    named([...files.filter((p) => p.startsWith(toolkit)), ...filesUnder(driverRoots)], /^libcuda\.so(\.1)?$/)[0];
+  if (!cudaDriver) throw new Error(`libcuda.so was not found under ${[toolkit, ...driverRoots].join(", ")}`);
   return {
     nvcc,
     cublas,
