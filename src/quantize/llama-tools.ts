@@ -149,13 +149,18 @@ function installEngineKernels(binDir: string): void {
   }
 }
 
+/** The cache folder of node-llama-cpp's llama.cpp commit: its source clone and its builds. */
+function commitDir(options: BuildOptions): string {
+  return resolve(options.cacheDir ?? defaultCacheDir(), bundledSource().commit.slice(0, 12));
+}
+
 /**
  * The llama.cpp source of node-llama-cpp's commit, a git clone of its bundle
  * in the cache (made on first use): what the tools and the GPU kit build from.
  */
 export async function llamaSourceDir(options: BuildOptions = {}): Promise<string> {
   const { bundle, commit } = bundledSource();
-  const root = resolve(options.cacheDir ?? defaultCacheDir(), commit.slice(0, 12));
+  const root = commitDir(options);
   const source = join(root, "src");
   if (!existsSync(join(source, "CMakeLists.txt"))) {
     rmSync(source, { recursive: true, force: true });
@@ -168,14 +173,12 @@ export async function llamaSourceDir(options: BuildOptions = {}): Promise<string
 
 /** The folder of the engine-kernel build's binaries (llama-server, … once built). */
 export function llamaToolsBinDir(options: BuildOptions = {}): string {
-  const { commit } = bundledSource();
-  return join(resolve(options.cacheDir ?? defaultCacheDir(), commit.slice(0, 12)), BUILD.dir, "bin");
+  return join(commitDir(options), BUILD.dir, "bin");
 }
 
 /** Path of llama.cpp tool `target`, building it first if this commit's build lacks it. */
 export async function ensureLlamaTool(target: string, options: BuildOptions = {}): Promise<string> {
-  const { commit } = bundledSource();
-  const root = resolve(options.cacheDir ?? defaultCacheDir(), commit.slice(0, 12));
+  const root = commitDir(options);
   const build = BUILD;
   const binDir = llamaToolsBinDir(options);
   const binary = join(binDir, target);
