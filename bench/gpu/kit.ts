@@ -203,9 +203,9 @@ export async function writeKit(out: string, limitBytes: number, log: (line: stri
     made: new Date().toISOString(),
     node: process.version,
     llamaCpp: bundledSource().commit,
-    nodeLlamaCpp: JSON.parse(
-      execFileSync("npm", ["pkg", "get", "version"], { cwd: join(ROOT, "node_modules", "node-llama-cpp"), encoding: "utf8" }),
-    ) as string,
+    nodeLlamaCpp: (
+      JSON.parse(readFileSync(join(ROOT, "node_modules", "node-llama-cpp", "package.json"), "utf8")) as { version: string }
+    ).version,
     project: spawnSync("git", ["-C", ROOT, "rev-parse", "HEAD"], { encoding: "utf8" }).stdout.trim() || "unknown",
     parts,
   };
