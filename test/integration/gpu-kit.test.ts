@@ -81,7 +81,10 @@ describe("npm run gpu:kit", () => {
     const run = runKit("cpu", [
       "--backend cpu",
       `--tools ${llamaToolsBinDir()}`,
-      "--shape tiny",
+      // Not tiny: on it llama-batched-bench's whole run takes milliseconds, and its last jsonl line
+      // was missing in 1 of 3 to 1 of 10 runs here (rc 0; its log is written by a thread that seems
+      // not to have caught up by the exit); a model that takes a moment to free leaves it time.
+      "--shape small",
       "--concurrency 1,4",
       "--tokens 32",
       "--rounds 1",
