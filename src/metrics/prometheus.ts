@@ -158,7 +158,10 @@ export class ServiceMetrics {
       perVariant("vllm:num_requests_running", "airavata_num_requests_running under vLLM's name.", "model_name", (v) => v.running);
       perVariant("vllm:kv_cache_usage_perc", "airavata_kv_cache_usage_perc under vLLM's name (0-1).", "model_name", kvUsage);
     }
-    collectDefaultMetrics({ register: this.registry });
+    // prom-client samples the event loop's delay on a timer, every 10 ms unless told: 100 wakeups a
+    // second, ~1% of a core here even idle, and each one preempts a decode thread when every core
+    // decodes. Four a second still catch every stall (a blocked loop delays the pending sample).
+    collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 250 });
   }
 
   countEngineEvent(variant: string, event: string): void {
