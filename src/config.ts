@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { EVERY_TOKEN, parseStreamInterval, type StreamInterval } from "./generation.js";
+import { AUTO_STREAM_INTERVAL, parseStreamInterval, type StreamInterval } from "./generation.js";
 
 export interface Config {
   /** A GGUF file to serve instead of a catalog variant. */
@@ -76,8 +76,15 @@ function streamInterval(value: string): StreamInterval {
   const interval = parseStreamInterval(value);
   const valid =
     interval !== undefined &&
-    ("ms" in interval ? interval.ms >= 1 && interval.ms <= 1000 : interval.tokens >= 1 && interval.tokens <= 256);
-  if (!valid) throw new InvalidArgumentError("expected a token count from 1 to 256 or a time from 1ms to 1000ms.");
+    ("ms" in interval
+      ? interval.ms >= 1 && interval.ms <= 1000
+      : interval.tokens >= 1 &&
+        interval.tokens <= 256 &&
+        (interval.holdMs === undefined || (interval.holdMs >= 1 && interval.holdMs <= 1000)));
+  if (!valid)
+    throw new InvalidArgumentError(
+      "expected auto, a token count from 1 to 256 (4), a count with a hold time from 1ms to 1000ms (4/50ms) or a time (20ms).",
+    );
   return interval;
 }
 
@@ -217,11 +224,11 @@ export function buildCommand(): Command {
     )
     .addOption(
       new Option(
-        "--stream-interval <tokens|Tms>",
-        "how streamed messages after the first (which always goes alone) are paced: N sends a message once N tokens are ready (1: every token as it is decoded); Tms sends at most one message every T ms, holding a token decoded sooner no longer than that. Fewer messages cost the service less per token",
+        "--stream-interval <auto|N|N/Tms|Tms>",
+        "how streamed messages after the first (which always goes alone) are paced: N sends a message once N tokens are ready (1: every token as it is decoded); N/Tms sends up to N tokens a message, none held longer than T ms, and a token at once when the decode is slower than that; Tms sends at most one message every T ms; auto is 8/50ms. Fewer messages cost the service less per token",
       )
         .env("AIRAVATA_STREAM_INTERVAL")
-        .default(EVERY_TOKEN, "1")
+        .default(AUTO_STREAM_INTERVAL, "auto")
         .argParser(streamInterval),
     )
     .addOption(

@@ -70,17 +70,30 @@ export interface GenerationOutcome extends GenerationProgress {
 
 /**
  * `{ tokens: N }`: a message once N tokens are ready (1: every token alone).
+ * `{ tokens: N, holdMs: T }`: up to N tokens a message, none held longer than
+ * T ms, and a token goes at once when the stream's last gap says the next one
+ * will not come within that time, so a slow decode is never held back.
  * `{ ms: T }`: a message at most every T ms; a token decoded sooner waits for
  * the next message, none longer than T ms, so a decode slower than one token
  * in T ms sends every token at once.
  */
-export type StreamInterval = { tokens: number } | { ms: number };
+export type StreamInterval = { tokens: number; holdMs?: number } | { ms: number };
 
 export const EVERY_TOKEN: StreamInterval = { tokens: 1 };
 
-/** "4" → 4 tokens, "20ms" → 20 ms; undefined when the text is neither. */
+/**
+ * The default: up to 8 tokens a message, none held over 50 ms. Chosen from
+ * bench/results/stream-auto/ (see bench/notes.md, "Streamed messages"): it
+ * groups where the decode outpaces what a message costs and leaves a slow
+ * decode's tokens alone.
+ */
+export const AUTO_STREAM_INTERVAL: StreamInterval = { tokens: 8, holdMs: 50 };
+
+/** "4" → 4 tokens, "4/50ms" → 4 tokens held at most 50 ms, "20ms" → 20 ms, "auto"; undefined when the text is none of these. */
 export function parseStreamInterval(text: string): StreamInterval | undefined {
-  const match = /^\s*(\d+)\s*(ms)?\s*$/.exec(text);
+  if (text.trim() === "auto") return AUTO_STREAM_INTERVAL;
+  const match = /^\s*(\d+)\s*(?:(ms)|\/\s*(\d+)\s*ms)?\s*$/.exec(text);
   if (!match) return undefined;
-  return match[2] ? { ms: Number(match[1]) } : { tokens: Number(match[1]) };
+  if (match[2]) return { ms: Number(match[1]) };
+  return match[3] === undefined ? { tokens: Number(match[1]) } : { tokens: Number(match[1]), holdMs: Number(match[3]) };
 }

@@ -2,6 +2,7 @@ import { getLlama, type LlamaModel, type Token } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AiravataClient, type GenerateInit } from "../../clients/grpc-client.js";
 import { FinishReason } from "../../src/gen/airavata/v1/generation_pb.js";
+import { AUTO_STREAM_INTERVAL } from "../../src/generation.js";
 import { CHAT_SCRIPT } from "../../src/synthetic/model.js";
 import { modelPath } from "../helpers/models.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
@@ -150,6 +151,31 @@ describe("--stream-interval 4", () => {
       // Every message between the first and the last carries at least four tokens; the last, what was left.
       for (const size of sizes.slice(1, -1)) expect(size).toBeGreaterThanOrEqual(4);
       expect(sizes.length).toBeLessThanOrEqual(2 + Math.ceil((reference.tokens.length - 1) / 4));
+    },
+  );
+});
+
+describe("the default stream interval (auto: up to 8 tokens, held at most 50 ms)", () => {
+  let paced: TestServer;
+  let pacedClient: AiravataClient;
+  beforeAll(async () => {
+    paced = await startTestServer({ streamInterval: AUTO_STREAM_INTERVAL });
+    pacedClient = new AiravataClient(paced.address);
+  });
+  afterAll(async () => {
+    pacedClient.close();
+    await paced.app.shutdown();
+  });
+
+  // The tiny model decodes a token in well under a millisecond here, so tokens share messages.
+  it.each([
+    ["40 tokens with a three-byte character inside", { prompt: "नमस्ते", maxNewTokens: 40, temperature: 0 }],
+    ["a stop string", { prompt: "नमस्ते", temperature: 0, stop: ["मॉडल"] }],
+  ] satisfies [string, GenerateInit][])(
+    "%s: the first token alone, then tokens grouped; the same text and tokens",
+    async (_, request) => {
+      const { outcome, reference } = await expectSameStream(pacedClient, request);
+      expect(outcome.responses.length).toBeLessThan(reference.outcome.responses.length);
     },
   );
 });

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { StreamPacer } from "../../src/engine/child/stream-pacer.js";
-import { parseStreamInterval, type StreamInterval } from "../../src/generation.js";
+import { AUTO_STREAM_INTERVAL, parseStreamInterval, type StreamInterval } from "../../src/generation.js";
 import type { Emission } from "../../src/engine/child/text-stream.js";
 
 /** One token's release: its id, and its text (possibly none, for part of a character). */
@@ -93,9 +93,73 @@ describe("StreamPacer", () => {
   });
 });
 
+describe("StreamPacer, up to N tokens held at most T ms (4/50ms)", () => {
+  /** Pushes `count` tokens `gapMs` apart (the first at 0) and returns what left, with when. */
+  function run(gapMs: number, count: number) {
+    const { pacer, sent } = paced({ tokens: 4, holdMs: 50 });
+    for (let id = 0; id < count; id++) {
+      if (id > 0) vi.advanceTimersByTime(gapMs);
+      pacer.push(piece(id));
+    }
+    return { sent: sent.map((m) => [m.at, m.tokens]), rest: pacer.end().tokens };
+  }
+
+  it("a fast decode (a token every 6 ms) goes 4 tokens a message, the first alone", () => {
+    expect(run(6, 10)).toEqual({
+      sent: [
+        [0, [0]],
+        [24, [1, 2, 3, 4]],
+        [48, [5, 6, 7, 8]],
+      ],
+      rest: [9],
+    });
+  });
+
+  it("a decode slower than the hold time (a 7B on a CPU) sends every token the moment it comes", () => {
+    expect(run(140, 4).sent).toEqual([
+      [0, [0]],
+      [140, [1]],
+      [280, [2]],
+      [420, [3]],
+    ]);
+  });
+
+  it("a token every 25 ms (streams sharing the decode) goes two a message, none waiting on a timer", () => {
+    expect(run(25, 7)).toEqual({
+      sent: [
+        [0, [0]],
+        [50, [1, 2]],
+        [100, [3, 4]],
+        [150, [5, 6]],
+      ],
+      rest: [],
+    });
+  });
+
+  it("a token held when the decode stalls leaves when its 50 ms are up, not with the next token", () => {
+    const { pacer, sent } = paced({ tokens: 4, holdMs: 50 });
+    pacer.push(piece(0));
+    vi.advanceTimersByTime(5);
+    pacer.push(piece(1));
+    vi.advanceTimersByTime(1000);
+    pacer.push(piece(2));
+    expect(sent.map((m) => [m.at, m.tokens])).toEqual([
+      [0, [0]],
+      [55, [1]],
+      [1005, [2]],
+    ]);
+    // After the stall the gap is long, so nothing is held.
+    expect(pacer.end().tokens).toEqual([]);
+  });
+});
+
 describe("parseStreamInterval", () => {
-  it("reads a token count or a time in ms", () => {
+  it("reads auto, a token count, a count with a hold time or a time in ms", () => {
+    expect(parseStreamInterval("auto")).toEqual(AUTO_STREAM_INTERVAL);
+    expect(AUTO_STREAM_INTERVAL).toEqual({ tokens: 8, holdMs: 50 });
     expect(parseStreamInterval("4")).toEqual({ tokens: 4 });
+    expect(parseStreamInterval("8/30ms")).toEqual({ tokens: 8, holdMs: 30 });
+    expect(parseStreamInterval("8/30")).toBeUndefined();
     expect(parseStreamInterval(" 20ms ")).toEqual({ ms: 20 });
     expect(parseStreamInterval("20 s")).toBeUndefined();
     expect(parseStreamInterval("fast")).toBeUndefined();

@@ -17,6 +17,9 @@ export class StreamPacer {
   private held: Emission = { text: "", tokens: [] };
   private sentAny = false;
   private lastSentAt = 0;
+  private lastPushAt = 0;
+  /** When the oldest piece in `held` came; undefined while nothing is held. */
+  private heldSince: number | undefined;
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -33,15 +36,24 @@ export class StreamPacer {
       this.deliver(emission);
       return;
     }
+    const now = this.now();
+    const gap = now - this.lastPushAt;
+    this.lastPushAt = now;
     // `held` is a fresh object after each message, so it is added to in place.
     this.held.text += emission.text;
     this.held.tokens.push(...emission.tokens);
     if (!this.sentAny) return this.flush();
     if ("tokens" in interval) {
-      if (this.held.tokens.length >= interval.tokens) this.flush();
+      if (this.held.tokens.length >= interval.tokens) return this.flush();
+      if (interval.holdMs === undefined) return;
+      this.heldSince ??= now;
+      // Held only while the next token, a gap like the last one away, can still join it in time.
+      const due = this.heldSince + interval.holdMs;
+      if (now + gap >= due) return this.flush();
+      this.timer ??= setTimeout(() => this.flush(), due - now);
       return;
     }
-    const wait = this.lastSentAt + interval.ms - this.now();
+    const wait = this.lastSentAt + interval.ms - now;
     if (wait <= 0) this.flush();
     else this.timer ??= setTimeout(() => this.flush(), wait);
   }
@@ -50,6 +62,7 @@ export class StreamPacer {
   end(): Emission {
     clearTimeout(this.timer);
     this.timer = undefined;
+    this.heldSince = undefined;
     const rest = this.held;
     this.held = { text: "", tokens: [] };
     return rest;
