@@ -2,13 +2,13 @@
  * node-llama-cpp in-process (no RPC), the same LlamaEngine the service's
  * engine process runs: for each concurrency, that many greedy streams at
  * once, each token's arrival time recorded. One JSON line per concurrency.
- *   UV_THREADPOOL_SIZE=1 tsx bench/in-process-traces.ts <model> <threads> <sequences> <contextSize> <tokens> <c1,c2,…>
+ *   UV_THREADPOOL_SIZE=1 tsx bench/in-process-traces.ts <model> <threads> <sequences> <contextSize> <tokens> <c1,c2,…> [warm tokens]
  */
 import { LlamaEngine } from "../src/engine/child/llama-engine.js";
 import { greedySampling } from "../src/generation.js";
 import { inProcessTraces } from "./in-process.js";
 
-const [modelPath, threads, sequences, contextSize, tokens, levels] = process.argv.slice(2);
+const [modelPath, threads, sequences, contextSize, tokens, levels, warm = "0"] = process.argv.slice(2);
 const engine = await LlamaEngine.load({
   modelPath: modelPath!,
   gpu: "cpu",
@@ -28,6 +28,12 @@ await engine.generate(
   { started: () => {}, chunk: () => {} },
   { cache: false },
 );
+// Then as many tokens as the bench warms every target with, all sequences at once.
+for (let warmed = 0; warmed < Number(warm);) {
+  for await (const run of inProcessTraces(engine, [Number(sequences)], Number(tokens))) {
+    warmed += run.traces.reduce((n, t) => n + t.tokenTimes.length, 0);
+  }
+}
 for await (const run of inProcessTraces(engine, levels!.split(",").map(Number), Number(tokens))) {
   console.log(JSON.stringify(run));
 }

@@ -35,6 +35,11 @@ const cli = new Command("bench")
     'decode thread counts, each for every target; "auto" adds service rounds with --threads auto, set against each target\'s best count',
     String(safeThreadCount()),
   )
+  .option(
+    "--warm <tokens>",
+    "tokens streamed through each fresh server or engine before it is measured (every target alike): a fresh service's V8 still compiles its hot paths over the first few thousand",
+    "1024",
+  )
   .option("--out <dir>", "results folder", "bench/results")
   .option(
     "--scenario <name>",
@@ -64,6 +69,7 @@ const opts = cli.opts<{
   scenario: string;
   turns: string;
   variants?: string;
+  warm: string;
 }>();
 if (opts.variants !== undefined) {
   const files = opts.variants.split(",").filter(Boolean);
@@ -120,6 +126,16 @@ const withAuto = threadList.includes("auto");
 const slots = Math.max(...levels);
 const contextSize = Number(opts.tokens) + 64;
 const prompt = (i: number) => `भारत की राजधानी क्या है? (${i})`;
+
+/** Streams --warm tokens through a target, `slots` streams at a time; `stream` returns the tokens one stream got. */
+async function warmUp(stream: (i: number) => Promise<number>): Promise<void> {
+  for (let warmed = 0; warmed < Number(opts.warm);) {
+    const counts = await Promise.all(Array.from({ length: slots }, (_, i) => stream(i)));
+    const got = counts.reduce((a, b) => a + b, 0);
+    if (got === 0) throw new Error("the warm-up streamed no tokens");
+    warmed += got;
+  }
+}
 const ALL_TARGETS = ["service", "openai", "in-process", "llama-server"] as const;
 type Target = (typeof ALL_TARGETS)[number];
 const wanted = opts.targets.split(",");
@@ -155,6 +171,7 @@ async function inProcessRound(threads: number): Promise<Map<number, StreamTrace[
       String(contextSize),
       opts.tokens,
       opts.concurrency,
+      opts.warm,
     ],
     { env: { ...process.env, UV_THREADPOOL_SIZE: "1" }, maxBuffer: 256 * 2 ** 20 },
   );
@@ -211,6 +228,11 @@ async function serviceRound(threads: number | "auto", via: "grpc" | "openai" = "
   // Warm, over the surface measured: its connection is open before the first timed call, as gRPC's is.
   if (via === "grpc") await client.generate({ prompt: "नमस्ते", raw: true, maxNewTokens: 1 });
   else await openAiTrace(port, "नमस्ते", 1);
+  await warmUp(async (i) =>
+    via === "grpc"
+      ? (await serviceTrace(client, prompt(i), Number(opts.tokens))).tokenTimes.length
+      : (await openAiTrace(port, prompt(i), Number(opts.tokens))).tokenTimes.length,
+  );
   const out = new Map<number, StreamTrace[]>();
   const hopBefore = await hopSeconds(port);
   const cpuBefore = cpuMs(server.child.pid!);
@@ -248,6 +270,7 @@ async function llamaServerRound(threads: number): Promise<Map<number, StreamTrac
   const server = await startLlamaServer(llamaServer!, { model: opts.model, threads, slots, contextSize });
   peerCpuVariants.add(server.cpuVariant ?? "unknown");
   await llamaServerTrace(server.port, "नमस्ते", 1);
+  await warmUp(async (i) => (await llamaServerTrace(server.port, prompt(i), Number(opts.tokens))).tokenTimes.length);
   const out = new Map<number, StreamTrace[]>();
   const clientBefore = process.cpuUsage();
   for (const c of levels) {
@@ -313,7 +336,7 @@ for (const threads of threadCounts) {
 }
 const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
 const command =
-  `npm run bench -- --model ${opts.model} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds} --threads ${opts.threads}` +
+  `npm run bench -- --model ${opts.model} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds} --threads ${opts.threads} --warm ${opts.warm}` +
   (cli.getOptionValueSource("targets") === "cli" ? ` --targets ${opts.targets}` : "");
 /** The kernel's tok/s by thread count and concurrency: medians over rounds. */
 const kernelMedians = new Map(
@@ -465,8 +488,9 @@ const md = [
   "",
   `- date: ${new Date().toISOString()}`,
   `- machine: ${machine}`,
-  `- model: ${opts.model}; ${opts.tokens} greedy tokens per stream; ${slots} slots`,
+  `- model: ${opts.model}; ${opts.tokens} greedy tokens per stream; ${slots} slots; each fresh server or engine warmed with ${opts.warm} tokens first`,
   `- command: \`${command}\``,
+  `- the service streams with its default \`--stream-interval auto\`: tokens decoded close together arrive in one message, so its ITL p50 can read 0`,
   `- service: gRPC (grpc-js) → server process → engine process; in-process: the same engine code called directly;` +
     ` llama-server: llama.cpp's server built from node-llama-cpp's bundled source, streaming HTTP, no prompt cache`,
   `- kernels: the engine loads node-llama-cpp's prebuilt CPU backend \`libggml-cpu-${engineCpuVariant ?? "?"}\`;` +
