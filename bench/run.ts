@@ -186,7 +186,9 @@ async function inProcessRound(threads: number): Promise<Map<number, StreamTrace[
 /** What the hops cost per token in a service round: the server process's CPU time, and the engine → server hop. */
 interface HopCost {
   serverCpuUsPerToken: number;
+  /** Mean per streamed message. */
   engineHopUs: number;
+  tokensPerMessage: number;
 }
 const hopCosts = new Map<number | "auto", HopCost[]>();
 
@@ -199,6 +201,11 @@ const clientCpu = new Map<string, number[]>();
 function clientCpuPerToken(key: string, since: NodeJS.CpuUsage, tokens: number): void {
   const used = process.cpuUsage(since);
   clientCpu.set(key, [...(clientCpu.get(key) ?? []), (used.user + used.system) / tokens]);
+}
+
+/** Messages received over a round's streams: the tokens of one message share an arrival time. */
+function messagesIn(round: Map<number, StreamTrace[]>): number {
+  return [...round.values()].flat().reduce((n, t) => n + new Set(t.tokenTimes).size, 0);
 }
 
 /** Tokens received over a round's streams. */
@@ -259,7 +266,7 @@ async function serviceRound(threads: number | "auto", via: "grpc" | "openai" = "
   const hop = (hopAfter.sum - hopBefore.sum) / (hopAfter.count - hopBefore.count);
   hopCosts.set(threads, [
     ...(hopCosts.get(threads) ?? []),
-    { serverCpuUsPerToken: (serverCpu * 1000) / tokens, engineHopUs: hop * 1e6 },
+    { serverCpuUsPerToken: (serverCpu * 1000) / tokens, engineHopUs: hop * 1e6, tokensPerMessage: tokens / messagesIn(out) },
   ]);
   client.close();
   await server.stop();
@@ -446,20 +453,21 @@ function hopCostLines(): string[] {
   const lines = [
     "Per-token cost of the hops (service rounds, medians over rounds; decode time per token: TPOT p50 of one in-process stream, of one service stream for auto):",
     "",
-    "| threads | engine → server hop µs (mean per call) | server process CPU µs per token | decode ms per token | hop ÷ decode | server CPU ÷ decode |",
-    "|---:|---:|---:|---:|---:|---:|",
+    "| threads | engine → server hop µs per message (mean per call) | tokens per message | hop µs per token | server process CPU µs per token | decode ms per token | hop per token ÷ decode | server CPU ÷ decode |",
+    "|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   for (const threads of [...threadCounts, ...(withAuto ? (["auto"] as const) : [])]) {
     const costs = hopCosts.get(threads) ?? [];
     const hop = median(costs.map((c) => c.engineHopUs));
     const cpu = median(costs.map((c) => c.serverCpuUsPerToken));
+    const perMessage = median(costs.map((c) => c.tokensPerMessage));
     const decode =
       threads === "auto"
         ? summarize(collected.get("service auto")!.get(levels[0]!)!).timePerOutputTokenMs.p50
         : statsOf("in-process", threads, levels[0])?.timePerOutputTokenMs.p50;
     const pct = (us: number) => (decode === undefined ? "–" : `${((us / 1000 / decode) * 100).toFixed(1)}%`);
     lines.push(
-      `| ${threads} | ${f(hop)} | ${f(cpu)} | ${decode === undefined ? "–" : decode.toFixed(2)} | ${pct(hop)} | ${pct(cpu)} |`,
+      `| ${threads} | ${f(hop)} | ${perMessage.toFixed(2)} | ${f(hop / perMessage)} | ${f(cpu)} | ${decode === undefined ? "–" : decode.toFixed(2)} | ${pct(hop / perMessage)} | ${pct(cpu)} |`,
     );
   }
   lines.push("");

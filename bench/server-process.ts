@@ -87,9 +87,10 @@ export async function hopSeconds(port: number): Promise<{ sum: number; count: nu
 /**
  * The same greedy stream through the OpenAI-compatible surface: a streamed
  * chat completion over HTTP/1.1 (Node's fetch), each server-sent chunk's
- * arrival recorded as its token's (one token a chunk, as the service streams
- * every token; the count is made up to the usage's at the end, should a
- * chunk have carried more).
+ * arrival recorded as one token's. A chunk carries no token count, and under
+ * the default stream interval one carries several: the count is made up to
+ * the usage's at the end, so read this trace's TTFT and tokens/s, not its
+ * inter-token times.
  */
 export async function openAiTrace(port: number, prompt: string, tokens: number): Promise<StreamTrace & { text: string }> {
   const trace: StreamTrace = { sentAt: performance.now(), tokenTimes: [] };
