@@ -152,8 +152,10 @@ export type GenerateResponse = Message<"airavata.v1.GenerateResponse"> & {
   text: string;
 
   /**
-   * The tokens behind this text (a character split over several byte tokens
-   * arrives with the message that completes it).
+   * The tokens behind this text: the first message carries one; later ones
+   * may carry several decoded close together (the server's --stream-interval),
+   * and a character split over several byte tokens arrives with the message
+   * that completes it.
    *
    * @generated from field: repeated uint32 token_ids = 2;
    */
