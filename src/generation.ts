@@ -82,10 +82,11 @@ export type StreamInterval = { tokens: number; holdMs?: number } | { ms: number 
 export const EVERY_TOKEN: StreamInterval = { tokens: 1 };
 
 /**
- * The default: up to 8 tokens a message, none held over 50 ms. Chosen from
- * bench/results/stream-auto/ (see bench/notes.md, "Streamed messages"): it
- * groups where the decode outpaces what a message costs and leaves a slow
- * decode's tokens alone.
+ * The default: up to 8 tokens a message, none held over 50 ms. It groups
+ * where the decode outpaces what a message costs and leaves a slow decode's
+ * tokens alone (bench/results/stream-auto/: 7.1-7.5 tokens a message at one
+ * stream of the small model, 1.8-2.3 at eight; bench/notes.md, "Streamed
+ * messages").
  */
 export const AUTO_STREAM_INTERVAL: StreamInterval = { tokens: 8, holdMs: 50 };
 
