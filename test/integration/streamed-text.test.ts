@@ -2,7 +2,7 @@ import { getLlama, type LlamaModel, type Token } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AiravataClient, type GenerateInit } from "../../clients/grpc-client.js";
 import { FinishReason } from "../../src/gen/airavata/v1/generation_pb.js";
-import { AUTO_STREAM_INTERVAL } from "../../src/generation.js";
+import { AUTO_STREAM_INTERVAL, type StreamInterval } from "../../src/generation.js";
 import { CHAT_SCRIPT } from "../../src/synthetic/model.js";
 import { modelPath } from "../helpers/models.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
@@ -127,17 +127,23 @@ async function expectSameStream(client: AiravataClient, request: GenerateInit) {
   return { outcome, reference };
 }
 
-describe("--stream-interval 4", () => {
-  let batched: TestServer;
-  let batchedClient: AiravataClient;
+/** A server with this stream interval for the enclosing `describe`; call the result for its client. */
+function serverPacedBy(streamInterval: StreamInterval): () => AiravataClient {
+  let paced: TestServer;
+  let client: AiravataClient;
   beforeAll(async () => {
-    batched = await startTestServer({ streamInterval: { tokens: 4 } });
-    batchedClient = new AiravataClient(batched.address);
+    paced = await startTestServer({ streamInterval });
+    client = new AiravataClient(paced.address);
   });
   afterAll(async () => {
-    batchedClient.close();
-    await batched.app.shutdown();
+    client.close();
+    await paced.app.shutdown();
   });
+  return () => client;
+}
+
+describe("--stream-interval 4", () => {
+  const batchedClient = serverPacedBy({ tokens: 4 });
 
   it.each([
     ["40 tokens with a three-byte character inside", { prompt: "नमस्ते", maxNewTokens: 40, temperature: 0 }],
@@ -146,7 +152,7 @@ describe("--stream-interval 4", () => {
   ] satisfies [string, GenerateInit][])(
     "%s: the first token alone, then four at a time; the same text and tokens",
     async (_, request) => {
-      const { outcome, reference } = await expectSameStream(batchedClient, request);
+      const { outcome, reference } = await expectSameStream(batchedClient(), request);
       const sizes = outcome.responses.map((r) => r.tokenIds.length);
       // Every message between the first and the last carries at least four tokens; the last, what was left.
       for (const size of sizes.slice(1, -1)) expect(size).toBeGreaterThanOrEqual(4);
@@ -156,16 +162,7 @@ describe("--stream-interval 4", () => {
 });
 
 describe("the default stream interval (auto: up to 8 tokens, held at most 50 ms)", () => {
-  let paced: TestServer;
-  let pacedClient: AiravataClient;
-  beforeAll(async () => {
-    paced = await startTestServer({ streamInterval: AUTO_STREAM_INTERVAL });
-    pacedClient = new AiravataClient(paced.address);
-  });
-  afterAll(async () => {
-    pacedClient.close();
-    await paced.app.shutdown();
-  });
+  const autoClient = serverPacedBy(AUTO_STREAM_INTERVAL);
 
   // The tiny model decodes a token in well under a millisecond here, so tokens share messages.
   it.each([
@@ -174,23 +171,14 @@ describe("the default stream interval (auto: up to 8 tokens, held at most 50 ms)
   ] satisfies [string, GenerateInit][])(
     "%s: the first token alone, then tokens grouped; the same text and tokens",
     async (_, request) => {
-      const { outcome, reference } = await expectSameStream(pacedClient, request);
+      const { outcome, reference } = await expectSameStream(autoClient(), request);
       expect(outcome.responses.length).toBeLessThan(reference.outcome.responses.length);
     },
   );
 });
 
 describe("--stream-interval 50ms", () => {
-  let paced: TestServer;
-  let pacedClient: AiravataClient;
-  beforeAll(async () => {
-    paced = await startTestServer({ streamInterval: { ms: 50 } });
-    pacedClient = new AiravataClient(paced.address);
-  });
-  afterAll(async () => {
-    pacedClient.close();
-    await paced.app.shutdown();
-  });
+  const pacedClient = serverPacedBy({ ms: 50 });
 
   // The tiny model decodes a token in well under a millisecond here, so 50 ms holds many.
   it.each([
@@ -200,7 +188,7 @@ describe("--stream-interval 50ms", () => {
   ] satisfies [string, GenerateInit][])(
     "%s: the first token alone, then tokens grouped; the same text and tokens",
     async (_, request) => {
-      const { outcome, reference } = await expectSameStream(pacedClient, request);
+      const { outcome, reference } = await expectSameStream(pacedClient(), request);
       expect(outcome.responses.length).toBeLessThan(reference.outcome.responses.length);
     },
   );

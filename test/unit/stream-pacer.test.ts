@@ -68,20 +68,28 @@ describe("StreamPacer", () => {
     ]);
   });
 
-  it("by time, a token held when the decode stalls leaves when its time is up, not with the next token", () => {
-    const { pacer, sent } = paced({ ms: 20 });
-    pacer.push(piece(0));
-    vi.advanceTimersByTime(5);
-    pacer.push(piece(1));
-    // The next decode step takes a second (another call's long prompt in the batch, say).
-    vi.advanceTimersByTime(1000);
-    pacer.push(piece(2));
-    expect(sent.map((m) => [m.at, m.tokens])).toEqual([
-      [0, [0]],
-      [20, [1]],
-      [1005, [2]],
-    ]);
-  });
+  it.each([
+    ["by time (20ms)", { ms: 20 }, 20],
+    ["by count held at most 50 ms (4/50ms)", { tokens: 4, holdMs: 50 }, 55],
+  ] satisfies [string, StreamInterval, number][])(
+    "%s, a token held when the decode stalls leaves when its time is up, not with the next token",
+    (_, interval, releasedAt) => {
+      const { pacer, sent } = paced(interval);
+      pacer.push(piece(0));
+      vi.advanceTimersByTime(5);
+      pacer.push(piece(1));
+      // The next decode step takes a second (another call's long prompt in the batch, say).
+      vi.advanceTimersByTime(1000);
+      pacer.push(piece(2));
+      expect(sent.map((m) => [m.at, m.tokens])).toEqual([
+        [0, [0]],
+        [releasedAt, [1]],
+        [1005, [2]],
+      ]);
+      // After the stall the last gap is long, so the token that ended it was not held either.
+      expect(pacer.end().tokens).toEqual([]);
+    },
+  );
 
   it("by time, nothing leaves after the end: what was held is the end's", () => {
     const { pacer, sent } = paced({ ms: 20 });
@@ -134,22 +142,6 @@ describe("StreamPacer, up to N tokens held at most T ms (4/50ms)", () => {
       ],
       rest: [],
     });
-  });
-
-  it("a token held when the decode stalls leaves when its 50 ms are up, not with the next token", () => {
-    const { pacer, sent } = paced({ tokens: 4, holdMs: 50 });
-    pacer.push(piece(0));
-    vi.advanceTimersByTime(5);
-    pacer.push(piece(1));
-    vi.advanceTimersByTime(1000);
-    pacer.push(piece(2));
-    expect(sent.map((m) => [m.at, m.tokens])).toEqual([
-      [0, [0]],
-      [55, [1]],
-      [1005, [2]],
-    ]);
-    // After the stall the gap is long, so nothing is held.
-    expect(pacer.end().tokens).toEqual([]);
   });
 });
 
