@@ -4,18 +4,21 @@
  * context's addon object; the times include the hop to the libuv thread and
  * back), against the interval between tokens. The rest is JavaScript: the
  * engine's decode loop and text stream.
- *   UV_THREADPOOL_SIZE=1 tsx bench/token-anatomy.ts [model] [threads] [rounds] [sequences in the context]
+ *   UV_THREADPOOL_SIZE=1 tsx bench/token-anatomy.ts [model] [threads] [rounds] [sequences in the context] [depth]
+ * `depth`: a user message of about that many tokens first, to time tokens decoded far into the context.
  */
 import { LlamaEngine } from "../src/engine/child/llama-engine.js";
 import { greedySampling } from "../src/generation.js";
 import { median } from "./stream-stats.js";
 
-const [model = "models/synthetic/small.Q4_K_M.gguf", threads = "1", rounds = "3", sequences = "1"] = process.argv.slice(2);
+const [model = "models/synthetic/small.Q4_K_M.gguf", threads = "1", rounds = "3", sequences = "1", depth = "0"] =
+  process.argv.slice(2);
+const QUESTION = "भारत की राजधानी क्या है?";
 const engine = await LlamaEngine.load({
   modelPath: model,
   gpu: "cpu",
   threads: Number(threads),
-  contextSize: 192,
+  contextSize: 192 + Number(depth),
   sequences: Number(sequences),
   batchSize: 512,
   batching: "full",
@@ -40,12 +43,15 @@ loop.native = new Proxy(native, {
     };
   },
 });
+// The question repeated until it is about `depth` tokens long (the chat format adds a few).
+let padded = QUESTION;
+while (engine.tokenize(padded, false).length < Number(depth)) padded += ` ${QUESTION}`;
 for (let round = 0; round < Number(rounds); round++) {
   timed.decodeBatch = [];
   timed.sampleToken = [];
   const arrivals: number[] = [];
   await engine.generate(
-    { kind: "chat", messages: [{ role: "user", content: "भारत की राजधानी क्या है?" }] },
+    { kind: "chat", messages: [{ role: "user", content: padded }] },
     greedySampling(128),
     new AbortController().signal,
     { started: () => {}, chunk: () => arrivals.push(performance.now()) },
