@@ -6,7 +6,8 @@
  */
 import { LlamaEngine } from "../src/engine/child/llama-engine.js";
 import { greedySampling } from "../src/generation.js";
-import { inProcessTraces } from "./in-process.js";
+import { inProcessTrace, inProcessTraces } from "./in-process.js";
+import { warmUp } from "./stream-stats.js";
 
 const [modelPath, threads, sequences, contextSize, tokens, levels, warm = "0"] = process.argv.slice(2);
 const engine = await LlamaEngine.load({
@@ -29,11 +30,7 @@ await engine.generate(
   { cache: false },
 );
 // Then as many tokens as the bench warms every target with, all sequences at once.
-for (let warmed = 0; warmed < Number(warm);) {
-  for await (const run of inProcessTraces(engine, [Number(sequences)], Number(tokens))) {
-    warmed += run.traces.reduce((n, t) => n + t.tokenTimes.length, 0);
-  }
-}
+await warmUp(Number(warm), Number(sequences), (i) => inProcessTrace(engine, i, Number(tokens)));
 for await (const run of inProcessTraces(engine, levels!.split(",").map(Number), Number(tokens))) {
   console.log(JSON.stringify(run));
 }

@@ -22,7 +22,7 @@ import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-s
 import { writeReport } from "./report-files.js";
 import { cpuMs } from "../harness/proc.js";
 import { hopSeconds, openAiTrace, serviceTrace, startBenchServer } from "./server-process.js";
-import { median, type RunStats, type StreamTrace, summarize } from "./stream-stats.js";
+import { median, type RunStats, type StreamTrace, summarize, warmUp } from "./stream-stats.js";
 
 const exec = promisify(execFile);
 const cli = new Command("bench")
@@ -127,15 +127,6 @@ const slots = Math.max(...levels);
 const contextSize = Number(opts.tokens) + 64;
 const prompt = (i: number) => `भारत की राजधानी क्या है? (${i})`;
 
-/** Streams --warm tokens through a target, `slots` streams at a time; `stream` returns the tokens one stream got. */
-async function warmUp(stream: (i: number) => Promise<number>): Promise<void> {
-  for (let warmed = 0; warmed < Number(opts.warm);) {
-    const counts = await Promise.all(Array.from({ length: slots }, (_, i) => stream(i)));
-    const got = counts.reduce((a, b) => a + b, 0);
-    if (got === 0) throw new Error("the warm-up streamed no tokens");
-    warmed += got;
-  }
-}
 const ALL_TARGETS = ["service", "openai", "in-process", "llama-server"] as const;
 type Target = (typeof ALL_TARGETS)[number];
 const wanted = opts.targets.split(",");
@@ -235,10 +226,8 @@ async function serviceRound(threads: number | "auto", via: "grpc" | "openai" = "
   // Warm, over the surface measured: its connection is open before the first timed call, as gRPC's is.
   if (via === "grpc") await client.generate({ prompt: "नमस्ते", raw: true, maxNewTokens: 1 });
   else await openAiTrace(port, "नमस्ते", 1);
-  await warmUp(async (i) =>
-    via === "grpc"
-      ? (await serviceTrace(client, prompt(i), Number(opts.tokens))).tokenTimes.length
-      : (await openAiTrace(port, prompt(i), Number(opts.tokens))).tokenTimes.length,
+  await warmUp(Number(opts.warm), slots, (i) =>
+    via === "grpc" ? serviceTrace(client, prompt(i), Number(opts.tokens)) : openAiTrace(port, prompt(i), Number(opts.tokens)),
   );
   const out = new Map<number, StreamTrace[]>();
   const hopBefore = await hopSeconds(port);
@@ -277,7 +266,7 @@ async function llamaServerRound(threads: number): Promise<Map<number, StreamTrac
   const server = await startLlamaServer(llamaServer!, { model: opts.model, threads, slots, contextSize });
   peerCpuVariants.add(server.cpuVariant ?? "unknown");
   await llamaServerTrace(server.port, "नमस्ते", 1);
-  await warmUp(async (i) => (await llamaServerTrace(server.port, prompt(i), Number(opts.tokens))).tokenTimes.length);
+  await warmUp(Number(opts.warm), slots, (i) => llamaServerTrace(server.port, prompt(i), Number(opts.tokens)));
   const out = new Map<number, StreamTrace[]>();
   const clientBefore = process.cpuUsage();
   for (const c of levels) {

@@ -19,7 +19,7 @@ import { AiravataClient } from "../clients/grpc-client.js";
 import { cpuSplitMs, enginePids, threadCpuMs } from "../harness/proc.js";
 import { writeReport } from "./report-files.js";
 import { hopSeconds, serviceTrace, startBenchServer } from "./server-process.js";
-import { median, type StreamTrace, summarize } from "./stream-stats.js";
+import { median, type StreamTrace, summarize, warmUp } from "./stream-stats.js";
 
 const opts = new Command("service-ab")
   .requiredOption("--baseline <ref>", "the commit to compare with (any git ref)")
@@ -92,15 +92,7 @@ async function round(side: (typeof SIDES)[number], threads: number): Promise<{ t
   const server = await startBenchServer([...args, "--context-size", String(contextSize)], {}, side.cwd);
   const client = new AiravataClient(`127.0.0.1:${server.port}`);
   await client.generate({ prompt: "नमस्ते", raw: true, maxNewTokens: 1 });
-  for (let warmed = 0; warmed < Number(opts.warm);) {
-    await Promise.all(
-      Array.from({ length: slots }, (_, i) =>
-        client.generate({ prompt: prompt(i), maxNewTokens: Number(opts.tokens), temperature: 0, repeatPenalty: 1 }, (r) => {
-          warmed += r.tokenIds.length;
-        }),
-      ),
-    );
-  }
+  await warmUp(Number(opts.warm), slots, (i) => serviceTrace(client, prompt(i), Number(opts.tokens)));
   const [engine] = enginePids(server.child.pid!);
   const serverBefore = cpuSplitMs(server.child.pid!);
   const mainBefore = threadCpuMs(server.child.pid!).get(server.child.pid!)!;

@@ -11,6 +11,20 @@ export interface StreamTrace {
   tokenTimes: number[];
 }
 
+/**
+ * Streams at least `tokens` tokens through a target, `streams` at a time, before it is measured:
+ * a fresh process's JavaScript is still being compiled over its first few thousand tokens.
+ * `trace(i)` runs stream i.
+ */
+export async function warmUp(tokens: number, streams: number, trace: (i: number) => Promise<StreamTrace>): Promise<void> {
+  for (let warmed = 0; warmed < tokens;) {
+    const traces = await Promise.all(Array.from({ length: streams }, (_, i) => trace(i)));
+    const got = traces.reduce((n, t) => n + t.tokenTimes.length, 0);
+    if (got === 0) throw new Error("the warm-up streamed no tokens");
+    warmed += got;
+  }
+}
+
 export interface Percentiles {
   p50: number;
   p95: number;

@@ -43,9 +43,9 @@ loop.native = new Proxy(native, {
     };
   },
 });
-// The question repeated until it is about `depth` tokens long (the chat format adds a few).
-let padded = QUESTION;
-while (engine.tokenize(padded, false).length < Number(depth)) padded += ` ${QUESTION}`;
+// The question repeated to about `depth` tokens (the chat format adds a few).
+const perRepeat = engine.tokenize(` ${QUESTION}`, false).length;
+const padded = QUESTION + ` ${QUESTION}`.repeat(Math.max(0, Math.ceil((Number(depth) - perRepeat) / perRepeat)));
 for (let round = 0; round < Number(rounds); round++) {
   timed.decodeBatch = [];
   timed.sampleToken = [];
