@@ -72,7 +72,9 @@ export interface GenerationOutcome extends GenerationProgress {
  * `{ tokens: N }`: a message once N tokens are ready (1: every token alone).
  * `{ tokens: N, holdMs: T }`: up to N tokens a message, none held longer than
  * T ms, and a token goes at once when the stream's last gap says the next one
- * will not come within that time, so a slow decode is never held back.
+ * will not come within that time, so a slow decode is never held back. (A
+ * count is reached, not cut: a character's byte tokens go whole, so a message
+ * can carry a few more.)
  * `{ ms: T }`: a message at most every T ms; a token decoded sooner waits for
  * the next message, none longer than T ms, so a decode slower than one token
  * in T ms sends every token at once.
