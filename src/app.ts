@@ -77,6 +77,7 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
       batching: config.batching,
       streamInterval: config.streamInterval,
       prefixCache: config.prefixCache,
+      flashAttention: config.flashAttention,
     },
     memoryBudget: config.memoryBudget,
     log,

@@ -20,6 +20,11 @@ export interface EngineInfo {
   /** The counts the tuner chooses from while serving ("auto" on the CPU); empty when the count is fixed. */
   threadCandidates: number[];
   gpuLayers: number;
+  /**
+   * Whether llama.cpp runs flash attention for this context, as it said at
+   * load (with "auto" it decides); undefined if it did not say.
+   */
+  flashAttention?: boolean;
   /** On the CPU backend, why: "--gpu cpu", or what keeps the GPU backend from loading. */
   cpuReason?: string;
   loadMs: number;
@@ -112,4 +117,10 @@ export interface EngineOptions {
    * only the rest (default true).
    */
   prefixCache?: boolean;
+  /**
+   * llama.cpp's flash attention: "auto" lets llama.cpp turn it on where the
+   * backend supports it (its own tools' default); "on" and "off" force it
+   * (default "off", node-llama-cpp's).
+   */
+  flashAttention?: "auto" | "on" | "off";
 }

@@ -33,6 +33,7 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     batching: "measured",
     streamInterval: EVERY_TOKEN,
     prefixCache: true,
+    flashAttention: "off",
     vllmMetrics: true,
     maxQueue: 8,
     maxMessageBytes: 64 * 1024,

@@ -47,7 +47,27 @@ describe("the server process", () => {
         sequences: 2,
         contextSize: 1024,
         cpuReason: expect.any(String),
+        // As llama.cpp said it at load: off unless asked for.
+        flashAttention: false,
       });
+    } finally {
+      server.child.kill("SIGTERM");
+      expect(await server.exited).toBe(0);
+    }
+  });
+
+  it("--flash-attention auto: llama.cpp's own choice (on, on the CPU) is in the load line, and the model answers", async () => {
+    const server = await startServerProcess([...SERVER_ARGS, "--flash-attention", "auto"]);
+    try {
+      while (!server.logs.some((l) => l.msg === "model loaded on CPU")) await new Promise((r) => setTimeout(r, 20));
+      const loaded = server.logs.find((l) => l.msg === "model loaded on CPU");
+      expect(loaded).toMatchObject({ flashAttention: true });
+      const client = new AiravataClient(`127.0.0.1:${server.port}`);
+      const answer = await client.generate({ prompt: "नमस्ते", temperature: 0, maxNewTokens: 8 });
+      client.close();
+      expect(answer.codeName).toBe("OK");
+      expect(answer.trailers["airavata-generated-tokens"]).toBe("8");
+      expect(answer.text.length).toBeGreaterThan(0);
     } finally {
       server.child.kill("SIGTERM");
       expect(await server.exited).toBe(0);
@@ -204,6 +224,7 @@ describe("configuration", () => {
     ],
     [["--stream-interval", "2s"], {}, /--stream-interval.*'2s' is invalid.*token count from 1 to 256/],
     [["--stream-interval", "4/0ms"], {}, /--stream-interval.*'4\/0ms' is invalid.*hold time from 1ms to 1000ms/],
+    [["--flash-attention", "yes"], {}, /--flash-attention.*Allowed choices are auto, on, off/],
     [[], { AIRAVATA_CONTEXT_SIZE: "lots" }, /--context-size.*'lots' from env 'AIRAVATA_CONTEXT_SIZE' is invalid/],
     [["--model", "/nope/airavata.gguf"], {}, /no file at \/nope\/airavata.gguf/],
     [["--tls-cert", "package.json"], {}, /--tls-cert and --tls-key go together/],

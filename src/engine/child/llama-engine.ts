@@ -153,13 +153,16 @@ export class LlamaEngine {
             : (cudaUnavailableReason() ?? "no usable GPU backend");
       const sequenceCount = options.sequences === "auto" ? (backend === "cpu" ? 4 : 8) : options.sequences;
       model = await llama.loadModel({ modelPath: options.modelPath, gpuLayers: "auto", onLoadProgress: onProgress });
+      const said = watchFlashAttention(llama);
       const context = await model.createContext({
         // Per sequence: node-llama-cpp gives each sequence its own `contextSize` cells.
         contextSize: options.contextSize,
         sequences: sequenceCount,
         batchSize: options.batchSize,
         threads,
+        flashAttention: ({ auto: "auto", on: true, off: false } as const)[options.flashAttention ?? "off"],
       });
+      const flashAttention = await said.done();
       const devices = backend === "cpu" ? [os.cpus()[0]?.model ?? "cpu"] : await llama.getGpuDeviceNames();
       const info: EngineInfo = {
         backend,
@@ -172,6 +175,7 @@ export class LlamaEngine {
         // On a GPU the threads only feed it: nothing to tune.
         threadCandidates: auto && backend === "cpu" && cores > threads ? [threads, cores] : [],
         gpuLayers: model.gpuLayers,
+        ...(flashAttention !== undefined ? { flashAttention } : {}),
         ...(cpuReason ? { cpuReason } : {}),
         loadMs: 0,
         stepMs: [],
@@ -475,4 +479,41 @@ export class LlamaEngine {
     await this.model.dispose();
     await this.llama.dispose();
   }
+}
+
+let watched = false;
+
+/**
+ * Listens to llama.cpp's load messages (info level, while the context is
+ * created) for whether it runs flash attention: with "auto" llama.cpp decides
+ * by the backend, and node-llama-cpp does not report the outcome. The
+ * engine's logger keeps getting only what its own level lets through, also
+ * for lines that arrive late (they cross from llama.cpp's thread).
+ */
+function watchFlashAttention(llama: Llama): { done(): Promise<boolean | undefined> } {
+  // Only the process's first Llama: node-llama-cpp sends a later one's native messages past its logger
+  // (printed as they come, seen with a second engine loaded after the first was disposed). An engine
+  // process loads one model; in-process benches load more and are told nothing.
+  if (watched) return { done: () => Promise.resolve(undefined) };
+  watched = true;
+  const { logger, logLevel } = llama;
+  const passes = new Set([LlamaLogLevel.fatal, LlamaLogLevel.error]);
+  let enabled: boolean | undefined;
+  llama.logLevel = LlamaLogLevel.info;
+  llama.logger = (level, message) => {
+    // "flash_attn = enabled|disabled|auto" as the context starts; with auto, "Flash Attention enabled" or "… not supported" once resolved.
+    const stated = /flash_attn\s*=\s*(enabled|disabled)/.exec(message)?.[1];
+    if (stated !== undefined) enabled = stated === "enabled";
+    if (/Flash Attention enabled/.test(message)) enabled = true;
+    if (/Flash Attention not supported/.test(message)) enabled = false;
+    if (passes.has(level)) logger(level, message);
+  };
+  return {
+    async done() {
+      // The lines said during the creation are queued for this thread: let them in first.
+      await new Promise((resolve) => setImmediate(resolve));
+      llama.logLevel = logLevel;
+      return enabled;
+    },
+  };
 }
