@@ -25,6 +25,8 @@ export interface ChatScenarioOptions {
   rounds: number;
   /** Which of `service`, `cache-off`, `llama-server` to run (default: all three). */
   targets?: string[];
+  /** llama.cpp's flash attention, for every target alike. */
+  flashAttention: "auto" | "on" | "off";
   out: string;
   command: string;
 }
@@ -90,7 +92,13 @@ export async function chatScenario(options: ChatScenarioOptions): Promise<void> 
         let stop: () => Promise<void>;
         if (target === "llama-server") {
           if (binary === undefined) continue;
-          const server = await startLlamaServer(binary, { model: options.model, threads: options.threads, slots, contextSize });
+          const server = await startLlamaServer(binary, {
+            model: options.model,
+            threads: options.threads,
+            slots,
+            contextSize,
+            flashAttention: options.flashAttention,
+          });
           ask = (c) =>
             converse(
               async (turns) => {
@@ -121,6 +129,8 @@ export async function chatScenario(options: ChatScenarioOptions): Promise<void> 
             String(contextSize),
             "--prefix-cache",
             target === "service" ? "on" : "off",
+            "--flash-attention",
+            options.flashAttention,
           ]);
           const client = new AiravataClient(`127.0.0.1:${server.port}`);
           systemTokens ||= (await client.tokenize(SYSTEM_PROMPT)).response?.count ?? 0;
@@ -163,7 +173,8 @@ export async function chatScenario(options: ChatScenarioOptions): Promise<void> 
     `- date: ${new Date().toISOString()}`,
     `- machine: ${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, Node ${process.version}`,
     `- model: ${options.model}; ${options.threads} thread(s); ${slots} slots of ${contextSize} tokens; ${options.turns} turns of ${options.tokens} greedy tokens; ` +
-      `a ${systemTokens}-token system prompt shared by every conversation; each turn sends the whole conversation; ${options.rounds} round(s)`,
+      `a ${systemTokens}-token system prompt shared by every conversation; each turn sends the whole conversation; ${options.rounds} round(s); ` +
+      `flash attention ${options.flashAttention} for every target`,
     `- command: \`${options.command}\``,
     "- service: the project's grpc-js client, `messages`; llama-server: `POST /completion` with the same chat-formatted text and `cache_prompt: true`",
     "",

@@ -2,14 +2,14 @@
  * node-llama-cpp in-process (no RPC), the same LlamaEngine the service's
  * engine process runs: for each concurrency, that many greedy streams at
  * once, each token's arrival time recorded. One JSON line per concurrency.
- *   UV_THREADPOOL_SIZE=1 tsx bench/in-process-traces.ts <model> <threads> <sequences> <contextSize> <tokens> <c1,c2,…> [warm tokens]
+ *   UV_THREADPOOL_SIZE=1 tsx bench/in-process-traces.ts <model> <threads> <sequences> <contextSize> <tokens> <c1,c2,…> [warm tokens] [flash attention: auto|on|off]
  */
 import { LlamaEngine } from "../src/engine/child/llama-engine.js";
 import { greedySampling } from "../src/generation.js";
 import { inProcessTrace, inProcessTraces } from "./in-process.js";
 import { warmUp } from "./stream-stats.js";
 
-const [modelPath, threads, sequences, contextSize, tokens, levels, warm = "0"] = process.argv.slice(2);
+const [modelPath, threads, sequences, contextSize, tokens, levels, warm = "0", flashAttention = "off"] = process.argv.slice(2);
 const engine = await LlamaEngine.load({
   modelPath: modelPath!,
   gpu: "cpu",
@@ -18,6 +18,7 @@ const engine = await LlamaEngine.load({
   sequences: Number(sequences),
   batchSize: 512,
   batching: "measured",
+  flashAttention: flashAttention as "auto" | "on" | "off",
   // As the bench runs the service and llama-server: every prompt evaluated whole.
   prefixCache: false,
 });

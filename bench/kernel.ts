@@ -57,6 +57,8 @@ export interface KernelRun {
   gpuLayers?: number;
   /** Its environment (the GPU run adds where cuBLAS is). */
   env?: NodeJS.ProcessEnv;
+  /** `-fa`; unset: the tool's own default (auto). */
+  flashAttention?: "auto" | "on" | "off";
 }
 
 /** One llama-batched-bench run of `run`'s levels: output tokens/s by concurrency (see `kernelSpeeds`). */
@@ -73,6 +75,7 @@ export async function kernelRound(binary: string, run: KernelRun): Promise<Map<n
       ["-ntg", String(run.tokens)],
       ["-npl", run.levels.join(",")],
       ["--output-format", "jsonl"],
+      run.flashAttention ? ["-fa", run.flashAttention] : [],
     ].flat(),
     { maxBuffer: 16 * 2 ** 20, env: run.env },
   );

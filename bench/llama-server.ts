@@ -53,6 +53,8 @@ export interface LlamaServerOptions {
   gpuLayers?: number;
   /** Its environment (the GPU run adds where cuBLAS is). */
   env?: NodeJS.ProcessEnv;
+  /** `--flash-attn`; unset: llama-server's own default (auto: on wherever the backend has it). */
+  flashAttention?: "auto" | "on" | "off";
 }
 
 export async function startLlamaServer(binary: string, options: LlamaServerOptions): Promise<LlamaServer> {
@@ -68,6 +70,7 @@ export async function startLlamaServer(binary: string, options: LlamaServerOptio
     ["--n-gpu-layers", String(options.gpuLayers ?? 0)],
     ["--cont-batching"],
     ["--no-webui"],
+    options.flashAttention ? ["--flash-attn", options.flashAttention] : [],
   ].flat();
   const child: ChildProcess = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe"], env: options.env });
   // Never outlive the bench, even when it fails.

@@ -48,6 +48,12 @@ const cli = new Command("bench")
   )
   .option("--turns <n>", "turns per conversation (--scenario chat)", "5")
   .option(
+    "--flash-attention <auto|on|off>",
+    "llama.cpp's flash attention for every target alike (the service's --flash-attention, llama-server's --flash-attn, llama-batched-bench's -fa); " +
+      "off is the service's default, auto llama.cpp's tools' (on wherever the backend has it)",
+    "off",
+  )
+  .option(
     "--variants <files>",
     "comma-separated GGUF files: the same load on each, in one service process with all of them loaded (instead of --model and the targets)",
   )
@@ -70,7 +76,12 @@ const opts = cli.opts<{
   turns: string;
   variants?: string;
   warm: string;
+  flashAttention: "auto" | "on" | "off";
 }>();
+if (!["auto", "on", "off"].includes(opts.flashAttention)) {
+  console.error(`--flash-attention: "${opts.flashAttention}" is not one of auto, on, off`);
+  process.exit(2);
+}
 if (opts.variants !== undefined) {
   const files = opts.variants.split(",").filter(Boolean);
   for (const file of files) {
@@ -108,10 +119,11 @@ if (opts.scenario === "chat") {
     tokens: Number(opts.tokens),
     rounds: Number(opts.rounds),
     targets: targets?.split(","),
+    flashAttention: opts.flashAttention,
     out: opts.out,
     command:
       `npm run bench -- --scenario chat --model ${opts.model} --threads ${opts.threads} --concurrency ${opts.concurrency} ` +
-      `--turns ${opts.turns} --tokens ${opts.tokens} --rounds ${opts.rounds}` +
+      `--turns ${opts.turns} --tokens ${opts.tokens} --rounds ${opts.rounds} --flash-attention ${opts.flashAttention}` +
       (targets ? ` --targets ${targets}` : ""),
   });
   process.exit(0);
@@ -163,6 +175,7 @@ async function inProcessRound(threads: number): Promise<Map<number, StreamTrace[
       opts.tokens,
       opts.concurrency,
       opts.warm,
+      opts.flashAttention,
     ],
     { env: { ...process.env, UV_THREADPOOL_SIZE: "1" }, maxBuffer: 256 * 2 ** 20 },
   );
@@ -220,6 +233,8 @@ async function serviceRound(threads: number | "auto", via: "grpc" | "openai" = "
     // As llama-server runs here (no prompt cache): every prompt evaluated whole.
     "--prefix-cache",
     "off",
+    "--flash-attention",
+    opts.flashAttention,
   ]);
   const port = server.port;
   const client = new AiravataClient(`127.0.0.1:${port}`);
@@ -263,7 +278,13 @@ async function serviceRound(threads: number | "auto", via: "grpc" | "openai" = "
 }
 
 async function llamaServerRound(threads: number): Promise<Map<number, StreamTrace[]>> {
-  const server = await startLlamaServer(llamaServer!, { model: opts.model, threads, slots, contextSize });
+  const server = await startLlamaServer(llamaServer!, {
+    model: opts.model,
+    threads,
+    slots,
+    contextSize,
+    flashAttention: opts.flashAttention,
+  });
   peerCpuVariants.add(server.cpuVariant ?? "unknown");
   await llamaServerTrace(server.port, "नमस्ते", 1);
   await warmUp(Number(opts.warm), slots, (i) => llamaServerTrace(server.port, prompt(i), Number(opts.tokens)));
@@ -307,6 +328,7 @@ for (let round = 0; round < Number(opts.rounds); round++) {
         tokens: Number(opts.tokens),
         levels,
         contextCells: slots * contextSize,
+        flashAttention: opts.flashAttention,
       });
       const series = kernelSpeeds.get(threads) ?? new Map<number, number[]>();
       for (const [c, tps] of speeds) series.set(c, [...(series.get(c) ?? []), tps]);
@@ -332,7 +354,7 @@ for (const threads of threadCounts) {
 }
 const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
 const command =
-  `npm run bench -- --model ${opts.model} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds} --threads ${opts.threads} --warm ${opts.warm}` +
+  `npm run bench -- --model ${opts.model} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds} --threads ${opts.threads} --warm ${opts.warm} --flash-attention ${opts.flashAttention}` +
   (cli.getOptionValueSource("targets") === "cli" ? ` --targets ${opts.targets}` : "");
 /** The kernel's tok/s by thread count and concurrency: medians over rounds. */
 const kernelMedians = new Map(
@@ -487,6 +509,7 @@ const md = [
   `- machine: ${machine}`,
   `- model: ${opts.model}; ${opts.tokens} greedy tokens per stream; ${slots} slots; each fresh server or engine warmed with ${opts.warm} tokens first`,
   `- command: \`${command}\``,
+  `- flash attention: ${opts.flashAttention} for every target (\`--flash-attention\`)`,
   `- the service streams with its default \`--stream-interval auto\`: tokens decoded close together arrive in one message, so its ITL p50 can read 0`,
   `- service: gRPC (grpc-js) → server process → engine process; in-process: the same engine code called directly;` +
     ` llama-server: llama.cpp's server built from node-llama-cpp's bundled source, streaming HTTP, no prompt cache`,
