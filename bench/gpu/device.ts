@@ -39,6 +39,14 @@ const opts = new Command("gpu-device-run")
   .option("--tokens <n>", "tokens per stream", "128")
   .option("--rounds <n>", "rounds per target (alternating)", "2")
   .option("--threads <n>", "CPU threads for the service and the llama.cpp tools", String(Math.min(8, os.availableParallelism())))
+  .addOption(
+    new Option(
+      "--flash-attention <setting>",
+      "llama.cpp's flash attention for every target alike (the service, llama-server, llama-bench, llama-batched-bench); auto is llama.cpp's tools' default",
+    )
+      .choices(["auto", "on", "off"])
+      .default("auto"),
+  )
   .option("--budget-s <s>", "start no bench round after this many seconds (the device's command limit is 600)", "540")
   .parse()
   .opts<{
@@ -53,6 +61,7 @@ const opts = new Command("gpu-device-run")
     rounds: string;
     threads: string;
     budgetS: string;
+    flashAttention: "auto" | "on" | "off";
   }>();
 
 const started = performance.now();
@@ -323,6 +332,7 @@ async function startService(model: string, layers: number, slots: number, contex
       ["--parallel", String(slots)],
       ["--context-size", String(contextSize)],
       ["--prefix-cache", "off"],
+      ["--flash-attention", opts.flashAttention],
     ].flat(),
     env as Record<string, string>,
     APP,
@@ -406,6 +416,7 @@ for (let round = 0; round < Number(opts.rounds); round++) {
       contextSize,
       gpuLayers: cuda ? 999 : 0,
       env,
+      flashAttention: opts.flashAttention,
     });
     try {
       await llamaServerTrace(server.port, prompt(0), 4);
@@ -427,7 +438,24 @@ if (seconds() < budget) {
     const json = await run(
       "llama-bench",
       join(bin, "llama-bench"),
-      ["-m", big, "-ngl", cuda ? "999" : "0", "-t", String(threads), "-p", "512", "-n", "128", "-r", "2", "-o", "json"],
+      [
+        "-m",
+        big,
+        "-ngl",
+        cuda ? "999" : "0",
+        "-t",
+        String(threads),
+        "-p",
+        "512",
+        "-n",
+        "128",
+        "-r",
+        "2",
+        "-fa",
+        opts.flashAttention,
+        "-o",
+        "json",
+      ],
       env,
     );
     const rows = JSON.parse(json) as { n_prompt: number; n_gen: number; avg_ts: number }[];
@@ -449,6 +477,7 @@ if (seconds() < budget) {
       contextCells: maxLevel * (promptTokens + tokens),
       gpuLayers: cuda ? 999 : 0,
       env,
+      flashAttention: opts.flashAttention,
     });
     report.batchedBench = Object.fromEntries(speeds);
   });
@@ -464,7 +493,7 @@ function markdown(): string {
     `# GPU device run (${opts.backend}): the service against llama.cpp on one GGUF`,
     "",
     `- machine: ${m.gpu ? `${String(m.gpu)} (compute ${String(m.computeCapability)}, driver ${String(m.driver)}, ${String(m.gpuMemory)}), ` : ""}${String(m.cpu)}, ${String(m.cores)} cores; Node.js ${String(m.node)}`,
-    `- model: ${opts.shape} ${opts.type} (synthetic, fast writer; ${layers} layers), ${tokens} greedy tokens a stream, ${opts.rounds} round(s) alternating, ${threads} CPU threads, ${maxLevel} slots of ${contextSize} tokens`,
+    `- model: ${opts.shape} ${opts.type} (synthetic, fast writer; ${layers} layers), ${tokens} greedy tokens a stream, ${opts.rounds} round(s) alternating, ${threads} CPU threads, ${maxLevel} slots of ${contextSize} tokens; flash attention ${opts.flashAttention} for every target`,
     `- steps: ${report.steps.map((s) => `${s.name} ${s.ok ? "ok" : "FAILED"} ${s.seconds.toFixed(0)} s`).join("; ")}`,
   ];
   if (report.failed) lines.push("", `**Failed at ${report.failed.step}:**`, "", "```", report.failed.message, "```");
