@@ -154,15 +154,21 @@ export class LlamaEngine {
       const sequenceCount = options.sequences === "auto" ? (backend === "cpu" ? 4 : 8) : options.sequences;
       model = await llama.loadModel({ modelPath: options.modelPath, gpuLayers: "auto", onLoadProgress: onProgress });
       const said = watchFlashAttention(llama);
-      const context = await model.createContext({
-        // Per sequence: node-llama-cpp gives each sequence its own `contextSize` cells.
-        contextSize: options.contextSize,
-        sequences: sequenceCount,
-        batchSize: options.batchSize,
-        threads,
-        flashAttention: ({ auto: "auto", on: true, off: false } as const)[options.flashAttention ?? "off"],
-      });
-      const flashAttention = await said.done();
+      let flashAttention: boolean | undefined;
+      let context: LlamaContext;
+      try {
+        context = await model.createContext({
+          // Per sequence: node-llama-cpp gives each sequence its own `contextSize` cells.
+          contextSize: options.contextSize,
+          sequences: sequenceCount,
+          batchSize: options.batchSize,
+          threads,
+          flashAttention: ({ auto: "auto", on: true, off: false } as const)[options.flashAttention ?? "off"],
+        });
+      } finally {
+        // Also when the context fails: llama.cpp's log level goes back to the engine's.
+        flashAttention = await said.done();
+      }
       const devices = backend === "cpu" ? [os.cpus()[0]?.model ?? "cpu"] : await llama.getGpuDeviceNames();
       const info: EngineInfo = {
         backend,
