@@ -217,11 +217,11 @@ export function buildCommand(): Command {
     .addOption(
       new Option(
         "--flash-attention <auto|on|off>",
-        "llama.cpp's flash attention: off (the default) decodes far into a long context twice as fast on the Zen 3 CPU measured; on evaluates a long fresh prompt faster there; auto lets llama.cpp turn it on wherever the backend supports it, as its own tools do",
+        "llama.cpp's flash attention: auto (the default, node-llama-cpp's and llama.cpp's tools' own) lets llama.cpp turn it on wherever the backend has it, the CPU included; off decoded far into a long context twice as fast on a Zen 3 CPU, on evaluates a long fresh prompt faster there",
       )
         .env("AIRAVATA_FLASH_ATTENTION")
         .choices(["auto", "on", "off"])
-        .default("off"),
+        .default("auto"),
     )
     .addOption(
       new Option(

@@ -120,7 +120,7 @@ export interface EngineOptions {
   /**
    * llama.cpp's flash attention: "auto" lets llama.cpp turn it on where the
    * backend supports it (its own tools' default); "on" and "off" force it
-   * (default "off", node-llama-cpp's).
+   * (default "auto", node-llama-cpp's).
    */
   flashAttention?: "auto" | "on" | "off";
 }

@@ -33,7 +33,7 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     batching: "measured",
     streamInterval: EVERY_TOKEN,
     prefixCache: true,
-    flashAttention: "off",
+    flashAttention: "auto",
     vllmMetrics: true,
     maxQueue: 8,
     maxMessageBytes: 64 * 1024,

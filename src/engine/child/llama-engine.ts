@@ -163,7 +163,7 @@ export class LlamaEngine {
           sequences: sequenceCount,
           batchSize: options.batchSize,
           threads,
-          flashAttention: ({ auto: "auto", on: true, off: false } as const)[options.flashAttention ?? "off"],
+          flashAttention: ({ auto: "auto", on: true, off: false } as const)[options.flashAttention ?? "auto"],
         });
       } finally {
         // Also when the context fails: llama.cpp's log level goes back to the engine's.
