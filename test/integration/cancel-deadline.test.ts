@@ -161,9 +161,10 @@ describe("a cancel during a long prompt", () => {
   });
 
   it("takes effect after the batch being decoded: the next call waits for one batch, not the rest of the prompt", async () => {
-    const prompt = "भारत एक विशाल देश है और इसकी राजधानी नई दिल्ली है। ".repeat(60);
+    // About 3,000 tokens: on the fastest test machines the tiny model still takes a while over them.
+    const prompt = "भारत एक विशाल देश है और इसकी राजधानी नई दिल्ली है। ".repeat(170);
     const count = (await slowClient.tokenize(prompt)).response!.count;
-    expect(count).toBeGreaterThan(1000);
+    expect(count).toBeGreaterThan(2500);
     expect(count).toBeLessThan(4000);
     const request = { prompt, raw: true, temperature: 0, maxNewTokens: 1 };
     const whole = await slowClient.generate(request);
