@@ -8,7 +8,7 @@
  * ratios show the spread.
  *
  *   npx tsx bench/alternate.ts [--model models/synthetic/small.Q4_K_M.gguf] [--threads 1,2]
- *     [--tokens 128] [--pairs 20] [--warm 1024] [--flash-attention off] [--out bench/results/alternate]
+ *     [--tokens 128] [--pairs 20] [--warm 1024] [--flash-attention auto] [--out bench/results/alternate]
  */
 import os from "node:os";
 import { Command } from "commander";
@@ -24,7 +24,7 @@ const opts = new Command("alternate")
   .option("--tokens <n>", "greedy tokens a call", "128")
   .option("--pairs <n>", "pairs of calls per thread count", "20")
   .option("--warm <tokens>", "tokens streamed through each server before it is measured", "1024")
-  .option("--flash-attention <auto|on|off>", "llama.cpp's flash attention, for both", "off")
+  .option("--flash-attention <auto|on|off>", "llama.cpp's flash attention, for both", "auto")
   .option("--out <dir>", "result folder", "bench/results/alternate")
   .parse()
   .opts<{ model: string; threads: string; tokens: string; pairs: string; warm: string; flashAttention: string; out: string }>();

@@ -9,7 +9,7 @@ import { greedySampling } from "../src/generation.js";
 import { inProcessTrace, inProcessTraces } from "./in-process.js";
 import { warmUp } from "./stream-stats.js";
 
-const [modelPath, threads, sequences, contextSize, tokens, levels, warm = "0", flashAttention = "off"] = process.argv.slice(2);
+const [modelPath, threads, sequences, contextSize, tokens, levels, warm = "0", flashAttention = "auto"] = process.argv.slice(2);
 const engine = await LlamaEngine.load({
   modelPath: modelPath!,
   gpu: "cpu",

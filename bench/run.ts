@@ -50,8 +50,8 @@ const cli = new Command("bench")
   .option(
     "--flash-attention <auto|on|off>",
     "llama.cpp's flash attention for every target alike (the service's --flash-attention, llama-server's --flash-attn, llama-batched-bench's -fa); " +
-      "off is the service's default, auto llama.cpp's tools' (on wherever the backend has it)",
-    "off",
+      "auto (on wherever the backend has it) is the service's default and llama.cpp's tools'",
+    "auto",
   )
   .option(
     "--variants <files>",
