@@ -11,8 +11,9 @@
  *     [--tokens 128] [--pairs 20] [--warm 1024] [--flash-attention auto] [--out bench/results/alternate]
  */
 import os from "node:os";
-import { Command } from "commander";
+import { Command, Option } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
+import { FLASH_ATTENTION, type FlashAttention } from "../src/generation.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
 import { writeReport } from "./report-files.js";
 import { serviceTrace, startBenchServer } from "./server-process.js";
@@ -24,13 +25,23 @@ const opts = new Command("alternate")
   .option("--tokens <n>", "greedy tokens a call", "128")
   .option("--pairs <n>", "pairs of calls per thread count", "20")
   .option("--warm <tokens>", "tokens streamed through each server before it is measured", "1024")
-  .option("--flash-attention <auto|on|off>", "llama.cpp's flash attention, for both", "auto")
+  .addOption(
+    new Option("--flash-attention <setting>", "llama.cpp's flash attention, for both").choices(FLASH_ATTENTION).default("auto"),
+  )
   .option("--out <dir>", "result folder", "bench/results/alternate")
   .parse()
-  .opts<{ model: string; threads: string; tokens: string; pairs: string; warm: string; flashAttention: string; out: string }>();
+  .opts<{
+    model: string;
+    threads: string;
+    tokens: string;
+    pairs: string;
+    warm: string;
+    flashAttention: FlashAttention;
+    out: string;
+  }>();
 
 const tokens = Number(opts.tokens);
-const flashAttention = opts.flashAttention as "auto" | "on" | "off";
+const { flashAttention } = opts;
 const binary = await llamaServerBinary((line) => process.stderr.write(`${line}\n`));
 if (binary === undefined) process.exit(1);
 const prompt = (i: number) => `भारत की राजधानी क्या है? (${i})`;

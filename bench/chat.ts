@@ -8,7 +8,7 @@
  */
 import os from "node:os";
 import { AiravataClient } from "../clients/grpc-client.js";
-import type { ChatTurn } from "../src/generation.js";
+import type { ChatTurn, FlashAttention } from "../src/generation.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
 import { writeReport } from "./report-files.js";
 import { serviceTrace, startBenchServer } from "./server-process.js";
@@ -26,7 +26,7 @@ export interface ChatScenarioOptions {
   /** Which of `service`, `cache-off`, `llama-server` to run (default: all three). */
   targets?: string[];
   /** llama.cpp's flash attention, for every target alike. */
-  flashAttention: "auto" | "on" | "off";
+  flashAttention: FlashAttention;
   out: string;
   command: string;
 }

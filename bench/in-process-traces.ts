@@ -5,7 +5,7 @@
  *   UV_THREADPOOL_SIZE=1 tsx bench/in-process-traces.ts <model> <threads> <sequences> <contextSize> <tokens> <c1,c2,…> [warm tokens] [flash attention: auto|on|off]
  */
 import { LlamaEngine } from "../src/engine/child/llama-engine.js";
-import { greedySampling } from "../src/generation.js";
+import { type FlashAttention, greedySampling } from "../src/generation.js";
 import { inProcessTrace, inProcessTraces } from "./in-process.js";
 import { warmUp } from "./stream-stats.js";
 
@@ -18,7 +18,7 @@ const engine = await LlamaEngine.load({
   sequences: Number(sequences),
   batchSize: 512,
   batching: "measured",
-  flashAttention: flashAttention as "auto" | "on" | "off",
+  flashAttention: flashAttention as FlashAttention,
   // As the bench runs the service and llama-server: every prompt evaluated whole.
   prefixCache: false,
 });

@@ -12,6 +12,7 @@ import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 import { formatAiravataChat } from "../src/engine/child/chat-format.js";
+import type { FlashAttention } from "../src/generation.js";
 import { ensureLlamaTool } from "../src/quantize/llama-tools.js";
 
 const exec = promisify(execFile);
@@ -58,7 +59,7 @@ export interface KernelRun {
   /** Its environment (the GPU run adds where cuBLAS is). */
   env?: NodeJS.ProcessEnv;
   /** `-fa`; unset: the tool's own default (auto). */
-  flashAttention?: "auto" | "on" | "off";
+  flashAttention?: FlashAttention;
 }
 
 /** One llama-batched-bench run of `run`'s levels: output tokens/s by concurrency (see `kernelSpeeds`). */

@@ -9,7 +9,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { type IncomingMessage, request } from "node:http";
 import { freePorts } from "../harness/free-ports.js";
 import { formatAiravataChat } from "../src/engine/child/chat-format.js";
-import type { ChatTurn } from "../src/generation.js";
+import type { ChatTurn, FlashAttention } from "../src/generation.js";
 import { ensureLlamaTool, loadedCpuVariant } from "../src/quantize/llama-tools.js";
 import type { StreamTrace } from "./stream-stats.js";
 
@@ -54,7 +54,7 @@ export interface LlamaServerOptions {
   /** Its environment (the GPU run adds where cuBLAS is). */
   env?: NodeJS.ProcessEnv;
   /** `--flash-attn`; unset: llama-server's own default (auto: on wherever the backend has it). */
-  flashAttention?: "auto" | "on" | "off";
+  flashAttention?: FlashAttention;
 }
 
 export async function startLlamaServer(binary: string, options: LlamaServerOptions): Promise<LlamaServer> {

@@ -11,9 +11,10 @@ import { execFile } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { promisify } from "node:util";
-import { Command } from "commander";
+import { Command, Option } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
 import { safeThreadCount } from "../src/engine/child/thread-tuner.js";
+import { FLASH_ATTENTION, type FlashAttention } from "../src/generation.js";
 import { lineChart } from "./chart.js";
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 import { bundledSource, loadedCpuVariant } from "../src/quantize/llama-tools.js";
@@ -47,11 +48,14 @@ const cli = new Command("bench")
     "streams",
   )
   .option("--turns <n>", "turns per conversation (--scenario chat)", "5")
-  .option(
-    "--flash-attention <auto|on|off>",
-    "llama.cpp's flash attention for every target alike (the service's --flash-attention, llama-server's --flash-attn, llama-batched-bench's -fa); " +
-      "auto (on wherever the backend has it) is the service's default and llama.cpp's tools'",
-    "auto",
+  .addOption(
+    new Option(
+      "--flash-attention <setting>",
+      "llama.cpp's flash attention for every target alike (the service's --flash-attention, llama-server's --flash-attn, llama-batched-bench's -fa); " +
+        "auto (on wherever the backend has it) is the service's default and llama.cpp's tools'",
+    )
+      .choices(FLASH_ATTENTION)
+      .default("auto"),
   )
   .option(
     "--variants <files>",
@@ -76,12 +80,8 @@ const opts = cli.opts<{
   turns: string;
   variants?: string;
   warm: string;
-  flashAttention: "auto" | "on" | "off";
+  flashAttention: FlashAttention;
 }>();
-if (!["auto", "on", "off"].includes(opts.flashAttention)) {
-  console.error(`--flash-attention: "${opts.flashAttention}" is not one of auto, on, off`);
-  process.exit(2);
-}
 if (opts.variants !== undefined) {
   const files = opts.variants.split(",").filter(Boolean);
   for (const file of files) {

@@ -5,7 +5,13 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { AUTO_STREAM_INTERVAL, parseStreamInterval, type StreamInterval } from "./generation.js";
+import {
+  AUTO_STREAM_INTERVAL,
+  FLASH_ATTENTION,
+  type FlashAttention,
+  parseStreamInterval,
+  type StreamInterval,
+} from "./generation.js";
 
 export interface Config {
   /** A GGUF file to serve instead of a catalog variant. */
@@ -42,7 +48,7 @@ export interface Config {
   /** Slots keep their KV cells after a call; a new call reuses the longest shared prompt prefix. */
   prefixCache: boolean;
   /** llama.cpp's flash attention: on, off, or its own choice by backend (auto). */
-  flashAttention: "auto" | "on" | "off";
+  flashAttention: FlashAttention;
   /** Also publish waiting, running and KV use under vLLM's metric names (for gateways that read those). */
   vllmMetrics: boolean;
   maxQueue: number;
@@ -220,7 +226,7 @@ export function buildCommand(): Command {
         "llama.cpp's flash attention: auto (the default, node-llama-cpp's and llama.cpp's tools' own) lets llama.cpp turn it on wherever the backend has it, the CPU included; off decoded far into a long context twice as fast on a Zen 3 CPU, on evaluates a long fresh prompt faster there",
       )
         .env("AIRAVATA_FLASH_ATTENTION")
-        .choices(["auto", "on", "off"])
+        .choices(FLASH_ATTENTION)
         .default("auto"),
     )
     .addOption(

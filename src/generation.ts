@@ -84,6 +84,14 @@ export type StreamInterval = { tokens: number; holdMs?: number } | { ms: number 
 export const EVERY_TOKEN: StreamInterval = { tokens: 1 };
 
 /**
+ * llama.cpp's flash attention: "auto" lets llama.cpp turn it on where the
+ * backend has it (node-llama-cpp's and llama.cpp's tools' default); "on" and
+ * "off" force it.
+ */
+export const FLASH_ATTENTION = ["auto", "on", "off"] as const;
+export type FlashAttention = (typeof FLASH_ATTENTION)[number];
+
+/**
  * The default: up to 8 tokens a message, none held over 50 ms. It groups
  * where the decode outpaces what a message costs and leaves a slow decode's
  * tokens alone (bench/results/stream-auto/: 7.1-7.5 tokens a message at one

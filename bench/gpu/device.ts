@@ -19,6 +19,7 @@ import os from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { Command, Option } from "commander";
 import { AiravataClient } from "../../clients/grpc-client.js";
+import { FLASH_ATTENTION, type FlashAttention } from "../../src/generation.js";
 import { SHAPES, type ShapeName } from "../../src/synthetic/model.js";
 import { lineChart } from "../chart.js";
 import { kernelRound, promptTokenCount } from "../kernel.js";
@@ -44,7 +45,7 @@ const opts = new Command("gpu-device-run")
       "--flash-attention <setting>",
       "llama.cpp's flash attention for every target alike (the service, llama-server, llama-bench, llama-batched-bench); auto is llama.cpp's tools' default",
     )
-      .choices(["auto", "on", "off"])
+      .choices(FLASH_ATTENTION)
       .default("auto"),
   )
   .option("--budget-s <s>", "start no bench round after this many seconds (the device's command limit is 600)", "540")
@@ -61,7 +62,7 @@ const opts = new Command("gpu-device-run")
     rounds: string;
     threads: string;
     budgetS: string;
-    flashAttention: "auto" | "on" | "off";
+    flashAttention: FlashAttention;
   }>();
 
 const started = performance.now();

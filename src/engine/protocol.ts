@@ -5,7 +5,14 @@
  */
 import type { ErrorKind } from "../errors.js";
 import type { ThreadDecision } from "./child/thread-tuner.js";
-import type { GenerationInput, GenerationOutcome, GenerationProgress, SamplingSettings, StreamInterval } from "../generation.js";
+import type {
+  FlashAttention,
+  GenerationInput,
+  GenerationOutcome,
+  GenerationProgress,
+  SamplingSettings,
+  StreamInterval,
+} from "../generation.js";
 
 export interface EngineInfo {
   backend: "cuda" | "vulkan" | "metal" | "cpu";
@@ -117,10 +124,6 @@ export interface EngineOptions {
    * only the rest (default true).
    */
   prefixCache?: boolean;
-  /**
-   * llama.cpp's flash attention: "auto" lets llama.cpp turn it on where the
-   * backend supports it (its own tools' default); "on" and "off" force it
-   * (default "auto", node-llama-cpp's).
-   */
-  flashAttention?: "auto" | "on" | "off";
+  /** llama.cpp's flash attention (default "auto"). */
+  flashAttention?: FlashAttention;
 }
