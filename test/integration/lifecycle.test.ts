@@ -12,7 +12,7 @@ import { AdminService, SwapPhase } from "../../src/gen/airavata/v1/admin_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../../src/gen/grpc/health/v1/health_pb.js";
 import { nvidiaDriverLoaded } from "../../src/engine/cuda-libraries.js";
 import { modelPath } from "../helpers/models.js";
-import { ROOT, startServerProcess } from "../helpers/server.js";
+import { ROOT, type ServerProcess, startServerProcess } from "../helpers/server.js";
 
 const SERVER_ARGS = [
   "--model",
@@ -27,6 +27,15 @@ const SERVER_ARGS = [
   "info",
 ];
 
+/** The server's "model loaded on CPU" log line, once it is there. */
+async function loadedLine(server: ServerProcess): Promise<Record<string, unknown>> {
+  for (;;) {
+    const line = server.logs.find((l) => l.msg === "model loaded on CPU");
+    if (line) return line;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 describe("the server process", () => {
   it("health goes NOT_SERVING → SERVING around the model load, and logs the backend", async () => {
     const server = await startServerProcess(SERVER_ARGS);
@@ -38,8 +47,7 @@ describe("the server process", () => {
         if (status === Status.SERVING) break;
       }
       expect(seen).toEqual([Status.NOT_SERVING, Status.SERVING]);
-      while (!server.logs.some((l) => l.msg === "model loaded on CPU")) await new Promise((r) => setTimeout(r, 20));
-      const loaded = server.logs.find((l) => l.msg === "model loaded on CPU");
+      const loaded = await loadedLine(server);
       // With --gpu auto on the CPU, the line says why (here: what keeps CUDA from loading).
       expect(loaded).toMatchObject({
         backend: "cpu",
@@ -59,8 +67,7 @@ describe("the server process", () => {
   it("--flash-attention off: the load line says llama.cpp runs it off, and the model answers", async () => {
     const server = await startServerProcess([...SERVER_ARGS, "--flash-attention", "off"]);
     try {
-      while (!server.logs.some((l) => l.msg === "model loaded on CPU")) await new Promise((r) => setTimeout(r, 20));
-      const loaded = server.logs.find((l) => l.msg === "model loaded on CPU");
+      const loaded = await loadedLine(server);
       expect(loaded).toMatchObject({ flashAttention: false });
       const client = new AiravataClient(`127.0.0.1:${server.port}`);
       const answer = await client.generate({ prompt: "नमस्ते", temperature: 0, maxNewTokens: 8 });
