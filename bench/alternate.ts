@@ -8,12 +8,13 @@
  * ratios show the spread.
  *
  *   npx tsx bench/alternate.ts [--model models/synthetic/small.Q4_K_M.gguf] [--threads 1,2]
- *     [--tokens 128] [--pairs 20] [--warm 1024] [--flash-attention auto] [--out bench/results/alternate]
+ *     [--tokens 128] [--pairs 20] [--warm 1024] [--flash-attention auto] [--thread-pool persistent]
+ *     [--out bench/results/alternate]
  */
 import os from "node:os";
 import { Command, Option } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
-import { FLASH_ATTENTION, type FlashAttention } from "../src/generation.js";
+import { FLASH_ATTENTION, type FlashAttention, THREAD_POOL, type ThreadPool } from "../src/generation.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
 import { writeReport } from "./report-files.js";
 import { serviceTrace, startBenchServer } from "./server-process.js";
@@ -28,6 +29,7 @@ const opts = new Command("alternate")
   .addOption(
     new Option("--flash-attention <setting>", "llama.cpp's flash attention, for both").choices(FLASH_ATTENTION).default("auto"),
   )
+  .addOption(new Option("--thread-pool <setting>", "the service's --thread-pool").choices(THREAD_POOL).default("persistent"))
   .option("--out <dir>", "result folder", "bench/results/alternate")
   .parse()
   .opts<{
@@ -37,11 +39,12 @@ const opts = new Command("alternate")
     pairs: string;
     warm: string;
     flashAttention: FlashAttention;
+    threadPool: ThreadPool;
     out: string;
   }>();
 
 const tokens = Number(opts.tokens);
-const { flashAttention } = opts;
+const { flashAttention, threadPool } = opts;
 const binary = await llamaServerBinary((line) => process.stderr.write(`${line}\n`));
 if (binary === undefined) process.exit(1);
 const prompt = (i: number) => `भारत की राजधानी क्या है? (${i})`;
@@ -63,6 +66,7 @@ for (const threads of opts.threads.split(",").map(Number)) {
   const service = await startBenchServer([
     ...["--model", opts.model, "--gpu", "cpu", "--threads", String(threads), "--parallel", "1"],
     ...["--context-size", String(tokens + 64), "--prefix-cache", "off", "--flash-attention", flashAttention],
+    ...["--thread-pool", threadPool],
   ]);
   const client = new AiravataClient(`127.0.0.1:${service.port}`);
   const peer = await startLlamaServer(binary, { model: opts.model, threads, slots: 1, contextSize: tokens + 64, flashAttention });
@@ -91,8 +95,8 @@ const lines = [
   "",
   `- date: ${new Date().toISOString()}`,
   `- machine: ${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, Node ${process.version}; llama-server loaded ${[...new Set(runs.map((r) => `\`libggml-cpu-${r.cpuVariant ?? "?"}\``))].join(", ")}`,
-  `- model: ${opts.model}; ${tokens} greedy tokens a call; 1 slot each; flash attention ${flashAttention}; each server warmed with ${opts.warm} tokens, both kept up`,
-  `- command: \`npx tsx bench/alternate.ts --model ${opts.model} --threads ${opts.threads} --tokens ${tokens} --pairs ${opts.pairs} --warm ${opts.warm} --flash-attention ${flashAttention}\``,
+  `- model: ${opts.model}; ${tokens} greedy tokens a call; 1 slot each; flash attention ${flashAttention}; the service's thread pool ${threadPool}; each server warmed with ${opts.warm} tokens, both kept up`,
+  `- command: \`npx tsx bench/alternate.ts --model ${opts.model} --threads ${opts.threads} --tokens ${tokens} --pairs ${opts.pairs} --warm ${opts.warm} --flash-attention ${flashAttention} --thread-pool ${threadPool}\``,
   "- a pair: the same stream on each, one after the other (the first alternates); tok/s = 1000 / TPOT (after the first token)",
   "",
   "| threads | pairs | service TPOT p50 ms | llama-server TPOT p50 ms | service ÷ llama-server tok/s: p50 of the pairs (p25–p75) | pairs the service was faster | service TTFT p50 ms | llama-server TTFT p50 ms |",

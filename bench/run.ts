@@ -14,7 +14,8 @@ import { promisify } from "node:util";
 import { Command, Option } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
 import { safeThreadCount } from "../src/engine/child/thread-tuner.js";
-import { FLASH_ATTENTION, type FlashAttention } from "../src/generation.js";
+import { FLASH_ATTENTION, type FlashAttention, THREAD_POOL, type ThreadPool } from "../src/generation.js";
+import { preloadEnv, threadPoolLibrary } from "../src/engine/thread-pool.js";
 import { lineChart } from "./chart.js";
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 import { bundledSource, loadedCpuVariant } from "../src/quantize/llama-tools.js";
@@ -57,6 +58,14 @@ const cli = new Command("bench")
       .choices(FLASH_ATTENTION)
       .default("auto"),
   )
+  .addOption(
+    new Option(
+      "--thread-pool <setting>",
+      "the engine's decode threads, for the service and in-process alike (the service's --thread-pool): persistent (its default) or per-decode",
+    )
+      .choices(THREAD_POOL)
+      .default("persistent"),
+  )
   .option(
     "--variants <files>",
     "comma-separated GGUF files: the same load on each, in one service process with all of them loaded (instead of --model and the targets)",
@@ -81,6 +90,7 @@ const opts = cli.opts<{
   variants?: string;
   warm: string;
   flashAttention: FlashAttention;
+  threadPool: ThreadPool;
 }>();
 if (opts.variants !== undefined) {
   const files = opts.variants.split(",").filter(Boolean);
@@ -177,7 +187,15 @@ async function inProcessRound(threads: number): Promise<Map<number, StreamTrace[
       opts.warm,
       opts.flashAttention,
     ],
-    { env: { ...process.env, UV_THREADPOOL_SIZE: "1" }, maxBuffer: 256 * 2 ** 20 },
+    // The engine's environment, as the service gives its engine process.
+    {
+      env: {
+        ...process.env,
+        UV_THREADPOOL_SIZE: "1",
+        ...(opts.threadPool === "persistent" ? preloadEnv(await threadPoolLibrary()) : {}),
+      },
+      maxBuffer: 256 * 2 ** 20,
+    },
   );
   const out = new Map<number, StreamTrace[]>();
   for (const line of stdout.trim().split("\n")) {
@@ -235,6 +253,8 @@ async function serviceRound(threads: number | "auto", via: "grpc" | "openai" = "
     "off",
     "--flash-attention",
     opts.flashAttention,
+    "--thread-pool",
+    opts.threadPool,
   ]);
   const port = server.port;
   const client = new AiravataClient(`127.0.0.1:${port}`);
@@ -354,7 +374,7 @@ for (const threads of threadCounts) {
 }
 const machine = `${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
 const command =
-  `npm run bench -- --model ${opts.model} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds} --threads ${opts.threads} --warm ${opts.warm} --flash-attention ${opts.flashAttention}` +
+  `npm run bench -- --model ${opts.model} --concurrency ${opts.concurrency} --tokens ${opts.tokens} --rounds ${opts.rounds} --threads ${opts.threads} --warm ${opts.warm} --flash-attention ${opts.flashAttention} --thread-pool ${opts.threadPool}` +
   (cli.getOptionValueSource("targets") === "cli" ? ` --targets ${opts.targets}` : "");
 /** The kernel's tok/s by thread count and concurrency: medians over rounds. */
 const kernelMedians = new Map(
@@ -509,7 +529,7 @@ const md = [
   `- machine: ${machine}`,
   `- model: ${opts.model}; ${opts.tokens} greedy tokens per stream; ${slots} slots; each fresh server or engine warmed with ${opts.warm} tokens first`,
   `- command: \`${command}\``,
-  `- flash attention: ${opts.flashAttention} for every target (\`--flash-attention\`)`,
+  `- flash attention: ${opts.flashAttention} for every target (\`--flash-attention\`); the engine's thread pool (service and in-process): ${opts.threadPool} (\`--thread-pool\`)`,
   `- the service streams with its default \`--stream-interval auto\`: tokens decoded close together arrive in one message, so its ITL p50 can read 0`,
   `- service: gRPC (grpc-js) → server process → engine process; in-process: the same engine code called directly;` +
     ` llama-server: llama.cpp's server built from node-llama-cpp's bundled source, streaming HTTP, no prompt cache`,

@@ -78,6 +78,7 @@ export async function startApp(config: Readonly<Config>, log: Logger, options: S
       streamInterval: config.streamInterval,
       prefixCache: config.prefixCache,
       flashAttention: config.flashAttention,
+      threadPool: config.threadPool,
     },
     memoryBudget: config.memoryBudget,
     log,

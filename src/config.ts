@@ -11,6 +11,8 @@ import {
   type FlashAttention,
   parseStreamInterval,
   type StreamInterval,
+  THREAD_POOL,
+  type ThreadPool,
 } from "./generation.js";
 
 export interface Config {
@@ -49,6 +51,8 @@ export interface Config {
   prefixCache: boolean;
   /** llama.cpp's flash attention: on, off, or its own choice by backend (auto). */
   flashAttention: FlashAttention;
+  /** ggml's decode threads: a pool kept between decodes, or started by each. */
+  threadPool: ThreadPool;
   /** Also publish waiting, running and KV use under vLLM's metric names (for gateways that read those). */
   vllmMetrics: boolean;
   maxQueue: number;
@@ -228,6 +232,15 @@ export function buildCommand(): Command {
         .env("AIRAVATA_FLASH_ATTENTION")
         .choices(FLASH_ATTENTION)
         .default("auto"),
+    )
+    .addOption(
+      new Option(
+        "--thread-pool <persistent|per-decode>",
+        "persistent: the engine keeps ggml's decode threads in a pool between decodes, as llama.cpp's server does (a small library compiled on first use, needs a C compiler and git; without them, per-decode); per-decode: every decode starts and joins its threads, as node-llama-cpp's prebuilt does by itself",
+      )
+        .env("AIRAVATA_THREAD_POOL")
+        .choices(THREAD_POOL)
+        .default("persistent"),
     )
     .addOption(
       new Option(
@@ -413,6 +426,7 @@ export function loadConfig(argv: readonly string[] = process.argv): Readonly<Con
     streamInterval: o.streamInterval,
     prefixCache: o.prefixCache === "on",
     flashAttention: o.flashAttention,
+    threadPool: o.threadPool,
     vllmMetrics: o.vllmMetrics === "on",
     maxQueue: o.maxQueue,
     maxMessageBytes: o.maxMessageBytes,

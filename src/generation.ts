@@ -92,6 +92,14 @@ export const FLASH_ATTENTION = ["auto", "on", "off"] as const;
 export type FlashAttention = (typeof FLASH_ATTENTION)[number];
 
 /**
+ * How ggml's decode threads live: "persistent", one pool per context kept
+ * between decodes (as llama.cpp's own server runs); "per-decode", started
+ * and joined by every decode (node-llama-cpp's prebuilt as it comes).
+ */
+export const THREAD_POOL = ["persistent", "per-decode"] as const;
+export type ThreadPool = (typeof THREAD_POOL)[number];
+
+/**
  * The default: up to 8 tokens a message, none held over 50 ms. It groups
  * where the decode outpaces what a message costs and leaves a slow decode's
  * tokens alone (bench/results/stream-auto/: 7.1-7.5 tokens a message at one

@@ -26,6 +26,7 @@ import {
   type ToEngine,
   sharedClockMs,
 } from "./protocol.js";
+import { preloadEnv, threadPoolLibrary } from "./thread-pool.js";
 
 export type GenerationEvent =
   | { type: "started"; promptTokens: number }
@@ -81,16 +82,18 @@ export class EngineProcess {
    * Starts an engine process and resolves once its model is loaded; `onProgress` gets 0…1.
    * `signal` stops a start in progress: the process is killed and the start rejects.
    */
-  static start(
+  static async start(
     options: EngineOptions,
     log: Logger,
     onProgress?: (progress: number) => void,
     signal?: AbortSignal,
   ): Promise<EngineProcess> {
     const entry = engineEntry();
+    const pool = options.threadPool === "per-decode" ? { reason: "--thread-pool per-decode" } : await threadPoolLibrary();
+    if (signal?.aborted) throw new Error("the engine's start was stopped");
     const child = fork(entry.path, [JSON.stringify(options)], {
       execArgv: entry.execArgv,
-      env: { ...process.env, UV_THREADPOOL_SIZE: "1" },
+      env: { ...process.env, UV_THREADPOOL_SIZE: "1", ...preloadEnv(pool) },
       stdio: ["ignore", "inherit", "inherit", "ipc"],
       serialization: "json",
     });
@@ -111,7 +114,8 @@ export class EngineProcess {
           child.off("message", first);
           child.off("exit", onExit);
           child.off("error", reject);
-          resolve(new EngineProcess(child, message.info, log));
+          const info = "reason" in pool ? { ...message.info, threadPoolReason: pool.reason } : message.info;
+          resolve(new EngineProcess(child, info, log));
         } else if (message.type === "load-progress") {
           onProgress?.(message.progress);
         } else if (message.type === "load-failed") {

@@ -12,6 +12,7 @@ import type {
   GenerationProgress,
   SamplingSettings,
   StreamInterval,
+  ThreadPool,
 } from "../generation.js";
 
 export interface EngineInfo {
@@ -32,6 +33,14 @@ export interface EngineInfo {
    * load (with "auto" it decides); undefined if it did not say.
    */
   flashAttention?: boolean;
+  /**
+   * How ggml's decode threads live: "persistent" where the engine runs with
+   * the thread pool library preloaded (a pool is attached while a context
+   * decodes on more than one thread), else "per-decode".
+   */
+  threadPool: ThreadPool;
+  /** With "per-decode", why: the setting, or what kept the library from being built. */
+  threadPoolReason?: string;
   /** On the CPU backend, why: "--gpu cpu", or what keeps the GPU backend from loading. */
   cpuReason?: string;
   loadMs: number;
@@ -126,4 +135,6 @@ export interface EngineOptions {
   prefixCache?: boolean;
   /** llama.cpp's flash attention (default "auto"). */
   flashAttention?: FlashAttention;
+  /** ggml's decode threads kept in a pool between decodes, or started by each (default "persistent"). */
+  threadPool?: ThreadPool;
 }

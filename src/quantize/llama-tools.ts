@@ -150,7 +150,7 @@ function installEngineKernels(binDir: string): void {
 }
 
 /** The cache folder of node-llama-cpp's llama.cpp commit: its source clone and its builds. */
-function commitDir(options: BuildOptions): string {
+export function commitDir(options: BuildOptions = {}): string {
   return resolve(options.cacheDir ?? defaultCacheDir(), bundledSource().commit.slice(0, 12));
 }
 

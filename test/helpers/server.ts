@@ -34,6 +34,7 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     streamInterval: EVERY_TOKEN,
     prefixCache: true,
     flashAttention: "auto",
+    threadPool: "persistent",
     vllmMetrics: true,
     maxQueue: 8,
     maxMessageBytes: 64 * 1024,

@@ -1,12 +1,12 @@
 import { spawn } from "node:child_process";
 import { type AddressInfo, createServer } from "node:net";
-import { copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import os, { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
-import { processesMentioning } from "../../harness/proc.js";
+import { enginePids, processesMentioning } from "../../harness/proc.js";
 import { AiravataClient } from "../../clients/grpc-client.js";
 import { AdminService, SwapPhase } from "../../src/gen/airavata/v1/admin_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../../src/gen/grpc/health/v1/health_pb.js";
@@ -57,7 +57,10 @@ describe("the server process", () => {
         cpuReason: expect.any(String),
         // As llama.cpp said it at load: with the default (auto) it runs it on the CPU.
         flashAttention: true,
+        // The library is built on first use (CI has a C compiler and git): preloaded by default.
+        threadPool: "persistent",
       });
+      expect(loaded.threadPoolReason).toBeUndefined();
     } finally {
       server.child.kill("SIGTERM");
       expect(await server.exited).toBe(0);
@@ -75,6 +78,58 @@ describe("the server process", () => {
       expect(answer.codeName).toBe("OK");
       expect(answer.trailers["airavata-generated-tokens"]).toBe("8");
       expect(answer.text.length).toBeGreaterThan(0);
+    } finally {
+      server.child.kill("SIGTERM");
+      expect(await server.exited).toBe(0);
+    }
+  });
+
+  it("--thread-pool: a persistent pool keeps one decode thread between decodes, and the answer is the same", async () => {
+    const args = SERVER_ARGS.map((a, i) => (SERVER_ARGS[i - 1] === "--threads" ? "2" : a));
+    const run = async (setting: string) => {
+      const server = await startServerProcess([...args, "--thread-pool", setting, "--batching", "full"]);
+      try {
+        const loaded = await loadedLine(server);
+        const client = new AiravataClient(`127.0.0.1:${server.port}`);
+        const answer = await client.generate({ prompt: "भारत की राजधानी क्या है?", temperature: 0, maxNewTokens: 24 });
+        client.close();
+        // Between decodes: ggml's second decode thread lives on only in a pool.
+        const [engine] = enginePids(server.child.pid!);
+        const threads = readdirSync(`/proc/${engine}/task`).length;
+        return { loaded, answer, threads };
+      } finally {
+        server.child.kill("SIGTERM");
+        expect(await server.exited).toBe(0);
+      }
+    };
+    const pooled = await run("persistent");
+    const perDecode = await run("per-decode");
+    expect(pooled.loaded).toMatchObject({ threads: 2, threadPool: "persistent" });
+    expect(perDecode.loaded).toMatchObject({
+      threads: 2,
+      threadPool: "per-decode",
+      threadPoolReason: "--thread-pool per-decode",
+    });
+    expect(pooled.answer.codeName).toBe("OK");
+    expect(pooled.answer.trailers["airavata-generated-tokens"]).toBe("24");
+    expect(pooled.answer.text).toBe(perDecode.answer.text);
+    expect(pooled.threads).toBe(perDecode.threads + 1);
+  });
+
+  it("without a C compiler to build the pool, the engine decodes per decode and the load line says why", async () => {
+    const cache = mkdtempSync(join(tmpdir(), "airavata-no-cc-"));
+    const server = await startServerProcess(SERVER_ARGS, { AIRAVATA_TOOLS_CACHE: cache, CC: "airavata-no-such-cc" });
+    try {
+      const loaded = await loadedLine(server);
+      expect(loaded).toMatchObject({
+        threadPool: "per-decode",
+        threadPoolReason: expect.stringMatching(/no C compiler \(airavata-no-such-cc\)/),
+      });
+      const client = new AiravataClient(`127.0.0.1:${server.port}`);
+      const answer = await client.generate({ prompt: "नमस्ते", temperature: 0, maxNewTokens: 8 });
+      client.close();
+      expect(answer.codeName).toBe("OK");
+      expect(answer.trailers["airavata-generated-tokens"]).toBe("8");
     } finally {
       server.child.kill("SIGTERM");
       expect(await server.exited).toBe(0);
@@ -232,6 +287,7 @@ describe("configuration", () => {
     [["--stream-interval", "2s"], {}, /--stream-interval.*'2s' is invalid.*token count from 1 to 256/],
     [["--stream-interval", "4/0ms"], {}, /--stream-interval.*'4\/0ms' is invalid.*hold time from 1ms to 1000ms/],
     [["--flash-attention", "yes"], {}, /--flash-attention.*Allowed choices are auto, on, off/],
+    [["--thread-pool", "shared"], {}, /--thread-pool.*Allowed choices are persistent, per-decode/],
     [[], { AIRAVATA_CONTEXT_SIZE: "lots" }, /--context-size.*'lots' from env 'AIRAVATA_CONTEXT_SIZE' is invalid/],
     [["--model", "/nope/airavata.gguf"], {}, /no file at \/nope\/airavata.gguf/],
     [["--tls-cert", "package.json"], {}, /--tls-cert and --tls-key go together/],

@@ -182,6 +182,8 @@ export class LlamaEngine {
         threadCandidates: auto && backend === "cpu" && cores > threads ? [threads, cores] : [],
         gpuLayers: model.gpuLayers,
         ...(flashAttention !== undefined ? { flashAttention } : {}),
+        // Set by the library itself as it loads (native/persistent-thread-pool.c).
+        threadPool: process.env.AIRAVATA_THREAD_POOL_PRELOADED === "1" ? "persistent" : "per-decode",
         ...(cpuReason ? { cpuReason } : {}),
         loadMs: 0,
         stepMs: [],

@@ -1,0 +1,84 @@
+/**
+ * The persistent thread pool (native/persistent-thread-pool.c): a small
+ * library preloaded into the engine process that gives node-llama-cpp's
+ * contexts a ggml thread pool kept between decodes, where its prebuilt addon
+ * starts and joins the decode threads at every token (bench/notes.md,
+ * "A persistent thread pool": one stream at 2 threads 0.79–0.90× llama-server
+ * before, 0.92–1.00× after, on a 2-core Zen 4).
+ *
+ * It is compiled on first use against the headers of the llama.cpp commit
+ * node-llama-cpp carries (its source bundle, cloned once for llama.cpp's
+ * tools too), and cached by commit and source: a C compiler and git, about
+ * two seconds once. Where either is missing the engine decodes as
+ * node-llama-cpp does by itself, and the load line says why.
+ */
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { commitDir, llamaSourceDir } from "../quantize/llama-tools.js";
+
+const SOURCE = fileURLToPath(new URL("../../native/persistent-thread-pool.c", import.meta.url));
+
+/** The library to preload, or why there is none. */
+export type ThreadPoolLibrary = { path: string } | { reason: string };
+
+let built: Promise<ThreadPoolLibrary> | undefined;
+
+/** An engine process's environment for `pool`: its library preloaded (before any already there), or nothing. */
+export function preloadEnv(pool: ThreadPoolLibrary): NodeJS.ProcessEnv {
+  if (!("path" in pool)) return {};
+  return { LD_PRELOAD: [pool.path, process.env.LD_PRELOAD].filter(Boolean).join(" ") };
+}
+
+/** The preloadable library, built on the first call of a process (and once per machine, cached). */
+export function threadPoolLibrary(): Promise<ThreadPoolLibrary> {
+  built ??= build().catch((error: unknown) => ({ reason: error instanceof Error ? error.message : String(error) }));
+  return built;
+}
+
+async function build(): Promise<ThreadPoolLibrary> {
+  if (process.platform !== "linux") return { reason: `preloading is done on Linux only (this is ${process.platform})` };
+  const source = readFileSync(SOURCE);
+  const hash = createHash("sha256").update(source).digest("hex").slice(0, 12);
+  const library = join(commitDir(), `persistent-thread-pool-${hash}.so`);
+  if (existsSync(library)) return { path: library };
+  const compiler = process.env.CC ?? "cc";
+  if (spawnSync(compiler, ["--version"], { stdio: "ignore" }).status !== 0) {
+    return { reason: `no C compiler (${compiler}) to build it (on Debian/Ubuntu: apt-get install gcc)` };
+  }
+  if (spawnSync("git", ["--version"], { stdio: "ignore" }).status !== 0) {
+    return { reason: "no git to read llama.cpp's headers from node-llama-cpp's bundle (on Debian/Ubuntu: apt-get install git)" };
+  }
+  const llama = await llamaSourceDir();
+  mkdirSync(commitDir(), { recursive: true });
+  // Built aside and renamed: engines starting at once, in one process or several, never load half a file.
+  const partial = `${library}.${process.pid}.partial`;
+  const compiled = spawnSync(
+    compiler,
+    [
+      "-O2",
+      "-shared",
+      "-fPIC",
+      "-o",
+      partial,
+      SOURCE,
+      "-I",
+      join(llama, "include"),
+      "-I",
+      join(llama, "ggml", "include"),
+      "-ldl",
+      "-lpthread",
+    ],
+    { encoding: "utf8" },
+  );
+  if (compiled.status !== 0) {
+    rmSync(partial, { force: true });
+    return {
+      reason: `${compiler} failed: ${(compiled.stderr || compiled.error?.message || "").trim().split("\n").slice(-3).join(" ")}`,
+    };
+  }
+  renameSync(partial, library);
+  return { path: library };
+}
