@@ -108,7 +108,7 @@ describe("deploy/k8s", () => {
 });
 
 describe("deploy/Dockerfile", () => {
-  it("parses: a CUDA runtime base, production dependencies only, a non-root user, the models folder a volume", () => {
+  it("parses: a CUDA runtime base, production dependencies only, a non-root user, the models folder a volume, the thread pool built", () => {
     const file = DockerfileParser.parse(readFileSync(join(DEPLOY, "Dockerfile"), "utf8"));
     const instructions = file.getInstructions().map((i) => [i.getKeyword(), i.getArgumentsContent() ?? ""] as const);
     const froms = instructions.filter(([k]) => k === "FROM").map(([, a]) => a);
@@ -117,5 +117,9 @@ describe("deploy/Dockerfile", () => {
     expect(instructions.filter(([k]) => k === "USER").at(-1)?.[1]).toBe("10001");
     expect(instructions.some(([k, a]) => k === "VOLUME" && a === "/models")).toBe(true);
     expect(instructions.some(([k, a]) => k === "EXPOSE" && a === "50051")).toBe(true);
+    // The runtime image has no C compiler: the engine's thread pool library is built in the first stage and taken along.
+    expect(instructions.some(([k, a]) => k === "RUN" && a.includes("npm run build:thread-pool"))).toBe(true);
+    expect(instructions.some(([k, a]) => k === "COPY" && a === "/thread-pool /app/.tools")).toBe(true);
+    expect(instructions.some(([k, a]) => k === "COPY" && a === "native ./native")).toBe(true);
   });
 });
