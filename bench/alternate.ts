@@ -8,7 +8,7 @@
  * ratios show the spread.
  *
  *   npx tsx bench/alternate.ts [--model models/synthetic/small.Q4_K_M.gguf] [--threads 1,2]
- *     [--tokens 128] [--pairs 20] [--warm 1024] [--flash-attention auto] [--thread-pool persistent]
+ *     [--tokens 128] [--pairs 20] [--warm 1024] [--pause 250] [--flash-attention auto] [--thread-pool persistent]
  *     [--out bench/results/alternate]
  */
 import os from "node:os";
@@ -26,6 +26,11 @@ const opts = new Command("alternate")
   .option("--tokens <n>", "greedy tokens a call", "128")
   .option("--pairs <n>", "pairs of calls per thread count", "20")
   .option("--warm <tokens>", "tokens streamed through each server before it is measured", "1024")
+  .option(
+    "--pause <ms>",
+    "idle time before each call: a ggml thread pool (llama-server's, and the service's with --thread-pool persistent) spins ~150 ms after its last decode, on a core the other server's call would share",
+    "250",
+  )
   .addOption(
     new Option("--flash-attention <setting>", "llama.cpp's flash attention, for both").choices(FLASH_ATTENTION).default("auto"),
   )
@@ -38,6 +43,7 @@ const opts = new Command("alternate")
     tokens: string;
     pairs: string;
     warm: string;
+    pause: string;
     flashAttention: FlashAttention;
     threadPool: ThreadPool;
     out: string;
@@ -78,7 +84,10 @@ for (const threads of opts.threads.split(",").map(Number)) {
     const run: Run = { threads, service: [], llamaServer: [], cpuVariant: peer.cpuVariant };
     for (let pair = 0; pair < Number(opts.pairs); pair++) {
       const order = pair % 2 === 0 ? (["service", "llamaServer"] as const) : (["llamaServer", "service"] as const);
-      for (const target of order) run[target].push(timing(await (target === "service" ? onService : onPeer)(pair)));
+      for (const target of order) {
+        await new Promise((resolve) => setTimeout(resolve, Number(opts.pause)));
+        run[target].push(timing(await (target === "service" ? onService : onPeer)(pair)));
+      }
     }
     runs.push(run);
     process.stderr.write(`${threads} thread(s): ${opts.pairs} pairs done\n`);
@@ -96,8 +105,8 @@ const lines = [
   `- date: ${new Date().toISOString()}`,
   `- machine: ${os.cpus()[0]?.model ?? "cpu"}, ${os.availableParallelism()} cores, Node ${process.version}; llama-server loaded ${[...new Set(runs.map((r) => `\`libggml-cpu-${r.cpuVariant ?? "?"}\``))].join(", ")}`,
   `- model: ${opts.model}; ${tokens} greedy tokens a call; 1 slot each; flash attention ${flashAttention}; the service's thread pool ${threadPool}; each server warmed with ${opts.warm} tokens, both kept up`,
-  `- command: \`npx tsx bench/alternate.ts --model ${opts.model} --threads ${opts.threads} --tokens ${tokens} --pairs ${opts.pairs} --warm ${opts.warm} --flash-attention ${flashAttention} --thread-pool ${threadPool}\``,
-  "- a pair: the same stream on each, one after the other (the first alternates); tok/s = 1000 / TPOT (after the first token)",
+  `- command: \`npx tsx bench/alternate.ts --model ${opts.model} --threads ${opts.threads} --tokens ${tokens} --pairs ${opts.pairs} --warm ${opts.warm} --pause ${opts.pause} --flash-attention ${flashAttention} --thread-pool ${threadPool}\``,
+  `- a pair: the same stream on each, one after the other (the first alternates), each call after ${opts.pause} ms idle; tok/s = 1000 / TPOT (after the first token)`,
   "",
   "| threads | pairs | service TPOT p50 ms | llama-server TPOT p50 ms | service ÷ llama-server tok/s: p50 of the pairs (p25–p75) | pairs the service was faster | service TTFT p50 ms | llama-server TTFT p50 ms |",
   "|---:|---:|---:|---:|---:|---:|---:|---:|",
