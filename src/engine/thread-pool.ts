@@ -3,8 +3,8 @@
  * library preloaded into the engine process that gives node-llama-cpp's
  * contexts a ggml thread pool kept between decodes, where its prebuilt addon
  * starts and joins the decode threads at every token (bench/notes.md,
- * "A persistent thread pool": one stream at 2 threads 0.79–0.90× llama-server
- * before, 0.92–1.00× after, on a 2-core Zen 4).
+ * "A persistent thread pool": one stream at 2 threads 0.64–0.72× llama-server's
+ * tokens/s without it, 0.98–1.03× with it, in pairs on a 2-core Zen 4).
  *
  * It is compiled on first use against the headers of the llama.cpp commit
  * node-llama-cpp carries (its source bundle, cloned once for llama.cpp's

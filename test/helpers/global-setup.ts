@@ -1,6 +1,7 @@
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync } from "node:fs";
 import { ensureLlamaTool } from "../../src/quantize/llama-tools.js";
+import { threadPoolLibrary } from "../../src/engine/thread-pool.js";
 import { SHAPES, writeSyntheticModel } from "../../src/synthetic/model.js";
 import { MODEL_DIR, MODEL_TYPES, modelPath } from "./models.js";
 
@@ -37,6 +38,10 @@ async function prepare(): Promise<void> {
     },
   });
   if (announced) console.log(`llama-quantize built in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+  // The engine's thread pool library (seconds, once): built here rather than by the first tests'
+  // engines, all at once. The tests that start the service expect it ("persistent" in the load line).
+  const pool = await threadPoolLibrary();
+  if (!("path" in pool)) throw new Error(`the thread pool library was not built: ${pool.reason}`);
   // The browser playground the service serves at `/` (seconds).
   execFileSync(process.execPath, ["node_modules/vite/bin/vite.js", "build", "clients/web"], { stdio: "inherit" });
 }
