@@ -11,6 +11,7 @@ import { AiravataClient } from "../../clients/grpc-client.js";
 import { AdminService, SwapPhase } from "../../src/gen/airavata/v1/admin_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../../src/gen/grpc/health/v1/health_pb.js";
 import { nvidiaDriverLoaded } from "../../src/engine/cuda-libraries.js";
+import { sample } from "../helpers/metrics.js";
 import { modelPath } from "../helpers/models.js";
 import { ROOT, type ServerProcess, startServerProcess } from "../helpers/server.js";
 
@@ -96,7 +97,9 @@ describe("the server process", () => {
         // Between decodes: ggml's second decode thread lives on only in a pool.
         const [engine] = enginePids(server.child.pid!);
         const threads = readdirSync(`/proc/${engine}/task`).length;
-        return { loaded, answer, threads };
+        // The engine → server hop, timed from each chunk's write (at 2 threads on 2 cores, written at once).
+        const hop = await sample(`http://127.0.0.1:${server.port}`, "airavata_engine_hop_seconds_sum", { variant: "tiny.q4_0" });
+        return { loaded, answer, threads, hop };
       } finally {
         server.child.kill("SIGTERM");
         expect(await server.exited).toBe(0);
@@ -114,6 +117,10 @@ describe("the server process", () => {
     expect(pooled.answer.trailers["airavata-generated-tokens"]).toBe("24");
     expect(pooled.answer.text).toBe(perDecode.answer.text);
     expect(pooled.threads).toBe(perDecode.threads + 1);
+    for (const { hop } of [pooled, perDecode]) {
+      expect(hop).toBeGreaterThan(0);
+      expect(hop).toBeLessThan(2);
+    }
   });
 
   it("without a C compiler to build the pool, the engine decodes per decode and the load line says why", async () => {
