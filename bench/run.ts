@@ -190,9 +190,8 @@ async function inProcessRound(threads: number): Promise<Map<number, StreamTrace[
     // The engine's environment, as the service gives its engine process.
     {
       env: {
-        ...process.env,
+        ...preloadEnv(opts.threadPool === "persistent" ? await threadPoolLibrary() : { reason: "--thread-pool per-decode" }),
         UV_THREADPOOL_SIZE: "1",
-        ...(opts.threadPool === "persistent" ? preloadEnv(await threadPoolLibrary()) : {}),
       },
       maxBuffer: 256 * 2 ** 20,
     },

@@ -93,7 +93,7 @@ export class EngineProcess {
     if (signal?.aborted) throw new Error("the engine's start was stopped");
     const child = fork(entry.path, [JSON.stringify(options)], {
       execArgv: entry.execArgv,
-      env: { ...process.env, UV_THREADPOOL_SIZE: "1", ...preloadEnv(pool) },
+      env: { ...preloadEnv(pool), UV_THREADPOOL_SIZE: "1" },
       stdio: ["ignore", "inherit", "inherit", "ipc"],
       serialization: "json",
     });

@@ -15,6 +15,9 @@ import type {
   ThreadPool,
 } from "../generation.js";
 
+/** The variable the thread pool library sets as it loads in the engine process, so the engine can tell it is in place. */
+export const PRELOADED_MARK = "AIRAVATA_THREAD_POOL_PRELOADED";
+
 export interface EngineInfo {
   backend: "cuda" | "vulkan" | "metal" | "cpu";
   /** GPU names, or the CPU's description. */

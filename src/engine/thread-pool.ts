@@ -18,6 +18,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { commitDir, llamaSourceDir } from "../quantize/llama-tools.js";
+import { PRELOADED_MARK } from "./protocol.js";
 
 const SOURCE = fileURLToPath(new URL("../../native/persistent-thread-pool.c", import.meta.url));
 
@@ -26,10 +27,15 @@ export type ThreadPoolLibrary = { path: string } | { reason: string };
 
 let built: Promise<ThreadPoolLibrary> | undefined;
 
-/** An engine process's environment for `pool`: its library preloaded (before any already there), or nothing. */
+/**
+ * An engine process's environment for `pool`: this process's, with the
+ * library preloaded (before any already there) or not, and never an
+ * inherited mark of it.
+ */
 export function preloadEnv(pool: ThreadPoolLibrary): NodeJS.ProcessEnv {
-  if (!("path" in pool)) return {};
-  return { LD_PRELOAD: [pool.path, process.env.LD_PRELOAD].filter(Boolean).join(" ") };
+  const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => name !== PRELOADED_MARK));
+  if ("path" in pool) env.LD_PRELOAD = [pool.path, process.env.LD_PRELOAD].filter(Boolean).join(" ");
+  return env;
 }
 
 /** The preloadable library, built on the first call of a process (and once per machine, cached). */

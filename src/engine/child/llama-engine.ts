@@ -26,7 +26,7 @@ import {
   EVERY_TOKEN,
   type StreamInterval,
 } from "../../generation.js";
-import { type DeviceMemory, type EngineInfo, type EngineOptions, type MemoryEstimate } from "../protocol.js";
+import { type DeviceMemory, type EngineInfo, type EngineOptions, type MemoryEstimate, PRELOADED_MARK } from "../protocol.js";
 import {
   assertNativeContext,
   cheapestGroup,
@@ -183,7 +183,7 @@ export class LlamaEngine {
         gpuLayers: model.gpuLayers,
         ...(flashAttention !== undefined ? { flashAttention } : {}),
         // Set by the library itself as it loads (native/persistent-thread-pool.c).
-        threadPool: process.env.AIRAVATA_THREAD_POOL_PRELOADED === "1" ? "persistent" : "per-decode",
+        threadPool: process.env[PRELOADED_MARK] === "1" ? "persistent" : "per-decode",
         ...(cpuReason ? { cpuReason } : {}),
         loadMs: 0,
         stepMs: [],
