@@ -48,20 +48,28 @@ beforeEach(async () => {
   await page.goto(`${server.baseUrl}/`);
 });
 
-/** Records every distinct text the output shows, from the page itself, as it changes. */
+/**
+ * Records every distinct text the output shows, and every state the call
+ * goes through, from the page itself, as they change: on a fast machine the
+ * tiny model's stream can be over before a selector's next poll.
+ */
 async function watchOutput(): Promise<void> {
   await page.evaluate(() => {
     const output = document.querySelector("#output")!;
+    const state = document.querySelector<HTMLElement>("#state")!;
     const seen: string[] = [];
-    (window as unknown as { seen: string[] }).seen = seen;
+    const states: string[] = [];
+    Object.assign(window, { seen, states });
     new MutationObserver(() => seen.push(output.textContent ?? "")).observe(output, {
       childList: true,
       characterData: true,
       subtree: true,
     });
+    new MutationObserver(() => states.push(state.dataset.state ?? "")).observe(state, { attributeFilter: ["data-state"] });
   });
 }
 const seenTexts = () => page.evaluate(() => (window as unknown as { seen: string[] }).seen);
+const seenStates = () => page.evaluate(() => (window as unknown as { states: string[] }).states);
 
 async function setSampling(values: Record<string, string>): Promise<void> {
   await page.click("summary");
@@ -76,9 +84,12 @@ describe("playground", () => {
       await setSampling({ maxNewTokens: "400", temperature: "0" });
       await watchOutput();
       await page.click("#run");
-      await page.waitForSelector('#state[data-state="streaming"]');
+      await page.waitForSelector('#state[data-state="streaming"], #state[data-state="done"]');
       if (protocol === "connect") await page.screenshot({ path: join(ARTIFACTS, "playground-streaming.png"), fullPage: true });
       await page.waitForSelector('#state[data-state="done"]');
+      // The page sets its state at every message: what it went through, each once in a row.
+      const states = await seenStates();
+      expect(states.filter((state, i) => state !== states[i - 1])).toEqual(["waiting", "streaming", "done"]);
       const text = await page.textContent("#output");
       expect(text!.startsWith(GREETING)).toBe(true);
       // The text grew in steps the page could see, each extending the one before.
