@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { type AddressInfo, createServer } from "node:net";
-import { copyFileSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os, { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -141,6 +141,39 @@ describe("the server process", () => {
       server.child.kill("SIGTERM");
       expect(await server.exited).toBe(0);
     }
+  });
+
+  it("npm run build:thread-pool builds the library into the cache and prints its path; without a compiler it says why", async () => {
+    const build = (env: Record<string, string>) =>
+      new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+        const child = spawn(process.execPath, ["--import", "tsx", "src/engine/thread-pool-cli.ts"], {
+          cwd: ROOT,
+          env: { ...process.env, ...env },
+        });
+        let stdout = "";
+        let stderr = "";
+        child.stdout.on("data", (d) => (stdout += String(d)));
+        child.stderr.on("data", (d) => (stderr += String(d)));
+        child.on("exit", (code) => resolve({ code, stdout, stderr }));
+      });
+    const cache = mkdtempSync(join(tmpdir(), "airavata-pool-"));
+    try {
+      const built = await build({ AIRAVATA_TOOLS_CACHE: cache });
+      expect(built.code).toBe(0);
+      const path = built.stdout.trim();
+      expect(path.startsWith(cache)).toBe(true);
+      expect(path).toMatch(/persistent-thread-pool-[0-9a-f]{12}\.so$/);
+      expect(readFileSync(path).subarray(0, 4).toString("latin1")).toBe("\x7fELF");
+    } finally {
+      // It holds a clone of llama.cpp's source (~200 MB) for the headers.
+      rmSync(cache, { recursive: true, force: true });
+    }
+    const refused = await build({
+      AIRAVATA_TOOLS_CACHE: mkdtempSync(join(tmpdir(), "airavata-pool-")),
+      CC: "airavata-no-such-cc",
+    });
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/the thread pool library was not built: no C compiler \(airavata-no-such-cc\)/);
   });
 
   it("warns when the decode threads take every core (none at the default)", async () => {
