@@ -15,7 +15,7 @@ import { Command, Option } from "commander";
 import { AiravataClient } from "../clients/grpc-client.js";
 import { safeThreadCount } from "../src/engine/child/thread-tuner.js";
 import { FLASH_ATTENTION, type FlashAttention, THREAD_POOL, type ThreadPool } from "../src/generation.js";
-import { preloadEnv, threadPoolLibrary } from "../src/engine/thread-pool.js";
+import { preloadEnv, threadPoolFor } from "../src/engine/thread-pool.js";
 import { lineChart } from "./chart.js";
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 import { bundledSource, loadedCpuVariant } from "../src/quantize/llama-tools.js";
@@ -190,7 +190,7 @@ async function inProcessRound(threads: number): Promise<Map<number, StreamTrace[
     // The engine's environment, as the service gives its engine process.
     {
       env: {
-        ...preloadEnv(opts.threadPool === "persistent" ? await threadPoolLibrary() : { reason: "--thread-pool per-decode" }),
+        ...preloadEnv(await threadPoolFor(opts.threadPool)),
         UV_THREADPOOL_SIZE: "1",
       },
       maxBuffer: 256 * 2 ** 20,

@@ -26,7 +26,7 @@ import {
   type ToEngine,
   sharedClockMs,
 } from "./protocol.js";
-import { preloadEnv, threadPoolLibrary } from "./thread-pool.js";
+import { preloadEnv, threadPoolFor } from "./thread-pool.js";
 
 export type GenerationEvent =
   | { type: "started"; promptTokens: number }
@@ -89,7 +89,7 @@ export class EngineProcess {
     signal?: AbortSignal,
   ): Promise<EngineProcess> {
     const entry = engineEntry();
-    const pool = options.threadPool === "per-decode" ? { reason: "--thread-pool per-decode" } : await threadPoolLibrary();
+    const pool = await threadPoolFor(options.threadPool);
     if (signal?.aborted) throw new Error("the engine's start was stopped");
     const child = fork(entry.path, [JSON.stringify(options)], {
       execArgv: entry.execArgv,

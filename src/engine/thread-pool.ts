@@ -18,6 +18,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { commitDir, llamaSourceDir } from "../quantize/llama-tools.js";
+import type { ThreadPool } from "../generation.js";
 import { PRELOADED_MARK } from "./protocol.js";
 
 const SOURCE = fileURLToPath(new URL("../../native/persistent-thread-pool.c", import.meta.url));
@@ -36,6 +37,11 @@ export function preloadEnv(pool: ThreadPoolLibrary): NodeJS.ProcessEnv {
   const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => name !== PRELOADED_MARK));
   if ("path" in pool) env.LD_PRELOAD = [pool.path, process.env.LD_PRELOAD].filter(Boolean).join(" ");
   return env;
+}
+
+/** What an engine with thread pool `setting` preloads: the library, or why nothing. */
+export function threadPoolFor(setting: ThreadPool | undefined): Promise<ThreadPoolLibrary> {
+  return setting === "per-decode" ? Promise.resolve({ reason: "--thread-pool per-decode" }) : threadPoolLibrary();
 }
 
 /** The preloadable library, built on the first call of a process (and once per machine, cached). */
