@@ -17,7 +17,7 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { commitDir, llamaSourceDir } from "../quantize/llama-tools.js";
+import { commitDir, llamaSourceDir, run } from "../quantize/llama-tools.js";
 import type { ThreadPool } from "../generation.js";
 import { PRELOADED_MARK } from "./protocol.js";
 
@@ -52,9 +52,9 @@ export function threadPoolLibrary(): Promise<ThreadPoolLibrary> {
 
 async function build(): Promise<ThreadPoolLibrary> {
   if (process.platform !== "linux") return { reason: `preloading is done on Linux only (this is ${process.platform})` };
-  const source = readFileSync(SOURCE);
-  const hash = createHash("sha256").update(source).digest("hex").slice(0, 12);
-  const library = join(commitDir(), `persistent-thread-pool-${hash}.so`);
+  const hash = createHash("sha256").update(readFileSync(SOURCE)).digest("hex").slice(0, 12);
+  const dir = commitDir();
+  const library = join(dir, `persistent-thread-pool-${hash}.so`);
   if (existsSync(library)) return { path: library };
   const compiler = process.env.CC ?? "cc";
   if (spawnSync(compiler, ["--version"], { stdio: "ignore" }).status !== 0) {
@@ -64,32 +64,22 @@ async function build(): Promise<ThreadPoolLibrary> {
     return { reason: "no git to read llama.cpp's headers from node-llama-cpp's bundle (on Debian/Ubuntu: apt-get install git)" };
   }
   const llama = await llamaSourceDir();
-  mkdirSync(commitDir(), { recursive: true });
+  mkdirSync(dir, { recursive: true });
   // Built aside and renamed: engines starting at once, in one process or several, never load half a file.
   const partial = `${library}.${process.pid}.partial`;
-  const compiled = spawnSync(
-    compiler,
-    [
-      "-O2",
-      "-shared",
-      "-fPIC",
-      "-o",
-      partial,
-      SOURCE,
-      "-I",
-      join(llama, "include"),
-      "-I",
-      join(llama, "ggml", "include"),
-      "-ldl",
-      "-lpthread",
-    ],
-    { encoding: "utf8" },
-  );
-  if (compiled.status !== 0) {
+  try {
+    await run(
+      compiler,
+      [
+        ...["-O2", "-shared", "-fPIC", "-o", partial, SOURCE],
+        ...["-I", join(llama, "include"), "-I", join(llama, "ggml", "include"), "-ldl", "-lpthread"],
+      ],
+      dir,
+    );
+  } catch (error) {
     rmSync(partial, { force: true });
-    return {
-      reason: `${compiler} failed: ${(compiled.stderr || compiled.error?.message || "").trim().split("\n").slice(-3).join(" ")}`,
-    };
+    const said = (error as Error).message.trim().split("\n").slice(-3).join(" ");
+    return { reason: `${compiler} failed: ${said}` };
   }
   renameSync(partial, library);
   return { path: library };

@@ -85,7 +85,8 @@ function requireTools(): void {
   }
 }
 
-function run(cmd: string, args: string[], cwd: string, onLine?: (line: string) => void): Promise<void> {
+/** Runs a build step; rejects with the command and the tail of what it printed when it fails. */
+export function run(cmd: string, args: string[], cwd: string, onLine?: (line: string) => void): Promise<void> {
   return new Promise((resolvePromise, reject) => {
     const child = spawn(cmd, args, { cwd, stdio: ["ignore", "pipe", "pipe"] });
     let tail = "";
