@@ -59,8 +59,9 @@ static struct build builds[MAX_BUILDS];
 static struct pool pools[MAX_CONTEXTS];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* The engine reads this to say in its load line that the pool is in place. */
-__attribute__((constructor)) static void announce(void) { setenv("AIRAVATA_THREAD_POOL_PRELOADED", "1", 1); }
+/* The engine reads this to say in its load line that the pool is in place (the name comes from
+ * src/engine/protocol.ts, passed as -DPRELOADED_MARK by the build). */
+__attribute__((constructor)) static void announce(void) { setenv(PRELOADED_MARK, "1", 1); }
 
 struct search {
   const char *dir;

@@ -52,7 +52,8 @@ export function threadPoolLibrary(): Promise<ThreadPoolLibrary> {
 
 async function build(): Promise<ThreadPoolLibrary> {
   if (process.platform !== "linux") return { reason: `preloading is done on Linux only (this is ${process.platform})` };
-  const hash = createHash("sha256").update(readFileSync(SOURCE)).digest("hex").slice(0, 12);
+  // The mark is the library's too (a -D below): a new name is a new library.
+  const hash = createHash("sha256").update(readFileSync(SOURCE)).update(PRELOADED_MARK).digest("hex").slice(0, 12);
   const dir = commitDir();
   const library = join(dir, `persistent-thread-pool-${hash}.so`);
   if (existsSync(library)) return { path: library };
@@ -71,7 +72,7 @@ async function build(): Promise<ThreadPoolLibrary> {
     await run(
       compiler,
       [
-        ...["-O2", "-shared", "-fPIC", "-o", partial, SOURCE],
+        ...["-O2", "-shared", "-fPIC", `-DPRELOADED_MARK="${PRELOADED_MARK}"`, "-o", partial, SOURCE],
         ...["-I", join(llama, "include"), "-I", join(llama, "ggml", "include"), "-ldl", "-lpthread"],
       ],
       dir,
