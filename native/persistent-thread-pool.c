@@ -89,12 +89,8 @@ static void *need(void *library, const char *symbol) {
   return found;
 }
 
-/** The build the code at `caller` belongs to (call with the lock held). */
-static struct build *build_of(const void *caller) {
-  // One addon calls, from a few places: the last answer is nearly always the one.
-  static const void *last_caller;
-  static struct build *last_build;
-  if (caller == last_caller) return last_build;
+/** The build the code at `caller` belongs to, found or loaded (call with the lock held). */
+static struct build *find_build(const void *caller) {
   Dl_info info;
   if (dladdr(caller, &info) == 0 || info.dli_fname == NULL) {
     fprintf(stderr, "persistent-thread-pool: cannot tell which library called llama\n");
@@ -105,11 +101,7 @@ static struct build *build_of(const void *caller) {
   char *slash = strrchr(dir, '/');
   if (slash != NULL) *slash = '\0';
   for (int i = 0; i < MAX_BUILDS; i++) {
-    if (builds[i].decode != NULL && strcmp(builds[i].dir, dir) == 0) {
-      last_caller = caller;
-      last_build = &builds[i];
-      return last_build;
-    }
+    if (builds[i].decode != NULL && strcmp(builds[i].dir, dir) == 0) return &builds[i];
   }
   struct search search = {.dir = dir, .dir_length = strlen(dir), .found = ""};
   dl_iterate_phdr(find_libllama, &search);
@@ -137,12 +129,21 @@ static struct build *build_of(const void *caller) {
       b->pool_free = proc(dev_reg(cpu), "ggml_threadpool_free");
     }
     b->decode = need(library, "llama_decode");
-    last_caller = caller;
-    last_build = b;
     return b;
   }
   fprintf(stderr, "persistent-thread-pool: more than %d llama builds in one process\n", MAX_BUILDS);
   abort();
+}
+
+/** find_build, remembering the last answer: one addon calls, from a few places (call with the lock held). */
+static struct build *build_of(const void *caller) {
+  static const void *last_caller;
+  static struct build *last_build;
+  if (caller != last_caller) {
+    last_build = find_build(caller);
+    last_caller = caller;
+  }
+  return last_build;
 }
 
 /** Makes `ctx`'s pool match its thread count now (call with the lock held). */
