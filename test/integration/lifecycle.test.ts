@@ -28,6 +28,21 @@ const SERVER_ARGS = [
   "info",
 ];
 
+/** Runs one of the project's scripts to its end: its exit code and what it printed. */
+async function runScript(
+  script: string,
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, ["--import", "tsx", script, ...args], { cwd: ROOT, env: { ...process.env, ...env } });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d) => (stdout += String(d)));
+  child.stderr.on("data", (d) => (stderr += String(d)));
+  const code = await new Promise<number | null>((r) => child.once("exit", r));
+  return { code, stdout, stderr };
+}
+
 /** The server's "model loaded on CPU" log line, once it is there. */
 async function loadedLine(server: ServerProcess): Promise<Record<string, unknown>> {
   for (;;) {
@@ -144,18 +159,7 @@ describe("the server process", () => {
   });
 
   it("npm run build:thread-pool builds the library into the cache and prints its path; without a compiler it says why", async () => {
-    const build = (env: Record<string, string>) =>
-      new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-        const child = spawn(process.execPath, ["--import", "tsx", "src/engine/thread-pool-cli.ts"], {
-          cwd: ROOT,
-          env: { ...process.env, ...env },
-        });
-        let stdout = "";
-        let stderr = "";
-        child.stdout.on("data", (d) => (stdout += String(d)));
-        child.stderr.on("data", (d) => (stderr += String(d)));
-        child.on("exit", (code) => resolve({ code, stdout, stderr }));
-      });
+    const build = (env: Record<string, string>) => runScript("src/engine/thread-pool-cli.ts", [], env);
     const cache = mkdtempSync(join(tmpdir(), "airavata-pool-"));
     try {
       const built = await build({ AIRAVATA_TOOLS_CACHE: cache });
@@ -305,13 +309,7 @@ describe("startup fallback", () => {
 
 describe("configuration", () => {
   async function run(args: string[], env: Record<string, string> = {}) {
-    const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts", ...args], {
-      cwd: ROOT,
-      env: { ...process.env, ...env },
-    });
-    let stderr = "";
-    child.stderr.on("data", (d) => (stderr += String(d)));
-    const code = await new Promise<number | null>((r) => child.once("exit", r));
+    const { code, stderr } = await runScript("src/main.ts", args, env);
     return { code, stderr: stderr.trim() };
   }
 
