@@ -94,11 +94,15 @@ describe("sampling settings are honoured", () => {
     }
   });
 
-  it("a strong repeat penalty changes the greedy text", async () => {
+  it("a strong repeat penalty changes the greedy text, and the slot's next call is plain again", async () => {
     const request = { prompt: "भारत की राजधानी क्या है?", maxNewTokens: 48, temperature: 0 };
     const plain = await generate({ ...request, repeatPenalty: 1 });
     const penalised = await generate({ ...request, repeatPenalty: 10 });
     expect(penalised.tokens).not.toEqual(plain.tokens);
+    // The same prompt returns to the slot that holds it, and to that slot's sampler.
+    const again = await generate({ ...request, repeatPenalty: 1 });
+    expect(Number(again.outcome.trailers["airavata-cached-prompt-tokens"])).toBeGreaterThan(0);
+    expect(again.tokens).toEqual(plain.tokens);
   });
 
   it("stops before a stop string, which is never sent", async () => {

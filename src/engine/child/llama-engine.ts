@@ -91,6 +91,14 @@ function repeatPenaltyConfig(penalty: number, tokens: readonly number[]): Record
 export class LlamaEngine {
   private disposed = false;
   private readonly loop: DecodeLoop;
+  /**
+   * A native sampler per sequence, made at its first generation and kept: a
+   * new one allocates and zeroes a candidate array of the whole vocabulary
+   * (0.35 ms a request on the synthetic 48k-token model, of a cached chat
+   * turn's few milliseconds outside its decode; bench/notes.md). `seed` is
+   * the one it was last given.
+   */
+  private readonly samplers = new Map<number, { sampler: NativeSampler; seed?: unknown }>();
 
   private constructor(
     private readonly llama: Llama,
@@ -107,6 +115,21 @@ export class LlamaEngine {
   private newSampler(): NativeSampler {
     const { AddonSampler } = (this.llama as unknown as NodeLlamaCppInternals["llama"])._bindings;
     return new AddonSampler((this.model as unknown as NodeLlamaCppInternals["model"])._model);
+  }
+
+  /**
+   * Sequence `sequenceId`'s sampler, set to `config` as a new sampler would
+   * be: the native sampler keeps its random state while the seed it is given
+   * stays the same, so a seed it already has is first changed, and the
+   * generation's draws start from the seed itself.
+   */
+  private samplerFor(sequenceId: number, config: Record<string, unknown>): NativeSampler {
+    let kept = this.samplers.get(sequenceId);
+    if (kept === undefined) this.samplers.set(sequenceId, (kept = { sampler: this.newSampler() }));
+    if (kept.seed === config.seed) kept.sampler.applyConfig({ ...config, seed: ((config.seed as number) ^ 1) >>> 0 });
+    kept.sampler.applyConfig(config);
+    kept.seed = config.seed;
+    return kept.sampler;
   }
 
   /**
@@ -393,7 +416,6 @@ export class LlamaEngine {
     const penalized = sampling.repeatPenalty !== 1;
     // The tokens the repeat penalty looks back on: kept only when there is one.
     const history: Token[] = penalized ? [...prompt] : [];
-    const sampler = this.newSampler();
     const started = performance.now();
     let prefillMs = 0;
     let generated = 0;
@@ -405,11 +427,11 @@ export class LlamaEngine {
       return false;
     };
     // The native sampler takes its whole configuration each time (a setting left out is reset).
-    const configure = () =>
-      sampler.applyConfig({
-        ...samplerConfig(sampling),
-        ...(penalized ? repeatPenaltyConfig(sampling.repeatPenalty, history.slice(-REPEAT_WINDOW)) : {}),
-      });
+    const config = () => ({
+      ...samplerConfig(sampling),
+      ...(penalized ? repeatPenaltyConfig(sampling.repeatPenalty, history.slice(-REPEAT_WINDOW)) : {}),
+    });
+    const sampler = this.samplerFor(sequenceId, config());
     // What the text stream releases leaves in messages paced by the stream interval.
     const pacer = new StreamPacer(this.streamInterval, (emission) =>
       events.chunk(emission, { prefillMs, batchSize: stepSequences / steps, cachedTokens: work.cachedTokens ?? 0 }),
@@ -437,7 +459,7 @@ export class LlamaEngine {
         if (indexes.length === 0) return !signal.aborted || ended("cancelled");
         steps++;
         stepSequences += sequences;
-        if (penalized) configure();
+        if (penalized) sampler.applyConfig(config());
         const token = (await native.sampleToken(indexes[0]!, sampler)) as Token;
         if (token === -1) throw new Error("node-llama-cpp failed to sample the next token");
         if (!take(token)) return false;
@@ -447,10 +469,8 @@ export class LlamaEngine {
     };
     let held: Emission;
     try {
-      configure();
       await this.loop.run(work);
     } finally {
-      sampler.dispose();
       // Also on a failure: a timer left armed would send after the generation ended.
       held = pacer.end();
     }
@@ -483,6 +503,8 @@ export class LlamaEngine {
     this.disposed = true;
     // node-llama-cpp's context waits for its own decodes before it frees native memory, not for the loop's.
     await this.loop.close(new ServiceError("unavailable", "the engine is shutting down"));
+    for (const { sampler } of this.samplers.values()) sampler.dispose();
+    this.samplers.clear();
     await this.context.dispose();
     await this.model.dispose();
     await this.llama.dispose();
