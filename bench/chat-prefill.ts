@@ -5,7 +5,10 @@
  * asks for one token (the measurement), then for the answer (which both then
  * hold in their cache). Per turn: the service's prefill from its trailers and
  * its TTFT as the client saw it, against llama-server's `timings.prompt_ms`
- * and its request's wall time, with the prompt tokens each evaluated.
+ * and its request's wall time, with the prompt tokens each evaluated. The
+ * service's measured call alternates by turn between the project's grpc-js
+ * client (HTTP/2) and the Connect protocol over HTTP/1.1 with Node's
+ * `http.request`, the client llama-server's call uses.
  *
  *   npx tsx bench/chat-prefill.ts [--model models/synthetic/small.Q4_K_M.gguf] [--turns 10] [--threads 1]
  *     [--out bench/results/chat-prefill]
@@ -18,7 +21,7 @@ import { AiravataClient } from "../clients/grpc-client.js";
 import type { ChatTurn } from "../src/generation.js";
 import { SYSTEM_PROMPT } from "./chat.js";
 import { llamaServerBinary, llamaServerTrace, startLlamaServer } from "./llama-server.js";
-import { startBenchServer } from "./server-process.js";
+import { connectTrace, startBenchServer } from "./server-process.js";
 
 const opts = new Command("chat-prefill")
   .option("--model <path>", "GGUF file", "models/synthetic/small.Q4_K_M.gguf")
@@ -45,9 +48,10 @@ const service = await startBenchServer([
 const peer = await startLlamaServer(binary, { model: opts.model, threads, slots: 1, contextSize: 2048 });
 const client = new AiravataClient(`127.0.0.1:${service.port}`);
 
+type Client = "grpc-js" | "connect-h1";
 const rows: {
   turn: number;
-  service: { prefillMs: number; clientTtftMs: number; evaluated: number; promptTokens: number };
+  service: { client: Client; prefillMs: number; clientTtftMs: number; evaluated: number; promptTokens: number };
   llamaServer: { promptMs: number; wallMs: number; evaluated: number };
   sameAnswer: boolean;
 }[] = [];
@@ -55,12 +59,25 @@ try {
   const history: ChatTurn[] = [{ role: "system", content: SYSTEM_PROMPT }];
   for (let turn = 1; turn <= Number(opts.turns); turn++) {
     history.push({ role: "user", content: `Question ${turn}: भारत की राजधानी क्या है?` });
+    const use: Client = turn % 2 === 1 ? "grpc-js" : "connect-h1";
     const sent = performance.now();
     let first = 0;
-    const one = await client.generate({ messages: history, maxNewTokens: 1, temperature: 0, repeatPenalty: 1 }, () => {
-      first ||= performance.now();
-    });
-    const m = one.metrics!;
+    let trailers: Record<string, string>;
+    if (use === "grpc-js") {
+      const one = await client.generate({ messages: history, maxNewTokens: 1, temperature: 0, repeatPenalty: 1 }, () => {
+        first ||= performance.now();
+      });
+      trailers = one.trailers;
+    } else {
+      const one = await connectTrace(service.port, history, 1);
+      first = one.tokenTimes[0]!;
+      trailers = one.trailers;
+    }
+    const m = {
+      prefillMs: Number(trailers["airavata-prefill-ms"]),
+      promptTokens: Number(trailers["airavata-prompt-tokens"]),
+      cachedPromptTokens: Number(trailers["airavata-cached-prompt-tokens"]),
+    };
     const peerOne = await llamaServerTrace(peer.port, history, 1, { cachePrompt: true });
     const wallMs = performance.now() - peerOne.sentAt;
     // The answers, so that both hold the whole turn in their cache for the next.
@@ -74,6 +91,7 @@ try {
     rows.push({
       turn,
       service: {
+        client: use,
         prefillMs: m.prefillMs,
         clientTtftMs: first - sent,
         evaluated: m.promptTokens - m.cachedPromptTokens,
@@ -93,6 +111,7 @@ try {
 const f = (n: number) => n.toFixed(1);
 const later = rows.filter((r) => r.turn > 1);
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+const outside = (rs: typeof rows) => f(sum(rs.map((r) => r.service.clientTtftMs - r.service.prefillMs)) / rs.length);
 const md = [
   "# A cached chat turn's first token: the service against llama-server",
   "",
@@ -100,14 +119,14 @@ const md = [
   `- model: ${opts.model}; ${threads} thread(s); 1 slot of 2048 tokens each; a ~1,000-token system prompt; ${opts.answerTokens}-token answers`,
   `- command: \`npx tsx bench/chat-prefill.ts --model ${opts.model} --turns ${opts.turns} --threads ${opts.threads}\``,
   "",
-  "| turn | prompt tokens | evaluated: service / llama-server | service prefill (trailer) ms | llama-server prompt_ms | service TTFT at the client ms | llama-server request wall ms | same answer |",
-  "|--:|--:|--:|--:|--:|--:|--:|:-:|",
+  "| turn | service's client | prompt tokens | evaluated: service / llama-server | service prefill (trailer) ms | llama-server prompt_ms | service TTFT at the client ms | llama-server request wall ms | same answer |",
+  "|--:|---|--:|--:|--:|--:|--:|--:|:-:|",
   ...rows.map(
     (r) =>
-      `| ${r.turn} | ${r.service.promptTokens} | ${r.service.evaluated} / ${r.llamaServer.evaluated} | ${f(r.service.prefillMs)} | ${f(r.llamaServer.promptMs)} | ${f(r.service.clientTtftMs)} | ${f(r.llamaServer.wallMs)} | ${r.sameAnswer ? "yes" : "no"} |`,
+      `| ${r.turn} | ${r.service.client} | ${r.service.promptTokens} | ${r.service.evaluated} / ${r.llamaServer.evaluated} | ${f(r.service.prefillMs)} | ${f(r.llamaServer.promptMs)} | ${f(r.service.clientTtftMs)} | ${f(r.llamaServer.wallMs)} | ${r.sameAnswer ? "yes" : "no"} |`,
   ),
   "",
-  `Turns 2–${rows.length}, summed: service prefill ${f(sum(later.map((r) => r.service.prefillMs)))} ms against llama-server's prompt_ms ${f(sum(later.map((r) => r.llamaServer.promptMs)))} (${(sum(later.map((r) => r.service.prefillMs)) / sum(later.map((r) => r.llamaServer.promptMs))).toFixed(3)}×); outside the decode, per turn (mean): the service ${f(sum(later.map((r) => r.service.clientTtftMs - r.service.prefillMs)) / later.length)} ms (client TTFT − prefill), llama-server ${f(sum(later.map((r) => r.llamaServer.wallMs - r.llamaServer.promptMs)) / later.length)} ms (wall − prompt_ms, one token generated).`,
+  `Turns 2–${rows.length}, summed: service prefill ${f(sum(later.map((r) => r.service.prefillMs)))} ms against llama-server's prompt_ms ${f(sum(later.map((r) => r.llamaServer.promptMs)))} (${(sum(later.map((r) => r.service.prefillMs)) / sum(later.map((r) => r.llamaServer.promptMs))).toFixed(3)}×); outside the decode, per turn (mean): ${(["grpc-js", "connect-h1"] as const).map((c) => `the service with ${c} ${outside(later.filter((r) => r.service.client === c))} ms`).join(", ")} (client TTFT − prefill), llama-server ${f(sum(later.map((r) => r.llamaServer.wallMs - r.llamaServer.promptMs)) / later.length)} ms (wall − prompt_ms, one token generated).`,
   "",
 ].join("\n");
 mkdirSync(opts.out, { recursive: true });

@@ -3,8 +3,11 @@
  * resolved once its model is loaded.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { type IncomingMessage, request } from "node:http";
 import { createInterface } from "node:readline";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { AiravataClient } from "../clients/grpc-client.js";
+import { GenerateRequestSchema, GenerateResponseSchema } from "../src/gen/airavata/v1/generation_pb.js";
 import type { StreamTrace } from "./stream-stats.js";
 
 export interface BenchServer {
@@ -75,6 +78,80 @@ export async function serviceTrace(
   );
   if (outcome.codeName !== "OK") throw new Error(`${outcome.codeName}: ${outcome.message}`);
   return { ...trace, text: outcome.text, trailers: outcome.trailers };
+}
+
+/**
+ * The same greedy stream over the Connect protocol on HTTP/1.1, sent with
+ * Node's `http.request` on a connection of its own: the client stack of
+ * `llamaServerTrace`, so that a comparison of the two servers is not one of
+ * two client libraries (grpc-js over HTTP/2 costs the client more per call).
+ * The envelopes are read by hand; the trailers come in the end-stream message.
+ */
+export async function connectTrace(
+  port: number,
+  prompt: string | { role: string; content: string }[],
+  tokens: number,
+): Promise<StreamTrace & { text: string; trailers: Record<string, string> }> {
+  const message = toBinary(
+    GenerateRequestSchema,
+    create(GenerateRequestSchema, {
+      ...(typeof prompt === "string" ? { prompt } : { messages: prompt }),
+      maxNewTokens: tokens,
+      temperature: 0,
+      repeatPenalty: 1,
+    }),
+  );
+  const body = Buffer.alloc(5 + message.length);
+  body.writeUInt32BE(message.length, 1);
+  body.set(message, 5);
+  const trace: StreamTrace & { text: string; trailers: Record<string, string> } = {
+    sentAt: performance.now(),
+    tokenTimes: [],
+    text: "",
+    trailers: {},
+  };
+  const response = await new Promise<IncomingMessage>((resolve, reject) => {
+    const req = request(
+      {
+        host: "127.0.0.1",
+        port,
+        path: "/airavata.v1.GenerationService/Generate",
+        method: "POST",
+        agent: false,
+        headers: { "content-type": "application/connect+proto", "connect-protocol-version": "1" },
+      },
+      resolve,
+    );
+    req.once("error", reject);
+    req.end(body);
+  });
+  if (response.statusCode !== 200) throw new Error(`the service answered HTTP ${response.statusCode}`);
+  let buffered = Buffer.alloc(0);
+  let ended = false;
+  for await (const chunk of response) {
+    const now = performance.now();
+    buffered = Buffer.concat([buffered, chunk as Buffer]);
+    while (buffered.length >= 5 && buffered.length >= 5 + buffered.readUInt32BE(1)) {
+      const flags = buffered[0]!;
+      const payload = buffered.subarray(5, 5 + buffered.readUInt32BE(1));
+      buffered = buffered.subarray(5 + payload.length);
+      if ((flags & 0x02) !== 0) {
+        const end = JSON.parse(payload.toString("utf8")) as {
+          error?: { code: string; message?: string };
+          metadata?: Record<string, string[]>;
+        };
+        if (end.error) throw new Error(`${end.error.code}: ${end.error.message ?? ""}`);
+        for (const [key, values] of Object.entries(end.metadata ?? {})) trace.trailers[key] = values.join(", ");
+        ended = true;
+        continue;
+      }
+      const r = fromBinary(GenerateResponseSchema, payload);
+      trace.text += r.text;
+      for (let k = 0; k < r.tokenIds.length; k++) trace.tokenTimes.push(now);
+    }
+  }
+  if (!ended) throw new Error("the Connect stream ended without its end-stream message");
+  return trace;
 }
 
 /** The service's engine-hop histogram (sum, count) from /metrics. */
