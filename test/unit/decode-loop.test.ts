@@ -14,7 +14,9 @@ type Batch = { seq: number; positions: number[]; logits: number[] }[];
  * A stand-in for node-llama-cpp's native context that records each batch and
  * "samples" token 100 + the sequence id; `failOnDecode` makes the n-th decode throw.
  */
-function fakeNative(failOnDecode?: number): NativeContext & { batches: Batch[]; log: string[] } {
+function fakeNative(
+  failOnDecode?: number,
+): NativeContext & { batches: Batch[]; log: string[]; samplesAskedDuringADecode: number } {
   let batch: Batch = [];
   let bySlot: number[] = [];
   let decodes = 0;
@@ -25,6 +27,8 @@ function fakeNative(failOnDecode?: number): NativeContext & { batches: Batch[]; 
   const native = {
     batches,
     log,
+    /** Samples asked for while a decode ran (with `sampleBehindDecode`, they run after it, in order). */
+    samplesAskedDuringADecode: 0,
     initBatch: () => {
       batch = [];
       bySlot = [];
@@ -45,6 +49,7 @@ function fakeNative(failOnDecode?: number): NativeContext & { batches: Batch[]; 
       batches.push(batch);
     },
     sampleToken: async (index: number) => {
+      if (decoding) native.samplesAskedDuringADecode++;
       await new Promise((r) => setImmediate(r));
       return 100 + bySlot[index]!;
     },
@@ -53,7 +58,7 @@ function fakeNative(failOnDecode?: number): NativeContext & { batches: Batch[]; 
       return true;
     },
   };
-  return native as unknown as NativeContext & { batches: Batch[]; log: string[] };
+  return native as unknown as NativeContext & { batches: Batch[]; log: string[]; samplesAskedDuringADecode: number };
 }
 
 const sampler = {} as NativeSampler;
@@ -69,6 +74,7 @@ function generation(
   tokens: number,
   cache = false,
   onStart?: (work: SequenceWork) => void,
+  withSampler = false,
 ): Promise<number[]> {
   const got: number[] = [];
   const work: SequenceWork = {
@@ -77,9 +83,10 @@ function generation(
     position: 0,
     logits: "last",
     cache,
-    async afterStep(native, indexes) {
+    ...(withSampler ? { sampler } : {}),
+    async afterStep(native, indexes, _sequences, sampled) {
       if (indexes.length === 0) return true;
-      got.push(await native.sampleToken(indexes[0]!, sampler));
+      got.push(await (sampled ?? native.sampleToken(indexes[0]!, sampler)));
       if (got.length === tokens) return false;
       this.pending = [got.at(-1)!];
       return true;
@@ -117,6 +124,35 @@ describe("DecodeLoop", () => {
       { seq: 1, positions: [4], logits: [0] },
       { seq: 2, positions: [3], logits: [0] },
     ]);
+  });
+
+  it("with sampleBehindDecode, asks for each step's samples as it starts the decode, with the same tokens", async () => {
+    const plain = fakeNative();
+    const plainLoop = new DecodeLoop(plain, 512);
+    const expected = await Promise.all([0, 1].map((seq) => generation(plainLoop, seq, 3, 4, false, undefined, true)));
+    expect(plain.samplesAskedDuringADecode).toBe(0);
+    const native = fakeNative();
+    const loop = new DecodeLoop(native, 512);
+    loop.sampleBehindDecode = true;
+    const results = await Promise.all([0, 1].map((seq) => generation(loop, seq, 3, 4, false, undefined, true)));
+    expect(results).toEqual(expected);
+    // Four steps (the prompts, then three tokens), two samples each, every one asked for beside its decode.
+    expect(native.batches).toHaveLength(4);
+    expect(native.samplesAskedDuringADecode).toBe(8);
+    // Work without a sampler samples after the decode, as before.
+    const other = fakeNative();
+    const otherLoop = new DecodeLoop(other, 512);
+    otherLoop.sampleBehindDecode = true;
+    expect(await generation(otherLoop, 0, 3, 4)).toEqual(expected[0]);
+    expect(other.samplesAskedDuringADecode).toBe(0);
+  });
+
+  it("with sampleBehindDecode, a failed decode fails its work and its sample is never read", async () => {
+    const native = fakeNative(2);
+    const loop = new DecodeLoop(native, 512);
+    loop.sampleBehindDecode = true;
+    await expect(generation(loop, 0, 3, 4, false, undefined, true)).rejects.toThrow("decode failed");
+    expect(native.samplesAskedDuringADecode).toBe(2);
   });
 
   it("empties a sequence before its work starts and when it ends, never while a decode runs", async () => {

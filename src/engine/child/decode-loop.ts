@@ -86,11 +86,18 @@ export interface SequenceWork {
   readonly cache?: boolean;
   cachedTokens?: number;
   /**
+   * The sampler for work that samples one token a step from its last logits:
+   * the loop then asks for the sample together with the decode (see `step`).
+   * It must not be reconfigured between a step's start and its `afterStep`.
+   */
+  readonly sampler?: NativeSampler;
+  /**
    * After a step that fed this work, in a batch of `sequences` sequences:
    * `indexes` are the logits it asked for (none while a prompt is still going
-   * in). It sets `pending` for the next step, or returns false when it is done.
+   * in); `sampled`, with a `sampler`, is the token sampled from them. It sets
+   * `pending` for the next step, or returns false when it is done.
    */
-  afterStep(native: NativeContext, indexes: Uint32Array, sequences: number): Promise<boolean>;
+  afterStep(native: NativeContext, indexes: Uint32Array, sequences: number, sampled?: Promise<number>): Promise<boolean>;
 }
 
 export class DecodeLoop {
@@ -111,6 +118,13 @@ export class DecodeLoop {
   private uses = 0;
   /** Keep sequences' cells between works that allow it (`SequenceWork.cache`). */
   prefixCache = false;
+  /**
+   * Ask for each step's samples together with its decode. Only where the
+   * native calls run one at a time in the order they are made: the engine
+   * process's libuv pool of one thread. With more, a sample could run beside
+   * the decode and read logits not yet written.
+   */
+  sampleBehindDecode = false;
 
   /**
    * @param batchSize most tokens in one decode (node-llama-cpp's context batch size)
@@ -218,7 +232,7 @@ export class DecodeLoop {
   private async step(): Promise<void> {
     const size = Math.max(1, Math.min(this.ready.length, this.groupSize(this.ready.length)));
     const chosen = this.ready.splice(0, size).sort((a, b) => a.sequenceId - b.sequenceId);
-    const fed: { work: SequenceWork; count: number; tokens: number[]; indexes: Uint32Array }[] = [];
+    const fed: { work: SequenceWork; count: number; tokens: number[]; indexes: Uint32Array; sampled?: Promise<number> }[] = [];
     const leftOut: SequenceWork[] = [];
     let room = this.batchSize;
     for (const work of chosen) {
@@ -254,7 +268,17 @@ export class DecodeLoop {
         work.position += count;
         work.pending = work.pending.slice(count);
       }
-      await this.native.decodeBatch();
+      const decoded = this.native.decodeBatch();
+      // Sampling queued right behind the decode (`sampleBehindDecode`): each sample starts the moment
+      // the decode ends, with no trip through JavaScript between (a trip wakes this thread, then the
+      // pool's, on every token's critical path).
+      for (const entry of fed) {
+        if (!this.sampleBehindDecode || entry.work.sampler === undefined || entry.indexes.length === 0) continue;
+        entry.sampled = this.native.sampleToken(entry.indexes[0]!, entry.work.sampler);
+        // After a failed decode the sample is never read.
+        entry.sampled.catch(() => {});
+      }
+      await decoded;
     } catch (error) {
       for (const { work } of fed) this.end(work, error);
       return;
@@ -262,8 +286,8 @@ export class DecodeLoop {
     for (const { work, tokens } of fed) this.held.get(work.sequenceId)?.push(...tokens);
     // Every sequence samples at once: the calls queue together on the native side.
     const goOn = await Promise.all(
-      fed.map(({ work, indexes }) =>
-        work.afterStep(this.native, indexes, fed.length).then(
+      fed.map(({ work, indexes, sampled }) =>
+        work.afterStep(this.native, indexes, fed.length, sampled).then(
           (goOn) => goOn || this.end(work),
           (error: unknown) => this.end(work, error),
         ),

@@ -228,6 +228,8 @@ export class LlamaEngine {
         info.stepMs = stepMs;
       }
       engine.loop.prefixCache = options.prefixCache ?? true;
+      // libuv reads its pool size when the process starts: the engine process is given one (main.ts).
+      engine.loop.sampleBehindDecode = process.env.UV_THREADPOOL_SIZE === "1";
       if (info.threadCandidates.length > 1) {
         const tuner = new ThreadTuner(
           { candidates: info.threadCandidates, start: threads },
@@ -441,7 +443,11 @@ export class LlamaEngine {
       if (model.isEogToken(token)) return ended("stop");
       if (generated === 0) prefillMs = performance.now() - started;
       generated++;
-      if (penalized) history.push(token);
+      if (penalized) {
+        history.push(token);
+        // Before the next step, which samples with it.
+        sampler.applyConfig(config());
+      }
       pacer.push(stream.push(token));
       if (stream.stopSequence !== undefined) return ended("stop_sequence");
       if (generated >= sampling.maxNewTokens) return ended("length");
@@ -454,13 +460,13 @@ export class LlamaEngine {
       position: 0,
       logits: "last",
       cache: options.cache ?? true,
-      async afterStep(native, indexes, sequences) {
+      sampler,
+      async afterStep(native, indexes, sequences, sampled) {
         // The prompt is still going in, a batch at a time: a cancel takes effect after this batch.
         if (indexes.length === 0) return !signal.aborted || ended("cancelled");
         steps++;
         stepSequences += sequences;
-        if (penalized) sampler.applyConfig(config());
-        const token = (await native.sampleToken(indexes[0]!, sampler)) as Token;
+        const token = (await (sampled ?? native.sampleToken(indexes[0]!, sampler))) as Token;
         if (token === -1) throw new Error("node-llama-cpp failed to sample the next token");
         if (!take(token)) return false;
         this.pending = [token];
