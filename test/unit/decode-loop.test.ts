@@ -10,13 +10,13 @@ import {
 /** A batch as the fake context saw it: per sequence, the positions fed and which of them asked for logits. */
 type Batch = { seq: number; positions: number[]; logits: number[] }[];
 
+type FakeNative = NativeContext & { batches: Batch[]; log: string[]; samplesAskedDuringADecode: number };
+
 /**
  * A stand-in for node-llama-cpp's native context that records each batch and
  * "samples" token 100 + the sequence id; `failOnDecode` makes the n-th decode throw.
  */
-function fakeNative(
-  failOnDecode?: number,
-): NativeContext & { batches: Batch[]; log: string[]; samplesAskedDuringADecode: number } {
+function fakeNative(failOnDecode?: number): FakeNative {
   let batch: Batch = [];
   let bySlot: number[] = [];
   let decodes = 0;
@@ -58,7 +58,7 @@ function fakeNative(
       return true;
     },
   };
-  return native as unknown as NativeContext & { batches: Batch[]; log: string[]; samplesAskedDuringADecode: number };
+  return native as unknown as FakeNative;
 }
 
 const sampler = {} as NativeSampler;

@@ -272,11 +272,13 @@ export class DecodeLoop {
       // Sampling queued right behind the decode (`sampleBehindDecode`): each sample starts the moment
       // the decode ends, with no trip through JavaScript between (a trip wakes this thread, then the
       // pool's, on every token's critical path).
-      for (const entry of fed) {
-        if (!this.sampleBehindDecode || entry.work.sampler === undefined || entry.indexes.length === 0) continue;
-        entry.sampled = this.native.sampleToken(entry.indexes[0]!, entry.work.sampler);
-        // After a failed decode the sample is never read.
-        entry.sampled.catch(() => {});
+      if (this.sampleBehindDecode) {
+        for (const entry of fed) {
+          if (entry.work.sampler === undefined || entry.indexes.length === 0) continue;
+          entry.sampled = this.native.sampleToken(entry.indexes[0]!, entry.work.sampler);
+          // After a failed decode the sample is never read.
+          entry.sampled.catch(() => {});
+        }
       }
       await decoded;
     } catch (error) {

@@ -428,11 +428,11 @@ export class LlamaEngine {
       finishReason = reason;
       return false;
     };
-    // The native sampler takes its whole configuration each time (a setting left out is reset).
-    const config = () => ({
-      ...samplerConfig(sampling),
-      ...(penalized ? repeatPenaltyConfig(sampling.repeatPenalty, history.slice(-REPEAT_WINDOW)) : {}),
-    });
+    // The native sampler takes its whole configuration each time (a setting left out is reset); the
+    // settings, and a seed the request leaves out, are the generation's from its start.
+    const settings = samplerConfig(sampling);
+    const config = () =>
+      penalized ? { ...settings, ...repeatPenaltyConfig(sampling.repeatPenalty, history.slice(-REPEAT_WINDOW)) } : settings;
     const sampler = this.samplerFor(sequenceId, config());
     // What the text stream releases leaves in messages paced by the stream interval.
     const pacer = new StreamPacer(this.streamInterval, (emission) =>
@@ -443,15 +443,13 @@ export class LlamaEngine {
       if (model.isEogToken(token)) return ended("stop");
       if (generated === 0) prefillMs = performance.now() - started;
       generated++;
-      if (penalized) {
-        history.push(token);
-        // Before the next step, which samples with it.
-        sampler.applyConfig(config());
-      }
+      if (penalized) history.push(token);
       pacer.push(stream.push(token));
       if (stream.stopSequence !== undefined) return ended("stop_sequence");
       if (generated >= sampling.maxNewTokens) return ended("length");
       if (signal.aborted) return ended("cancelled");
+      // The next step samples with this token in the penalty's window.
+      if (penalized) sampler.applyConfig(config());
       return true;
     };
     const work: SequenceWork = {
