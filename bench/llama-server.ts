@@ -6,11 +6,11 @@
  * and called over its streaming HTTP API with the same chat-formatted prompts.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { type IncomingMessage, request } from "node:http";
 import { freePorts } from "../harness/free-ports.js";
 import { formatAiravataChat } from "../src/engine/child/chat-format.js";
 import type { ChatTurn, FlashAttention } from "../src/generation.js";
 import { ensureLlamaTool, loadedCpuVariant } from "../src/quantize/llama-tools.js";
+import { postOnItsOwnConnection } from "./http-post.js";
 import type { StreamTrace } from "./stream-stats.js";
 
 export interface LlamaServer {
@@ -137,23 +137,7 @@ export async function llamaServerTrace(
     cache_prompt: cachePrompt,
     stream: true,
   });
-  // A connection per request (no keep-alive pool): a pooled connection that the server closed while
-  // idle would fail the next request.
-  const response = await new Promise<IncomingMessage>((resolve, reject) => {
-    const req = request(
-      {
-        host: "127.0.0.1",
-        port,
-        path: "/completion",
-        method: "POST",
-        agent: false,
-        headers: { "content-type": "application/json" },
-      },
-      resolve,
-    );
-    req.once("error", reject);
-    req.end(body);
-  });
+  const response = await postOnItsOwnConnection(port, "/completion", { "content-type": "application/json" }, body);
   if (response.statusCode !== 200) throw new Error(`llama-server answered ${response.statusCode}`);
   const decoder = new TextDecoder();
   let buffered = "";

@@ -3,11 +3,12 @@
  * resolved once its model is loaded.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { type IncomingMessage, request } from "node:http";
 import { createInterface } from "node:readline";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import type { AiravataClient } from "../clients/grpc-client.js";
+import type { AiravataClient, GenerateInit } from "../clients/grpc-client.js";
+import { grpcFrame } from "../harness/raw-grpc.js";
 import { GenerateRequestSchema, GenerateResponseSchema } from "../src/gen/airavata/v1/generation_pb.js";
+import { postOnItsOwnConnection } from "./http-post.js";
 import type { StreamTrace } from "./stream-stats.js";
 
 export interface BenchServer {
@@ -63,68 +64,51 @@ export async function serviceTrace(
   variant = "",
 ): Promise<StreamTrace & { text: string; trailers: Record<string, string> }> {
   const trace: StreamTrace = { sentAt: performance.now(), tokenTimes: [] };
-  const outcome = await client.generate(
-    {
-      ...(typeof prompt === "string" ? { prompt } : { messages: prompt }),
-      maxNewTokens: tokens,
-      temperature: 0,
-      repeatPenalty: 1,
-      variant,
-    },
-    (r) => {
-      const now = performance.now();
-      for (let k = 0; k < r.tokenIds.length; k++) trace.tokenTimes.push(now);
-    },
-  );
+  const outcome = await client.generate({ ...greedyRequest(prompt, tokens), variant }, (r) => {
+    const now = performance.now();
+    for (let k = 0; k < r.tokenIds.length; k++) trace.tokenTimes.push(now);
+  });
   if (outcome.codeName !== "OK") throw new Error(`${outcome.codeName}: ${outcome.message}`);
   return { ...trace, text: outcome.text, trailers: outcome.trailers };
 }
 
+/** The benches' greedy Generate request: one user message, or the whole conversation. */
+function greedyRequest(prompt: string | { role: string; content: string }[], tokens: number): GenerateInit {
+  return {
+    ...(typeof prompt === "string" ? { prompt } : { messages: prompt }),
+    maxNewTokens: tokens,
+    temperature: 0,
+    repeatPenalty: 1,
+  };
+}
+
 /**
- * The same greedy stream over the Connect protocol on HTTP/1.1, sent with
- * Node's `http.request` on a connection of its own: the client stack of
- * `llamaServerTrace`, so that a comparison of the two servers is not one of
- * two client libraries (grpc-js over HTTP/2 costs the client more per call).
- * The envelopes are read by hand; the trailers come in the end-stream message.
+ * The same greedy stream over the Connect protocol on HTTP/1.1, through
+ * `llamaServerTrace`'s client (`postOnItsOwnConnection`), so that a
+ * comparison of the two servers is not one of two client libraries (grpc-js
+ * over HTTP/2 costs the client more per call). The envelopes are gRPC's
+ * frames; the trailers come in the end-stream message.
  */
 export async function connectTrace(
   port: number,
   prompt: string | { role: string; content: string }[],
   tokens: number,
 ): Promise<StreamTrace & { text: string; trailers: Record<string, string> }> {
-  const message = toBinary(
-    GenerateRequestSchema,
-    create(GenerateRequestSchema, {
-      ...(typeof prompt === "string" ? { prompt } : { messages: prompt }),
-      maxNewTokens: tokens,
-      temperature: 0,
-      repeatPenalty: 1,
-    }),
+  const body = grpcFrame(
+    Buffer.from(toBinary(GenerateRequestSchema, create(GenerateRequestSchema, greedyRequest(prompt, tokens)))),
   );
-  const body = Buffer.alloc(5 + message.length);
-  body.writeUInt32BE(message.length, 1);
-  body.set(message, 5);
   const trace: StreamTrace & { text: string; trailers: Record<string, string> } = {
     sentAt: performance.now(),
     tokenTimes: [],
     text: "",
     trailers: {},
   };
-  const response = await new Promise<IncomingMessage>((resolve, reject) => {
-    const req = request(
-      {
-        host: "127.0.0.1",
-        port,
-        path: "/airavata.v1.GenerationService/Generate",
-        method: "POST",
-        agent: false,
-        headers: { "content-type": "application/connect+proto", "connect-protocol-version": "1" },
-      },
-      resolve,
-    );
-    req.once("error", reject);
-    req.end(body);
-  });
+  const response = await postOnItsOwnConnection(
+    port,
+    "/airavata.v1.GenerationService/Generate",
+    { "content-type": "application/connect+proto", "connect-protocol-version": "1" },
+    body,
+  );
   if (response.statusCode !== 200) throw new Error(`the service answered HTTP ${response.statusCode}`);
   let buffered = Buffer.alloc(0);
   let ended = false;
